@@ -1,0 +1,106 @@
+"""Canonical JSON: RFC 8785 (JCS) bytes for every signed payload.
+
+Parallax signs bytes, never objects.  Payloads are restricted to the subset of
+JSON on which RFC 8785 is unambiguous and on which every language agrees:
+objects with string keys, arrays, strings, booleans, ``null`` and integers in
+the I-JSON safe range (|n| <= 2**53 - 1).  Floats are refused outright
+(timestamps are integer unix seconds).  Encoding is delegated to the ``rfc8785``
+package; decoding is strict (no duplicate keys, no floats, no NaN, bounded size).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import rfc8785
+
+from notary.errors import EncodingError
+
+__all__ = ["encode", "decode", "MAX_SAFE_INT"]
+
+MAX_SAFE_INT = 2**53 - 1
+_MAX_DEPTH = 32
+
+
+def _check(value: Any, depth: int = 0) -> None:
+    if depth > _MAX_DEPTH:
+        raise EncodingError("JSON nested too deeply")
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_SAFE_INT:
+            raise EncodingError(f"integer out of the safe range: {value}")
+        return
+    if isinstance(value, float):
+        raise EncodingError("floats are not allowed in signed JSON")
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise EncodingError("object keys must be strings")
+            _check(item, depth + 1)
+        return
+    raise EncodingError(f"type not allowed in signed JSON: {type(value).__name__}")
+
+
+def encode(value: Any) -> bytes:
+    """Return the RFC 8785 canonical UTF-8 bytes of ``value``.
+
+    Raises :class:`EncodingError` for floats, non-string keys, unsafe integers
+    or unsupported types.
+    """
+    _check(value)
+    try:
+        return rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, ValueError, TypeError) as exc:
+        raise EncodingError(str(exc)) from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise EncodingError(f"duplicate key in JSON object: {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_float(text: str) -> Any:
+    raise EncodingError("floats are not allowed")
+
+
+def _no_constant(text: str) -> Any:
+    raise EncodingError(f"{text} is not JSON")
+
+
+def decode(data: bytes | str, *, max_bytes: int = 1 << 20) -> Any:
+    """Parse strict JSON: UTF-8, at most ``max_bytes`` bytes, no duplicate keys, no floats.
+
+    Raises :class:`EncodingError` on any violation.  Does *not* require the
+    input to be canonical; use :func:`encode` on the result and compare if needed.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if len(data) > max_bytes:
+        raise EncodingError(f"JSON document larger than {max_bytes} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EncodingError("JSON is not valid UTF-8") from None
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_float=_no_float,
+            parse_constant=_no_constant,
+        )
+    except EncodingError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise EncodingError(f"malformed JSON: {exc}") from None
+    _check(value)
+    return value

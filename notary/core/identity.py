@@ -1,0 +1,98 @@
+"""The notary identity document: who a notary says it is, signed by its own key.
+
+Payload type :data:`IDENTITY_TYPE`.  Coordinates are integers in micro-degrees
+(``lat_e6``, ``lon_e6``) because signed JSON carries no floats.  A client
+compares ``key_id`` and ``public_key`` with its bundle entry and excludes a
+notary whose document does not match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from notary.core import canonical
+from notary.core.envelope import sign_envelope, verify_envelope
+from notary.core.keys import SigningKey, VerifyKey
+from notary.errors import VerificationError
+
+__all__ = ["IDENTITY_TYPE", "PROTOCOL", "Identity", "sign_identity", "verify_identity"]
+
+IDENTITY_TYPE = "application/vnd.parallax.notary+json; version=1"
+PROTOCOL = "parallax/1"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A notary's self-description.  ``limits`` holds integers (counts, bytes, seconds)."""
+
+    name: str
+    region: str
+    key_id: str
+    public_key: str
+    software: str
+    signed_at: int
+    url: str | None = None
+    country: str | None = None
+    rir: str | None = None
+    lat_e6: int | None = None
+    lon_e6: int | None = None
+    limits: Mapping[str, int] = field(default_factory=dict)
+    protocol: str = PROTOCOL
+
+    def to_payload(self) -> dict[str, Any]:
+        coords = None
+        if self.lat_e6 is not None and self.lon_e6 is not None:
+            coords = {"lat_e6": self.lat_e6, "lon_e6": self.lon_e6}
+        return {
+            "name": self.name,
+            "region": self.region,
+            "country": self.country,
+            "rir": self.rir,
+            "coordinates": coords,
+            "url": self.url,
+            "key_id": self.key_id,
+            "public_key": self.public_key,
+            "protocol": self.protocol,
+            "software": self.software,
+            "limits": dict(self.limits),
+            "signed_at": self.signed_at,
+        }
+
+    @classmethod
+    def from_payload(cls, d: Mapping[str, Any]) -> "Identity":
+        try:
+            coords = d.get("coordinates") or {}
+            limits = d["limits"]
+            if not isinstance(limits, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in limits.values()
+            ):
+                raise TypeError("limits must map names to integers")
+            strs = {k: d[k] for k in ("name", "region", "key_id", "public_key", "protocol", "software")}
+            if not all(isinstance(v, str) for v in strs.values()):
+                raise TypeError("identity strings have the wrong type")
+            if not isinstance(d["signed_at"], int):
+                raise TypeError("signed_at must be an integer")
+            return cls(
+                name=strs["name"], region=strs["region"], key_id=strs["key_id"],
+                public_key=strs["public_key"], software=strs["software"],
+                signed_at=d["signed_at"], url=d.get("url"), country=d.get("country"),
+                rir=d.get("rir"), lat_e6=coords.get("lat_e6"), lon_e6=coords.get("lon_e6"),
+                limits=limits, protocol=strs["protocol"],
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise VerificationError(f"malformed identity document: {exc}") from None
+
+
+def sign_identity(identity: Identity, key: SigningKey) -> dict[str, Any]:
+    if identity.key_id != key.key_id or identity.public_key != key.verify_key.b64:
+        raise ValueError("identity names a different key")
+    return sign_envelope(IDENTITY_TYPE, canonical.encode(identity.to_payload()), key)
+
+
+def verify_identity(envelope: Any, key: VerifyKey) -> Identity:
+    """Verify against the expected key, then parse; the document must name that same key."""
+    ident = Identity.from_payload(verify_envelope(envelope, key, IDENTITY_TYPE).payload)
+    if ident.key_id != key.key_id or ident.public_key != key.b64:
+        raise VerificationError("identity document names a different key than its signer")
+    return ident

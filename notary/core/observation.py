@@ -1,0 +1,291 @@
+"""The observation: what one notary saw when it connected to one target.
+
+A :class:`ProbeResult` is the raw, unsigned fact of one probe (it is what the
+store keeps).  An :class:`Observation` is a probe result bound to a notary key,
+a client nonce, a signing time, its freshness and the key history of the
+target; it is signed as a DSSE envelope with payload type
+:data:`OBSERVATION_TYPE`.  ``docs/protocol.md`` documents every field.
+
+All times are integer unix seconds (UTC).  Hashes are lower-case hex.  The
+chain is standard base64 of DER, leaf first, at most :data:`MAX_CHAIN_CERTS`
+certificates and :data:`MAX_CHAIN_BYTES` bytes of DER in total.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from notary.core import canonical
+from notary.core.envelope import sign_envelope, verify_envelope
+from notary.core.keys import SigningKey, VerifyKey
+from notary.core.pins import LeafSummary, leaf_sha256, pin_from_spki_hex, spki_sha256, summarize_leaf
+from notary.core.target import Target
+from notary.errors import InputError, VerificationError
+
+__all__ = [
+    "OBSERVATION_TYPE",
+    "STATUSES",
+    "ERROR_STATUSES",
+    "MAX_CHAIN_CERTS",
+    "MAX_CHAIN_BYTES",
+    "MAX_HISTORY",
+    "KeySighting",
+    "ProbeResult",
+    "Observation",
+    "sign_observation",
+    "verify_observation",
+]
+
+OBSERVATION_TYPE = "application/vnd.parallax.observation+json; version=1"
+
+#: Every status an observation can carry.  Only ``ok`` carries a certificate.
+STATUSES = (
+    "ok",
+    "dns_failed",
+    "refused",
+    "timeout",
+    "reset",
+    "unreachable",
+    "tls_failed",
+    "not_tls",
+    "chain_too_large",
+    "blocked_by_policy",
+)
+ERROR_STATUSES = frozenset(STATUSES[1:])
+SOURCES = ("fresh", "cached")
+MAX_CHAIN_CERTS = 10
+MAX_CHAIN_BYTES = 64 * 1024
+MAX_HISTORY = 32
+MAX_DETAIL = 200
+
+
+@dataclass(frozen=True, slots=True)
+class KeySighting:
+    """One distinct key (SPKI SHA-256) seen for a target, and when: first and last unix seconds."""
+
+    spki_sha256: str
+    first_seen: int
+    last_seen: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spki_sha256": self.spki_sha256, "first_seen": self.first_seen, "last_seen": self.last_seen}
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """The raw result of one probe of one address.  ``chain`` is DER, leaf first."""
+
+    target: Target
+    ip: str | None
+    status: str
+    observed_at: int
+    detail: str | None = None
+    tls_version: str | None = None
+    chain: tuple[bytes, ...] = ()
+    spki_sha256: str | None = field(default=None)
+    leaf_sha256: str | None = field(default=None)
+    leaf: LeafSummary | None = field(default=None)
+
+    @classmethod
+    def success(
+        cls, target: Target, ip: str, observed_at: int, tls_version: str, chain: tuple[bytes, ...]
+    ) -> "ProbeResult":
+        """A successful probe.  A chain that is too long or too big becomes ``chain_too_large``."""
+        if not chain:
+            return cls.failure(target, ip, observed_at, "tls_failed", "server presented no certificate")
+        if len(chain) > MAX_CHAIN_CERTS or sum(map(len, chain)) > MAX_CHAIN_BYTES:
+            return cls.failure(
+                target, ip, observed_at, "chain_too_large",
+                f"{len(chain)} certificates, {sum(map(len, chain))} bytes",
+            )
+        try:
+            spki = spki_sha256(chain[0])
+            summary = summarize_leaf(chain[0])
+        except InputError:
+            return cls.failure(target, ip, observed_at, "tls_failed", "leaf certificate is not parseable")
+        return cls(
+            target=target, ip=ip, status="ok", observed_at=observed_at, tls_version=tls_version,
+            chain=chain, spki_sha256=spki, leaf_sha256=leaf_sha256(chain[0]), leaf=summary,
+        )
+
+    @classmethod
+    def failure(
+        cls, target: Target, ip: str | None, observed_at: int, status: str, detail: str
+    ) -> "ProbeResult":
+        if status not in ERROR_STATUSES:
+            raise ValueError(f"not an error status: {status}")
+        return cls(target=target, ip=ip, status=status, observed_at=observed_at, detail=detail[:MAX_DETAIL])
+
+    # -- storage form (unsigned canonical JSON) ---------------------------------
+    def to_record(self) -> bytes:
+        return canonical.encode(
+            {
+                "target": self.target.to_json(),
+                "ip": self.ip,
+                "status": self.status,
+                "observed_at": self.observed_at,
+                "detail": self.detail,
+                "tls_version": self.tls_version,
+                "chain": [base64.b64encode(c).decode("ascii") for c in self.chain],
+            }
+        )
+
+    @classmethod
+    def from_record(cls, data: bytes) -> "ProbeResult":
+        d = canonical.decode(data)
+        t = d["target"]
+        target = Target(t["host"], t["port"], t["sni"])
+        if d["status"] == "ok":
+            chain = tuple(base64.b64decode(c) for c in d["chain"])
+            return cls.success(target, d["ip"], d["observed_at"], d["tls_version"], chain)
+        return cls.failure(target, d["ip"], d["observed_at"], d["status"], d["detail"] or "")
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A signed statement by notary ``notary`` (a key id) about ``target``.  See docs/protocol.md."""
+
+    notary: str
+    target: Target
+    ip: str | None
+    nonce: str
+    observed_at: int
+    signed_at: int
+    status: str
+    detail: str | None
+    tls_version: str | None
+    leaf_sha256: str | None
+    spki_sha256: str | None
+    chain: tuple[bytes, ...]
+    leaf: LeafSummary | None
+    source: str
+    age: int
+    key_history: tuple[KeySighting, ...] = ()
+
+    @property
+    def pin(self) -> str | None:
+        return pin_from_spki_hex(self.spki_sha256) if self.spki_sha256 else None
+
+    @classmethod
+    def from_probe(
+        cls,
+        probe: ProbeResult,
+        *,
+        notary: str,
+        nonce: str,
+        signed_at: int,
+        source: str,
+        key_history: tuple[KeySighting, ...] = (),
+    ) -> "Observation":
+        return cls(
+            notary=notary, target=probe.target, ip=probe.ip, nonce=nonce,
+            observed_at=probe.observed_at, signed_at=signed_at, status=probe.status,
+            detail=probe.detail, tls_version=probe.tls_version, leaf_sha256=probe.leaf_sha256,
+            spki_sha256=probe.spki_sha256, chain=probe.chain, leaf=probe.leaf, source=source,
+            age=max(0, signed_at - probe.observed_at), key_history=key_history[:MAX_HISTORY],
+        )
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON object that is signed (canonicalised by RFC 8785)."""
+        return {
+            "notary": self.notary,
+            "target": self.target.to_json(),
+            "ip": self.ip,
+            "nonce": self.nonce,
+            "observed_at": self.observed_at,
+            "signed_at": self.signed_at,
+            "status": self.status,
+            "detail": self.detail,
+            "tls_version": self.tls_version,
+            "leaf_sha256": self.leaf_sha256,
+            "spki_sha256": self.spki_sha256,
+            "pin": self.pin,
+            "chain": [base64.b64encode(c).decode("ascii") for c in self.chain],
+            "leaf": self.leaf.to_json() if self.leaf else None,
+            "source": self.source,
+            "age": self.age,
+            "key_history": [k.to_json() for k in self.key_history],
+        }
+
+    @classmethod
+    def from_payload(cls, d: Mapping[str, Any]) -> "Observation":
+        """Parse a *verified* payload strictly; raise :class:`VerificationError` on a bad shape."""
+        try:
+            return _parse(d)
+        except (KeyError, TypeError, ValueError, InputError, binascii.Error) as exc:
+            raise VerificationError(f"malformed observation: {exc}") from None
+
+
+def _req(d: Mapping[str, Any], key: str, typ: type | tuple[type, ...], nullable: bool = False) -> Any:
+    value = d[key]
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) and typ is int or not isinstance(value, typ):
+        raise TypeError(f"field {key!r} has the wrong type")
+    return value
+
+
+def _parse(d: Mapping[str, Any]) -> Observation:
+    t = _req(d, "target", dict)
+    target = Target(_req(t, "host", str), _req(t, "port", int), _req(t, "sni", str, True))
+    status = _req(d, "status", str)
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    source = _req(d, "source", str)
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}")
+    chain_b64 = _req(d, "chain", list)
+    if len(chain_b64) > MAX_CHAIN_CERTS:
+        raise ValueError("chain too long")
+    chain = tuple(base64.b64decode(_req({"c": c}, "c", str), validate=True) for c in chain_b64)
+    history = []
+    for h in _req(d, "key_history", list)[:MAX_HISTORY]:
+        history.append(
+            KeySighting(_req(h, "spki_sha256", str), _req(h, "first_seen", int), _req(h, "last_seen", int))
+        )
+    leaf = d["leaf"]
+    spki = _req(d, "spki_sha256", str, True)
+    if status == "ok" and not (spki and chain):
+        raise ValueError("an ok observation carries a key and a chain")
+    pin = _req(d, "pin", str, True)
+    if (pin is None) != (spki is None) or (spki and pin != pin_from_spki_hex(spki)):
+        raise ValueError("pin does not match spki_sha256")
+    if spki and chain and spki_sha256(chain[0]) != spki:
+        raise ValueError("spki_sha256 does not match the leaf certificate")
+    return Observation(
+        notary=_req(d, "notary", str),
+        target=target,
+        ip=_req(d, "ip", str, True),
+        nonce=_req(d, "nonce", str),
+        observed_at=_req(d, "observed_at", int),
+        signed_at=_req(d, "signed_at", int),
+        status=status,
+        detail=_req(d, "detail", str, True),
+        tls_version=_req(d, "tls_version", str, True),
+        leaf_sha256=_req(d, "leaf_sha256", str, True),
+        spki_sha256=spki,
+        chain=chain,
+        leaf=LeafSummary.from_json(leaf) if leaf is not None else None,
+        source=source,
+        age=_req(d, "age", int),
+        key_history=tuple(history),
+    )
+
+
+def sign_observation(obs: Observation, key: SigningKey) -> dict[str, Any]:
+    """Sign ``obs`` with ``key``: a DSSE envelope over the RFC 8785 bytes of :meth:`Observation.to_payload`."""
+    if obs.notary != key.key_id:
+        raise ValueError("observation names a different notary key")
+    return sign_envelope(OBSERVATION_TYPE, canonical.encode(obs.to_payload()), key)
+
+
+def verify_observation(envelope: Any, key: VerifyKey) -> Observation:
+    """Verify ``envelope`` against ``key``, then parse it.  The payload must name ``key`` as its notary."""
+    verified = verify_envelope(envelope, key, OBSERVATION_TYPE)
+    obs = Observation.from_payload(verified.payload)
+    if obs.notary != key.key_id:
+        raise VerificationError("observation names a different notary than its signer")
+    return obs

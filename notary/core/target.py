@@ -1,0 +1,155 @@
+"""Targets: host names, ports, SNI and client nonces, validated and normalised.
+
+A host is stored and signed as an IDNA 2008 A-label (UTS #46 mapping), lower
+case, with no trailing dot, at most 253 bytes; or as a canonical IP address
+literal.  IPv4 addresses written in the legacy forms that ``inet_aton`` and
+resolvers accept (``2130706433``, ``0x7f.1``, ``0177.0.0.1``) are normalised to
+dotted quad first, so that the address policy sees the address they really name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+import idna
+
+from notary.errors import InputError
+
+__all__ = [
+    "Target",
+    "normalize_host",
+    "parse_legacy_ipv4",
+    "is_ip_literal",
+    "validate_port",
+    "validate_nonce",
+    "NONCE_MIN",
+    "NONCE_MAX",
+]
+
+NONCE_MIN = 16
+NONCE_MAX = 128
+_NONCE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_LABEL_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+_NUM_PART = re.compile(r"^(0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*)$")
+
+
+def parse_legacy_ipv4(text: str) -> ipaddress.IPv4Address | None:
+    """Parse ``text`` the way ``inet_aton`` does (1-4 parts, decimal/octal/hex).
+
+    Returns None when ``text`` is not such a spelling.
+    """
+    parts = text.split(".")
+    if not 1 <= len(parts) <= 4 or not all(_NUM_PART.match(p) for p in parts):
+        return None
+    values = []
+    for p in parts:
+        if p[:2] in ("0x", "0X"):
+            values.append(int(p[2:] or "0", 16))
+        elif len(p) > 1 and p[0] == "0":
+            values.append(int(p, 8))
+        else:
+            values.append(int(p))
+    # The last part fills the remaining bytes.
+    head, last = values[:-1], values[-1]
+    if any(v > 255 for v in head) or last >= 256 ** (4 - len(head)):
+        return None
+    n = 0
+    for v in head:
+        n = (n << 8) | v
+    n = (n << (8 * (4 - len(head)))) | last
+    return ipaddress.IPv4Address(n)
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def normalize_host(host: object) -> str:
+    """Return the canonical form of ``host`` or raise :class:`InputError` (code ``bad_host``)."""
+    if not isinstance(host, str) or not host:
+        raise InputError("host must be a non-empty string", "bad_host")
+    h = host.strip()
+    if h != host or any(c.isspace() for c in h):
+        raise InputError("host must not contain whitespace", "bad_host")
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    if ":" in h:
+        try:
+            addr = ipaddress.IPv6Address(h.split("%", 1)[0] if "%" not in h else "bad")
+        except ValueError:
+            raise InputError(f"not a valid host name or address: {host!r}", "bad_host") from None
+        return str(addr)
+    if h.endswith("."):
+        h = h[:-1]
+    if not h or ".." in h:
+        raise InputError(f"not a valid host name: {host!r}", "bad_host")
+    legacy = parse_legacy_ipv4(h)
+    if legacy is not None:
+        return str(legacy)
+    try:
+        alabel = idna.encode(h, uts46=True, transitional=False).decode("ascii").lower()
+    except (idna.IDNAError, UnicodeError, ValueError):
+        raise InputError(f"not a valid host name: {host!r}", "bad_host") from None
+    if len(alabel) > 253:
+        raise InputError("host name longer than 253 bytes", "bad_host")
+    labels = alabel.split(".")
+    if not all(_LABEL_RE.match(lab) for lab in labels):
+        raise InputError(f"not a valid host name: {host!r}", "bad_host")
+    if labels[-1].isdigit():
+        raise InputError(f"not a valid host name: {host!r}", "bad_host")
+    return alabel
+
+
+def validate_port(port: object) -> int:
+    if isinstance(port, bool) or not isinstance(port, int):
+        if isinstance(port, str) and port.isdigit() and len(port) <= 5:
+            port = int(port)
+        else:
+            raise InputError("port must be an integer", "bad_port")
+    if not 1 <= port <= 65535:
+        raise InputError(f"port out of range: {port}", "bad_port")
+    return port
+
+
+def validate_nonce(nonce: object) -> str:
+    """A nonce is 16-128 characters of base64url alphabet (``[A-Za-z0-9_-]``)."""
+    if not isinstance(nonce, str) or not NONCE_MIN <= len(nonce) <= NONCE_MAX or not _NONCE_RE.match(nonce):
+        raise InputError(
+            f"nonce must be {NONCE_MIN}-{NONCE_MAX} characters of [A-Za-z0-9_-]", "bad_nonce"
+        )
+    return nonce
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What to probe: a normalised host, a port, and the SNI to send (None: no SNI)."""
+
+    host: str
+    port: int
+    sni: str | None
+
+    @classmethod
+    def parse(cls, host: object, port: object = 443, sni: object = None) -> "Target":
+        """Validate and normalise.  SNI defaults to the host, and is never sent for IP literals."""
+        h = normalize_host(host)
+        p = validate_port(port)
+        if sni is None:
+            s = None if is_ip_literal(h) else h
+        else:
+            s = normalize_host(sni)
+            if is_ip_literal(s):
+                raise InputError("SNI must be a host name, not an address", "bad_sni")
+        return cls(h, p, s)
+
+    def to_json(self) -> dict[str, object]:
+        return {"host": self.host, "port": self.port, "sni": self.sni}
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"

@@ -1,0 +1,60 @@
+"""The one rooted error tree of Parallax.
+
+Every exception that the public API of :mod:`notary` or :mod:`client` raises is a
+:class:`ParallaxError`.  Library exceptions (``ssl``, ``aiohttp``, ``nacl``,
+``sqlite3``) are translated at the I/O edges; none escapes the public API.
+
+A failed probe is *not* an exception: it is an observation with an error status.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ParallaxError",
+    "ConfigError",
+    "KeyFileError",
+    "InputError",
+    "EncodingError",
+    "VerificationError",
+    "RemoteError",
+    "StoreError",
+]
+
+
+class ParallaxError(Exception):
+    """Root of every error Parallax raises."""
+
+
+class ConfigError(ParallaxError):
+    """The operator's configuration is unusable (bad flag, missing data dir)."""
+
+
+class KeyFileError(ConfigError):
+    """A key file is missing, malformed, readable by others, or would be overwritten."""
+
+
+class InputError(ParallaxError):
+    """A caller's input is invalid (hostname, port, nonce, request body).
+
+    Servers answer it with HTTP 400 and ``{"error": code, "reason": str(exc)}``.
+    """
+
+    def __init__(self, reason: str, code: str = "bad_request") -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class EncodingError(ParallaxError):
+    """Bytes are not canonical JSON of the allowed shape (floats, duplicate keys, size)."""
+
+
+class VerificationError(ParallaxError):
+    """A signature, payload type, nonce, target or timestamp check failed."""
+
+
+class RemoteError(ParallaxError):
+    """A remote peer (a notary, a bundle URL) answered something unusable."""
+
+
+class StoreError(ParallaxError):
+    """The observation store failed (disk full, corrupt database)."""

@@ -1,0 +1,89 @@
+"""The OpenAPI 3.1 document served at ``/v1/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import notary
+
+if TYPE_CHECKING:
+    from notary.config import NotaryConfig
+
+__all__ = ["openapi_document"]
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_ENVELOPE = {
+    "type": "object",
+    "required": ["payloadType", "payload", "signatures"],
+    "properties": {
+        "payloadType": {"type": "string"},
+        "payload": {"type": "string", "contentEncoding": "base64"},
+        "signatures": {
+            "type": "array",
+            "items": {"type": "object", "required": ["keyid", "sig"],
+                      "properties": {"keyid": {"type": "string"}, "sig": {"type": "string"}}},
+        },
+    },
+}
+
+
+def _err(desc: str) -> dict[str, Any]:
+    return {"description": desc, "content": {"application/json": {"schema": _ERROR}}}
+
+
+def openapi_document(config: "NotaryConfig") -> dict[str, Any]:
+    target = {
+        "type": "object", "required": ["host"], "additionalProperties": False,
+        "properties": {
+            "host": {"type": "string", "maxLength": 253},
+            "port": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 443},
+            "sni": {"type": ["string", "null"]},
+        },
+    }
+    results = {
+        "description": "One result per target, in request order; each holds signed observation envelopes",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Results"}}},
+    }
+    nonce = {"type": "string", "minLength": 16, "maxLength": 128, "pattern": "^[A-Za-z0-9_-]+$"}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Parallax notary", "version": notary.__version__},
+        "paths": {
+            "/v1/notary": {"get": {"summary": "Signed identity document", "responses": {
+                "200": {"description": "DSSE envelope", "content": {"application/json": {"schema": _ENVELOPE}}},
+                "429": _err("Rate limited")}}},
+            "/v1/observe": {"post": {
+                "summary": "Observe targets",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["targets", "nonce"], "additionalProperties": False,
+                    "properties": {
+                        "targets": {"type": "array", "minItems": 1, "maxItems": config.max_targets, "items": target},
+                        "nonce": nonce,
+                        "max_age": {"type": "integer", "minimum": 0},
+                        "all_addresses": {"type": "boolean"},
+                    }}}}},
+                "responses": {"200": results, "400": _err("Bad input"), "413": _err("Body too large"),
+                              "429": _err("Rate limited")}}},
+            "/v1/observe/{host}/{port}": {"get": {
+                "summary": "Observe one target (for curl)",
+                "parameters": [
+                    {"name": "host", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "port", "in": "path", "required": True, "schema": {"type": "integer"}},
+                    {"name": "nonce", "in": "query", "required": True, "schema": nonce},
+                    {"name": "sni", "in": "query", "schema": {"type": "string"}},
+                    {"name": "max_age", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "all_addresses", "in": "query", "schema": {"type": "boolean"}},
+                ],
+                "responses": {"200": results, "400": _err("Bad input"), "429": _err("Rate limited")}}},
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error", "reason"],
+                      "properties": {"error": {"type": "string"}, "reason": {"type": "string"}}},
+            "Envelope": _ENVELOPE,
+            "Results": {"type": "object", "required": ["results"], "properties": {"results": {
+                "type": "array", "items": {"type": "object", "properties": {
+                    "target": target, "envelopes": {"type": "array", "items": _ENVELOPE}}}}}},
+        }},
+    }

@@ -1,0 +1,247 @@
+"""The prober: connect to a target, complete a TLS handshake, record what was presented.
+
+This is an I/O shell around :mod:`notary.core`.  It resolves the name, applies
+the :class:`~notary.core.AddressPolicy` to every resolved address and again to
+the connected socket's peer address (so DNS rebinding cannot pass), connects
+with SNI, offers TLS 1.2 and 1.3, does *not* validate the chain (it records
+what it is shown), and captures the whole presented chain.
+
+The handshake runs over an :class:`ssl.MemoryBIO` pair on a plain TCP stream,
+so the prober counts every byte the server sends: a handshake that sends more
+than ``max_handshake_bytes`` is cut off as ``chain_too_large``, and a server
+whose first byte is not a TLS record is reported as ``not_tls``.
+
+A failed probe is data: :func:`probe` never raises for network trouble; it
+returns :class:`~notary.core.ProbeResult` values with an error status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Protocol
+
+from notary.core import AddressPolicy, ProbeResult, Target
+from notary.core.target import is_ip_literal
+
+__all__ = ["Resolver", "SystemResolver", "ProbeLimits", "Prober", "unverified_chain"]
+
+
+class Resolver(Protocol):
+    """Turns a host name into IP address strings.  Raises ``OSError`` when it cannot."""
+
+    async def resolve(self, host: str, port: int) -> list[str]: ...
+
+
+class SystemResolver:
+    """The operating system's resolver (``getaddrinfo``), A and AAAA, order kept, duplicates dropped."""
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        out: list[str] = []
+        for _family, _type, _proto, _canon, sockaddr in infos:
+            ip = str(sockaddr[0])
+            if ip not in out:
+                out.append(ip)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeLimits:
+    """Hard limits of one probe.  Seconds and bytes."""
+
+    resolve_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    handshake_timeout: float = 5.0
+    max_handshake_bytes: int = 128 * 1024
+    max_addresses: int = 8
+
+
+def unverified_chain(obj: ssl.SSLObject) -> tuple[bytes, ...]:
+    """The chain the peer presented, DER, leaf first.
+
+    Python 3.13 has the public ``SSLObject.get_unverified_chain()``; 3.10-3.12
+    have it on the private ``_sslobj``.  Falls back to the leaf alone.
+    """
+    getter = getattr(obj, "get_unverified_chain", None)
+    if getter is None:
+        getter = getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None)
+    chain: list[bytes] = []
+    if getter is not None:
+        for cert in getter() or ():
+            if isinstance(cert, bytes):
+                chain.append(cert)
+            else:  # 3.10-3.12: _ssl.Certificate
+                chain.append(cert.public_bytes(ssl._ssl.ENCODING_DER))  # type: ignore[attr-defined]
+    if not chain:
+        leaf = obj.getpeercert(binary_form=True)
+        if leaf:
+            chain.append(leaf)
+    return tuple(chain)
+
+
+def _client_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # we record what is presented; the quorum judges it
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
+class _Failed(Exception):
+    def __init__(self, status: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+Connector = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+async def _open(ip: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(ip, port, limit=64 * 1024)
+
+
+class Prober:
+    """Probes targets under an address policy and limits.  Reusable and concurrency-safe.
+
+    ``clock`` returns integer unix seconds; ``connector`` opens a TCP stream to
+    an IP and port (tests inject one only at the seam where a real connection
+    is impossible).  ``connect_override`` maps ``(host, port)`` to ``(ip, port)``
+    like curl's ``--connect-to``; it bypasses resolution but not the policy.
+    """
+
+    def __init__(
+        self,
+        policy: AddressPolicy,
+        *,
+        clock: Callable[[], int],
+        resolver: Resolver | None = None,
+        limits: ProbeLimits = ProbeLimits(),
+        connector: Connector = _open,
+        connect_override: dict[tuple[str, int], tuple[str, int]] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.resolver = resolver or SystemResolver()
+        self.limits = limits
+        self.connector = connector
+        self.connect_override = dict(connect_override or {})
+        self._ctx = _client_context()
+
+    async def probe(self, target: Target, *, all_addresses: bool = False) -> list[ProbeResult]:
+        """Probe ``target``: its first acceptable address, or every A/AAAA address when ``all_addresses``.
+
+        Always returns at least one result; never raises for network failures.
+        """
+        now = self.clock
+        why = self.policy.port_reason(target.port)
+        if why:
+            return [ProbeResult.failure(target, None, now(), "blocked_by_policy", why)]
+        override = self.connect_override.get((target.host, target.port))
+        port = target.port
+        if override is not None:
+            ips, port = [override[0]], override[1]
+        elif is_ip_literal(target.host):
+            ips = [target.host]
+        else:
+            try:
+                async with asyncio.timeout(self.limits.resolve_timeout):
+                    ips = await self.resolver.resolve(target.host, target.port)
+            except (OSError, TimeoutError, UnicodeError) as exc:
+                detail = "resolution timed out" if isinstance(exc, TimeoutError) else f"resolution failed: {exc}"
+                return [ProbeResult.failure(target, None, now(), "dns_failed", detail)]
+            if not ips:
+                return [ProbeResult.failure(target, None, now(), "dns_failed", "no addresses")]
+        ips = ips[: self.limits.max_addresses]
+        refused = [(ip, self.policy.address_reason(ip)) for ip in ips]
+        allowed = [ip for ip, why in refused if why is None]
+        if not allowed:
+            # Any refused address makes the name refused: report the first reason.
+            return [ProbeResult.failure(target, ips[0], now(), "blocked_by_policy", refused[0][1] or "")]
+        if any(why for _, why in refused):
+            # A name that mixes public and internal addresses is refused outright:
+            # a resolver could otherwise steer a later connection inward.
+            bad = next((ip, why) for ip, why in refused if why)
+            return [ProbeResult.failure(target, bad[0], now(), "blocked_by_policy", bad[1] or "")]
+        if not all_addresses:
+            return [await self._probe_ip(target, allowed[0], port)]
+        return list(await asyncio.gather(*(self._probe_ip(target, ip, port) for ip in allowed)))
+
+    async def _probe_ip(self, target: Target, ip: str, port: int) -> ProbeResult:
+        started = self.clock()
+        try:
+            version, chain, peer = await self._handshake(target, ip, port)
+        except _Failed as f:
+            return ProbeResult.failure(target, ip, started, f.status, f.detail)
+        return ProbeResult.success(target, peer, started, version, chain)
+
+    async def _handshake(self, target: Target, ip: str, port: int) -> tuple[str, tuple[bytes, ...], str]:
+        lim = self.limits
+        try:
+            async with asyncio.timeout(lim.connect_timeout):
+                reader, writer = await self.connector(ip, port)
+        except TimeoutError:
+            raise _Failed("timeout", f"connect timed out after {lim.connect_timeout:g}s") from None
+        except ConnectionRefusedError:
+            raise _Failed("refused", "connection refused") from None
+        except OSError as exc:
+            status = "unreachable" if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) else "refused"
+            raise _Failed(status, f"connect failed: {exc.strerror or exc}") from None
+        try:
+            peer = writer.get_extra_info("peername")
+            peer_ip = str(peer[0]) if peer else ip
+            why = self.policy.address_reason(peer_ip)
+            if why:
+                raise _Failed("blocked_by_policy", why)
+            try:
+                async with asyncio.timeout(lim.handshake_timeout):
+                    version, chain = await self._tls(target, reader, writer)
+            except TimeoutError:
+                raise _Failed("timeout", f"TLS handshake timed out after {lim.handshake_timeout:g}s") from None
+            return version, chain, peer_ip
+        finally:
+            writer.transport.abort()
+
+    async def _tls(
+        self, target: Target, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[str, tuple[bytes, ...]]:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = self._ctx.wrap_bio(incoming, outgoing, server_side=False, server_hostname=target.sni)
+        received = 0
+        try:
+            while True:
+                try:
+                    obj.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    pass
+                out = outgoing.read()
+                if out:
+                    writer.write(out)
+                    await writer.drain()
+                data = await reader.read(16 * 1024)
+                if not data:
+                    raise _Failed("tls_failed" if received else "reset", "connection closed during handshake")
+                if received == 0 and data[0] not in (0x15, 0x16):
+                    raise _Failed("not_tls", "the server did not answer with a TLS record")
+                received += len(data)
+                if received > self.limits.max_handshake_bytes:
+                    raise _Failed(
+                        "chain_too_large",
+                        f"handshake exceeded {self.limits.max_handshake_bytes} bytes",
+                    )
+                incoming.write(data)
+        except ssl.SSLError as exc:
+            raise _Failed("tls_failed", f"TLS error: {exc.reason or exc}") from None
+        except (ConnectionResetError, BrokenPipeError):
+            raise _Failed("reset", "connection reset during handshake") from None
+        except OSError as exc:
+            raise _Failed("reset", f"connection error: {exc.strerror or exc}") from None
+        version = obj.version() or "unknown"
+        return version, unverified_chain(obj)

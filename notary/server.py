@@ -1,0 +1,275 @@
+"""The notary HTTP server (aiohttp).  Build it with :func:`create_app`; run it with :func:`run`.
+
+Endpoints (all JSON; errors are ``{"error": code, "reason": text}``):
+
+* ``GET  /v1/notary``            the signed identity document (a DSSE envelope)
+* ``POST /v1/observe``           ``{"targets": [{"host", "port", "sni"?}], "nonce", "max_age"?, "all_addresses"?}``
+                                  -> ``{"results": [{"target", "envelopes": [...]}]}``, request order
+* ``GET  /v1/observe/{host}/{port}?nonce=...[&sni=&max_age=&all_addresses=1]``  the same for one target
+* ``GET  /healthz``, ``GET /metrics`` (Prometheus text), ``GET /v1/openapi.json``
+
+Limits: at most ``max_targets`` targets a request, ``max_body_bytes`` a body, a
+per-client token bucket (429 with ``Retry-After``), global and per-host probe
+caps.  Nothing a client sends can produce a traceback or a 500 with details.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+import notary
+from notary.config import NotaryConfig
+from notary.core import Identity, SigningKey, Target, canonical_decode, sign_identity, validate_nonce
+from notary.errors import EncodingError, InputError, ParallaxError
+from notary.openapi import openapi_document
+from notary.prober import Prober, Resolver
+from notary.ratelimit import RateLimiter
+from notary.service import ObservationService
+from notary.store import SQLiteStore, Store
+
+__all__ = ["create_app", "run", "CONFIG", "KEY", "SERVICE", "STORE"]
+
+log = logging.getLogger("parallax.notary")
+
+CONFIG = web.AppKey("config", NotaryConfig)
+KEY = web.AppKey("key", SigningKey)
+STORE = web.AppKey("store", SQLiteStore)
+SERVICE = web.AppKey("service", ObservationService)
+LIMITER = web.AppKey("limiter", RateLimiter)
+METRICS = web.AppKey("metrics", dict)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+CLOCK = web.AppKey("clock", object)
+
+
+def _error(status: int, code: str, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": code, "reason": reason}, status=status, headers=headers)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    code = 500
+    try:
+        resp = await handler(request)
+        code = resp.status
+        return resp
+    except InputError as exc:
+        code = 400
+        return _error(400, exc.code, str(exc))
+    except web.HTTPException as exc:
+        code = exc.status
+        if exc.status < 400:
+            raise
+        if exc.status == 413:
+            return _error(413, "body_too_large", f"request body larger than {request.app[CONFIG].max_body_bytes} bytes")
+        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, headers=dict(exc.headers) if exc.status == 405 else None)
+    except asyncio.CancelledError:
+        raise
+    except ParallaxError as exc:
+        log.error("request failed: %s", exc)
+        return _error(503, "unavailable", "the notary could not complete the request")
+    except Exception:  # never a traceback to the client
+        log.exception("unexpected error")
+        return _error(500, "internal", "internal error")
+    finally:
+        metrics["requests"].labels(route=route, code=str(code)).inc()
+
+
+def _clock(app: web.Application) -> int:
+    return app[CLOCK]()  # type: ignore[operator]
+
+
+def _rate_limit(request: web.Request, cost: int) -> None:
+    wait = request.app[LIMITER].check(request.remote or "?", time.monotonic(), cost)
+    if wait > 0:
+        raise _TooMany(wait)
+
+
+class _TooMany(web.HTTPTooManyRequests):
+    def __init__(self, wait: float) -> None:
+        super().__init__(headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+async def _identity(request: web.Request) -> web.Response:
+    _rate_limit(request, 1)
+    app = request.app
+    cfg, key = app[CONFIG], app[KEY]
+    ident = Identity(
+        name=cfg.name, region=cfg.region, key_id=key.key_id, public_key=key.verify_key.b64,
+        software=f"parallax-notary/{notary.__version__}", signed_at=_clock(app), url=cfg.url,
+        country=cfg.country, rir=cfg.rir, lat_e6=cfg.lat_e6, lon_e6=cfg.lon_e6,
+        limits=cfg.limits_document(),
+    )
+    return web.json_response(sign_identity(ident, key))
+
+
+def _parse_max_age(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 86400 * 365:
+        raise InputError("max_age must be an integer number of seconds (0 to one year)", "bad_max_age")
+    return value
+
+
+def _parse_bool(value: Any, name: str) -> bool:
+    if value in (None, False, "0", "false", ""):
+        return False
+    if value in (True, "1", "true"):
+        return True
+    raise InputError(f"{name} must be a boolean", f"bad_{name}")
+
+
+async def _observe_many(app: web.Application, targets: list[Target], nonce: str, max_age: int | None, all_addresses: bool) -> web.Response:
+    service = app[SERVICE]
+    envelopes = await asyncio.gather(
+        *(service.observe(t, nonce, max_age=max_age, all_addresses=all_addresses) for t in targets)
+    )
+    return web.json_response(
+        {"results": [{"target": t.to_json(), "envelopes": e} for t, e in zip(targets, envelopes)]}
+    )
+
+
+async def _observe_post(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG]
+    if request.content_length is not None and request.content_length > cfg.max_body_bytes:
+        raise web.HTTPRequestEntityTooLarge(max_size=cfg.max_body_bytes, actual_size=request.content_length)
+    raw = await request.read()
+    try:
+        body = canonical_decode(raw, max_bytes=cfg.max_body_bytes)
+    except EncodingError as exc:
+        raise InputError(f"request body is not valid JSON: {exc}", "bad_json") from None
+    if not isinstance(body, dict):
+        raise InputError("request body must be a JSON object", "bad_json")
+    unknown = set(body) - {"targets", "nonce", "max_age", "all_addresses"}
+    if unknown:
+        raise InputError(f"unknown fields: {', '.join(sorted(unknown))}", "bad_json")
+    nonce = validate_nonce(body.get("nonce"))
+    raw_targets = body.get("targets")
+    if not isinstance(raw_targets, list) or not raw_targets:
+        raise InputError("targets must be a non-empty list", "bad_targets")
+    if len(raw_targets) > cfg.max_targets:
+        raise InputError(f"at most {cfg.max_targets} targets per request", "too_many_targets")
+    targets = []
+    for item in raw_targets:
+        if not isinstance(item, dict) or set(item) - {"host", "port", "sni"}:
+            raise InputError("each target is {host, port, sni?}", "bad_targets")
+        targets.append(Target.parse(item.get("host"), item.get("port", 443), item.get("sni")))
+    _rate_limit(request, len(targets))
+    return await _observe_many(
+        request.app, targets, nonce, _parse_max_age(body.get("max_age")),
+        _parse_bool(body.get("all_addresses"), "all_addresses"),
+    )
+
+
+async def _observe_get(request: web.Request) -> web.Response:
+    q = request.query
+    target = Target.parse(request.match_info["host"], request.match_info["port"], q.get("sni"))
+    nonce = validate_nonce(q.get("nonce"))
+    _rate_limit(request, 1)
+    return await _observe_many(
+        request.app, [target], nonce, _parse_max_age(q.get("max_age")),
+        _parse_bool(q.get("all_addresses"), "all_addresses"),
+    )
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "key_id": request.app[KEY].key_id})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(request.app[CONFIG]))
+
+
+def _make_metrics(registry: CollectorRegistry) -> dict[str, Any]:
+    return {
+        "requests": Counter("parallax_http_requests", "HTTP requests by route and status code", ["route", "code"], registry=registry),
+        "probes": Counter("parallax_probes", "Probes by result status", ["status"], registry=registry),
+        "inflight": Gauge("parallax_probes_inflight", "Probes in flight", registry=registry),
+        "probe_seconds": Histogram("parallax_probe_seconds", "Probe duration", registry=registry),
+    }
+
+
+def create_app(
+    config: NotaryConfig,
+    key: SigningKey,
+    *,
+    clock: Callable[[], int] = lambda: int(time.time()),
+    resolver: Resolver | None = None,
+    store: Store | None = None,
+) -> web.Application:
+    """Build a notary application.  The store opens in a cleanup context (``config.db_path``)."""
+    app = web.Application(middlewares=[_errors], client_max_size=config.max_body_bytes)
+    registry = CollectorRegistry()
+    metrics = _make_metrics(registry)
+    app[CONFIG] = config
+    app[KEY] = key
+    app[CLOCK] = clock
+    app[REGISTRY] = registry
+    app[METRICS] = metrics
+    app[LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
+
+    async def open_store(app: web.Application) -> AsyncIterator[None]:
+        st = store if store is not None else await SQLiteStore.open(config.db_path)
+        app[STORE] = st  # type: ignore[assignment]
+        prober = Prober(
+            config.policy, clock=clock, resolver=resolver, limits=config.probe_limits,
+            connect_override=config.connect_override,
+        )
+        app[SERVICE] = ObservationService(
+            key, prober, st, clock=clock, limits=config.service_limits,
+            on_probe=lambda r: metrics["probes"].labels(status=r.status).inc(),
+        )
+        yield
+        await st.close()
+
+    async def rescan(app: web.Application) -> AsyncIterator[None]:
+        task = None
+        if config.watch:
+            task = asyncio.create_task(_rescan_loop(app[SERVICE], config))
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.cleanup_ctx.extend([open_store, rescan])
+    app.router.add_get("/v1/notary", _identity)
+    app.router.add_post("/v1/observe", _observe_post)
+    app.router.add_get("/v1/observe/{host}/{port}", _observe_get)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/v1/openapi.json", _openapi)
+    return app
+
+
+async def _rescan_loop(service: ObservationService, config: NotaryConfig) -> None:
+    """Re-probe the watch list every ``rescan_interval`` seconds (history without clients)."""
+    while True:
+        for target in config.watch:
+            try:
+                await service.fresh(target, all_addresses=True)
+            except ParallaxError as exc:
+                log.warning("re-scan of %s failed: %s", target, exc)
+        await asyncio.sleep(config.rescan_interval)
+
+
+def run(config: NotaryConfig, key: SigningKey, host: str, port: int) -> None:
+    """Serve until interrupted (the CLI's ``parallax serve``)."""
+    web.run_app(create_app(config, key), host=host, port=port, print=None, access_log=None)

@@ -1,0 +1,110 @@
+"""The observation service: cache, single-flight probes, concurrency caps, signing.
+
+Between the HTTP server and the prober/store.  For each requested target it
+either re-signs a cached probe round (younger than both the caller's
+``max_age`` and the notary's TTL) with this request's nonce, or runs a fresh
+probe.  Concurrent requests for the same target share one in-flight probe.
+A global semaphore caps concurrent probes; a per-host semaphore caps probes of
+one host.  Every result is stored before it is signed and returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from notary.core import Observation, ProbeResult, SigningKey, Target, sign_observation
+from notary.prober import Prober
+from notary.store import Store
+
+__all__ = ["ServiceLimits", "ObservationService"]
+
+log = logging.getLogger("parallax.notary")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceLimits:
+    """Counts and seconds."""
+
+    ttl: int = 300
+    max_concurrent_probes: int = 64
+    max_probes_per_host: int = 4
+
+
+class ObservationService:
+    def __init__(
+        self,
+        key: SigningKey,
+        prober: Prober,
+        store: Store,
+        *,
+        clock: Callable[[], int],
+        limits: ServiceLimits = ServiceLimits(),
+        on_probe: Callable[[ProbeResult], None] | None = None,
+    ) -> None:
+        self.key = key
+        self.prober = prober
+        self.store = store
+        self.clock = clock
+        self.limits = limits
+        self.on_probe = on_probe
+        self._global = asyncio.Semaphore(limits.max_concurrent_probes)
+        self._per_host: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(limits.max_probes_per_host)
+        )
+        self._inflight: dict[tuple[Target, bool], asyncio.Future[list[ProbeResult]]] = {}
+        self.cache_hits = 0
+        self.probes = 0
+
+    async def observe(
+        self, target: Target, nonce: str, *, max_age: int | None = None, all_addresses: bool = False
+    ) -> list[dict[str, Any]]:
+        """Signed envelopes (one per probed address) for ``target``, bound to ``nonce``."""
+        results, source = await self._results(target, max_age, all_addresses)
+        history = await self.store.key_history(target.host, target.port)
+        now = self.clock()
+        return [
+            sign_observation(
+                Observation.from_probe(
+                    r, notary=self.key.key_id, nonce=nonce, signed_at=now, source=source,
+                    key_history=history,
+                ),
+                self.key,
+            )
+            for r in results
+        ]
+
+    async def _results(
+        self, target: Target, max_age: int | None, all_addresses: bool
+    ) -> tuple[list[ProbeResult], str]:
+        ttl = self.limits.ttl if max_age is None else min(max_age, self.limits.ttl)
+        if ttl > 0:
+            cached = await self.store.latest(target, all_addresses=all_addresses)
+            if cached and self.clock() - cached[0].observed_at <= ttl:
+                self.cache_hits += 1
+                return cached, "cached"
+        return await self.fresh(target, all_addresses=all_addresses), "fresh"
+
+    async def fresh(self, target: Target, *, all_addresses: bool = False) -> list[ProbeResult]:
+        """Probe now (sharing an in-flight probe of the same target) and store the result."""
+        key = (target, all_addresses)
+        fut = self._inflight.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(self._probe_and_store(target, all_addresses))
+            self._inflight[key] = fut
+            fut.add_done_callback(lambda _f: self._inflight.pop(key, None))
+        return await asyncio.shield(fut)
+
+    async def _probe_and_store(self, target: Target, all_addresses: bool) -> list[ProbeResult]:
+        async with self._global, self._per_host[target.host]:
+            self.probes += 1
+            results = await self.prober.probe(target, all_addresses=all_addresses)
+        await self.store.add(results, all_addresses=all_addresses)
+        for r in results:
+            log.info("probed %s ip=%s status=%s spki=%s", target, r.ip, r.status, r.spki_sha256)
+            if self.on_probe:
+                self.on_probe(r)
+        return results

@@ -1,0 +1,86 @@
+"""Real TLS servers on loopback for tests (trustme certificates, asyncio servers).
+
+Every server here is a real listening socket on 127.0.0.1 doing a real TLS
+handshake with OpenSSL through Python's ``ssl`` module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import trustme
+
+from notary.core import spki_sha256
+
+__all__ = ["TLSServer", "tls_server", "server_context", "leaf_spki", "make_ca"]
+
+
+def make_ca(key_type: str = "ecdsa") -> trustme.CA:
+    kt = trustme.KeyType.RSA if key_type == "rsa" else trustme.KeyType.ECDSA
+    return trustme.CA(key_type=kt)
+
+
+def server_context(
+    cert: trustme.LeafCert,
+    *,
+    min_version: ssl.TLSVersion | None = None,
+    max_version: ssl.TLSVersion | None = None,
+) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.configure_cert(ctx)
+    if min_version:
+        ctx.minimum_version = min_version
+    if max_version:
+        ctx.maximum_version = max_version
+    return ctx
+
+
+def leaf_spki(cert: trustme.LeafCert) -> str:
+    """SPKI SHA-256 hex of the leaf that ``cert`` serves."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    pem = cert.cert_chain_pems[0].bytes()
+    return spki_sha256(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER))
+
+
+@dataclass
+class TLSServer:
+    host: str
+    port: int
+    server: asyncio.base_events.Server
+    handshakes: int = 0
+
+
+async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: TLSServer) -> None:
+    srv.handshakes += 1
+    try:
+        writer.write(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+    except (ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def tls_server(ctx: ssl.SSLContext, host: str = "127.0.0.1") -> AsyncIterator[TLSServer]:
+    """Serve ``ctx`` on an ephemeral loopback port until the block ends."""
+    holder: list[TLSServer] = []
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await _serve_one(r, w, holder[0])
+
+    server = await asyncio.start_server(handle, host, 0, ssl=ctx, ssl_handshake_timeout=5)
+    port = server.sockets[0].getsockname()[1]
+    holder.append(TLSServer(host, port, server))
+    try:
+        yield holder[0]
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 2)
