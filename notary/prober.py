@@ -238,6 +238,10 @@ class Prober:
                     )
                 incoming.write(data)
         except ssl.SSLError as exc:
+            if exc.reason == "EXCESSIVE_MESSAGE_SIZE":
+                # OpenSSL refuses a handshake message (the Certificate message) above
+                # its own cap (100 KiB) before our byte count reaches the limit.
+                raise _Failed("chain_too_large", "a handshake message exceeded the size limit") from None
             raise _Failed("tls_failed", f"TLS error: {exc.reason or exc}") from None
         except (ConnectionResetError, BrokenPipeError):
             raise _Failed("reset", "connection reset during handshake") from None

@@ -72,7 +72,10 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
             raise
         if exc.status == 413:
             return _error(413, "body_too_large", f"request body larger than {request.app[CONFIG].max_body_bytes} bytes")
-        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, headers=dict(exc.headers) if exc.status == 405 else None)
+        # Keep only the headers that carry meaning (Allow on 405, Retry-After on 429);
+        # the exception's own Content-Type would clash with the JSON body.
+        keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, headers=keep or None)
     except asyncio.CancelledError:
         raise
     except ParallaxError as exc:
@@ -116,11 +119,19 @@ async def _identity(request: web.Request) -> web.Response:
 def _parse_max_age(value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 86400 * 365:
         raise InputError("max_age must be an integer number of seconds (0 to one year)", "bad_max_age")
     return value
+
+
+def _target(host: Any, port: Any, sni: Any) -> Target:
+    # str.isdigit() accepts digits such as "²" that int() rejects; refuse them here
+    # so that they are a 400, not an unexpected ValueError (500).
+    if isinstance(port, str) and not port.isascii():
+        raise InputError("port must be an integer", "bad_port")
+    return Target.parse(host, port, sni)
 
 
 def _parse_bool(value: Any, name: str) -> bool:
@@ -165,7 +176,7 @@ async def _observe_post(request: web.Request) -> web.Response:
     for item in raw_targets:
         if not isinstance(item, dict) or set(item) - {"host", "port", "sni"}:
             raise InputError("each target is {host, port, sni?}", "bad_targets")
-        targets.append(Target.parse(item.get("host"), item.get("port", 443), item.get("sni")))
+        targets.append(_target(item.get("host"), item.get("port", 443), item.get("sni")))
     _rate_limit(request, len(targets))
     return await _observe_many(
         request.app, targets, nonce, _parse_max_age(body.get("max_age")),
@@ -175,7 +186,7 @@ async def _observe_post(request: web.Request) -> web.Response:
 
 async def _observe_get(request: web.Request) -> web.Response:
     q = request.query
-    target = Target.parse(request.match_info["host"], request.match_info["port"], q.get("sni"))
+    target = _target(request.match_info["host"], request.match_info["port"], q.get("sni"))
     nonce = validate_nonce(q.get("nonce"))
     _rate_limit(request, 1)
     return await _observe_many(

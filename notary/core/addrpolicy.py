@@ -65,7 +65,7 @@ _V4COMPAT = ipaddress.IPv6Network("::/96")
 def _embedded_v4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     if addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
-    if addr in _NAT64 or addr in _V4COMPAT:
+    if addr in _NAT64 or (addr in _V4COMPAT and int(addr) > 1):  # :: and ::1 are not IPv4-compatible
         return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
     if addr in _SIXTOFOUR:
         return addr.sixtofour

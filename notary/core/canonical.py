@@ -10,7 +10,10 @@ package; decoding is strict (no duplicate keys, no floats, no NaN, bounded size)
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 from typing import Any
 
 import rfc8785
@@ -21,12 +24,23 @@ __all__ = ["encode", "decode", "MAX_SAFE_INT"]
 
 MAX_SAFE_INT = 2**53 - 1
 _MAX_DEPTH = 32
+# Python strings can hold lone UTF-16 surrogates (``json.loads('"\\ud800"')``);
+# they have no UTF-8 encoding and I-JSON (RFC 7493) forbids them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_str(value: str) -> None:
+    if _SURROGATE.search(value):
+        raise EncodingError("string contains a lone UTF-16 surrogate")
 
 
 def _check(value: Any, depth: int = 0) -> None:
     if depth > _MAX_DEPTH:
         raise EncodingError("JSON nested too deeply")
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        _check_str(value)
         return
     if isinstance(value, int):
         if abs(value) > MAX_SAFE_INT:
@@ -42,6 +56,7 @@ def _check(value: Any, depth: int = 0) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise EncodingError("object keys must be strings")
+            _check_str(key)
             _check(item, depth + 1)
         return
     raise EncodingError(f"type not allowed in signed JSON: {type(value).__name__}")
@@ -104,3 +119,21 @@ def decode(data: bytes | str, *, max_bytes: int = 1 << 20) -> Any:
         raise EncodingError(f"malformed JSON: {exc}") from None
     _check(value)
     return value
+
+
+def b64decode_strict(text: Any) -> bytes:
+    """Decode standard, padded base64 and insist it is the *canonical* spelling.
+
+    ``base64.b64decode`` ignores the unused low bits of the last character
+    (``"AB=="`` and ``"AA=="`` both decode to ``b"\\x00"``); accepting those would
+    make signatures, payloads, keys and pins malleable.  Raises :class:`EncodingError`.
+    """
+    if not isinstance(text, str):
+        raise EncodingError("base64 value is not a string")
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise EncodingError("not valid base64") from None
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise EncodingError("base64 is not in canonical form")
+    return raw

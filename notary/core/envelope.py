@@ -26,7 +26,6 @@ Limits: an envelope is at most :data:`MAX_ENVELOPE_BYTES`; at most
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -80,12 +79,13 @@ class Verified:
 
 
 def _b64(text: Any, what: str) -> bytes:
+    """Strict, canonical base64 (non-zero padding bits are refused: no malleability)."""
     if not isinstance(text, str):
         raise VerificationError(f"{what} is not a string")
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        raise VerificationError(f"{what} is not valid base64") from None
+        return canonical.b64decode_strict(text)
+    except EncodingError:
+        raise VerificationError(f"{what} is not valid canonical base64") from None
 
 
 def verify_envelope(

@@ -61,27 +61,40 @@ class Identity:
 
     @classmethod
     def from_payload(cls, d: Mapping[str, Any]) -> "Identity":
+        """Parse a *verified* payload strictly; raise :class:`VerificationError` on a bad shape."""
         try:
-            coords = d.get("coordinates") or {}
+            coords = d.get("coordinates")
+            if coords is None:
+                coords = {}
+            if not isinstance(coords, dict):
+                raise TypeError("coordinates must be an object or null")
+            lat, lon = coords.get("lat_e6"), coords.get("lon_e6")
+            if coords and not all(_is_int(v) for v in (lat, lon)):
+                raise TypeError("coordinates hold integer lat_e6 and lon_e6")
             limits = d["limits"]
-            if not isinstance(limits, dict) or not all(
-                isinstance(v, int) and not isinstance(v, bool) for v in limits.values()
-            ):
+            if not isinstance(limits, dict) or not all(_is_int(v) for v in limits.values()):
                 raise TypeError("limits must map names to integers")
             strs = {k: d[k] for k in ("name", "region", "key_id", "public_key", "protocol", "software")}
             if not all(isinstance(v, str) for v in strs.values()):
                 raise TypeError("identity strings have the wrong type")
-            if not isinstance(d["signed_at"], int):
+            opts = {k: d.get(k) for k in ("url", "country", "rir")}
+            if not all(v is None or isinstance(v, str) for v in opts.values()):
+                raise TypeError("url, country and rir are strings or null")
+            if not _is_int(d["signed_at"]):
                 raise TypeError("signed_at must be an integer")
             return cls(
                 name=strs["name"], region=strs["region"], key_id=strs["key_id"],
                 public_key=strs["public_key"], software=strs["software"],
-                signed_at=d["signed_at"], url=d.get("url"), country=d.get("country"),
-                rir=d.get("rir"), lat_e6=coords.get("lat_e6"), lon_e6=coords.get("lon_e6"),
+                signed_at=d["signed_at"], url=opts["url"], country=opts["country"],
+                rir=opts["rir"], lat_e6=lat, lon_e6=lon,
                 limits=limits, protocol=strs["protocol"],
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise VerificationError(f"malformed identity document: {exc}") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def sign_identity(identity: Identity, key: SigningKey) -> dict[str, Any]:

@@ -9,13 +9,13 @@ reading and writing key files (mode 0600) is :mod:`notary.keyfile`'s job.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 
 import nacl.exceptions
 import nacl.signing
 
-from notary.errors import VerificationError, KeyFileError
+from notary.core.canonical import b64decode_strict
+from notary.errors import EncodingError, KeyFileError, VerificationError
 
 __all__ = ["SigningKey", "VerifyKey", "key_id_for"]
 
@@ -31,19 +31,20 @@ class VerifyKey:
     __slots__ = ("_key", "raw", "key_id")
 
     def __init__(self, raw: bytes) -> None:
-        if len(raw) != 32:
+        if not isinstance(raw, (bytes, bytearray)) or len(raw) != 32:
             raise VerificationError("an Ed25519 public key is 32 bytes")
+        raw = bytes(raw)
         self._key = nacl.signing.VerifyKey(raw)
         self.raw = raw
         self.key_id = key_id_for(raw)
 
     @classmethod
     def from_b64(cls, text: str) -> "VerifyKey":
-        """Parse standard base64 of the 32 raw bytes."""
+        """Parse standard, canonical base64 of the 32 raw bytes."""
         try:
-            raw = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError, TypeError):
-            raise VerificationError("public key is not valid base64") from None
+            raw = b64decode_strict(text)
+        except EncodingError:
+            raise VerificationError("public key is not valid canonical base64") from None
         return cls(raw)
 
     @property

@@ -23,7 +23,7 @@ from notary.core.envelope import sign_envelope, verify_envelope
 from notary.core.keys import SigningKey, VerifyKey
 from notary.core.pins import LeafSummary, leaf_sha256, pin_from_spki_hex, spki_sha256, summarize_leaf
 from notary.core.target import Target
-from notary.errors import InputError, VerificationError
+from notary.errors import EncodingError, InputError, VerificationError
 
 __all__ = [
     "OBSERVATION_TYPE",
@@ -215,7 +215,7 @@ class Observation:
         """Parse a *verified* payload strictly; raise :class:`VerificationError` on a bad shape."""
         try:
             return _parse(d)
-        except (KeyError, TypeError, ValueError, InputError, binascii.Error) as exc:
+        except (KeyError, TypeError, ValueError, InputError, EncodingError, binascii.Error) as exc:
             raise VerificationError(f"malformed observation: {exc}") from None
 
 
@@ -240,7 +240,9 @@ def _parse(d: Mapping[str, Any]) -> Observation:
     chain_b64 = _req(d, "chain", list)
     if len(chain_b64) > MAX_CHAIN_CERTS:
         raise ValueError("chain too long")
-    chain = tuple(base64.b64decode(_req({"c": c}, "c", str), validate=True) for c in chain_b64)
+    chain = tuple(canonical.b64decode_strict(_req({"c": c}, "c", str)) for c in chain_b64)
+    if sum(map(len, chain)) > MAX_CHAIN_BYTES:
+        raise ValueError("chain too large")
     history = []
     for h in _req(d, "key_history", list)[:MAX_HISTORY]:
         history.append(
@@ -248,13 +250,19 @@ def _parse(d: Mapping[str, Any]) -> Observation:
         )
     leaf = d["leaf"]
     spki = _req(d, "spki_sha256", str, True)
-    if status == "ok" and not (spki and chain):
-        raise ValueError("an ok observation carries a key and a chain")
+    leaf_hash = _req(d, "leaf_sha256", str, True)
     pin = _req(d, "pin", str, True)
-    if (pin is None) != (spki is None) or (spki and pin != pin_from_spki_hex(spki)):
-        raise ValueError("pin does not match spki_sha256")
-    if spki and chain and spki_sha256(chain[0]) != spki:
-        raise ValueError("spki_sha256 does not match the leaf certificate")
+    if status == "ok":
+        if not (spki and chain and leaf_hash):
+            raise ValueError("an ok observation carries a key and a chain")
+        if spki_sha256(chain[0]) != spki:
+            raise ValueError("spki_sha256 does not match the leaf certificate")
+        if leaf_sha256(chain[0]) != leaf_hash:
+            raise ValueError("leaf_sha256 does not match the leaf certificate")
+        if pin != pin_from_spki_hex(spki):
+            raise ValueError("pin does not match spki_sha256")
+    elif chain or spki is not None or pin is not None or leaf_hash is not None or leaf is not None:
+        raise ValueError(f"a {status!r} observation carries no certificate, key, pin or leaf")
     return Observation(
         notary=_req(d, "notary", str),
         target=target,
@@ -265,7 +273,7 @@ def _parse(d: Mapping[str, Any]) -> Observation:
         status=status,
         detail=_req(d, "detail", str, True),
         tls_version=_req(d, "tls_version", str, True),
-        leaf_sha256=_req(d, "leaf_sha256", str, True),
+        leaf_sha256=leaf_hash,
         spki_sha256=spki,
         chain=chain,
         leaf=LeafSummary.from_json(leaf) if leaf is not None else None,

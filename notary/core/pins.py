@@ -11,15 +11,16 @@ certificate over the same key keeps the same pin.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from notary.errors import InputError
+from notary.core.canonical import b64decode_strict
+from notary.errors import EncodingError, InputError
 
 __all__ = [
     "LeafSummary",
@@ -53,10 +54,57 @@ def load_certificate(data: bytes | str) -> bytes:
     return bytes(data)
 
 
+def _der_element(buf: bytes, i: int) -> tuple[int, int, int]:
+    """One DER TLV at ``buf[i:]``: (tag byte, content start, element end).  Raises ValueError."""
+    if i + 2 > len(buf):
+        raise ValueError("truncated DER")
+    tag = buf[i]
+    if tag & 0x1F == 0x1F:
+        raise ValueError("high-tag-number form not expected here")
+    length = buf[i + 1]
+    pos = i + 2
+    if length & 0x80:
+        n = length & 0x7F
+        if n == 0 or n > 4 or pos + n > len(buf):
+            raise ValueError("bad DER length")
+        length = int.from_bytes(buf[pos : pos + n], "big")
+        pos += n
+    end = pos + length
+    if end > len(buf):
+        raise ValueError("truncated DER")
+    return tag, pos, end
+
+
+def _spki_der(cert: x509.Certificate) -> bytes:
+    """The leaf's SubjectPublicKeyInfo exactly as encoded in the certificate.
+
+    Taken from the raw tbsCertificate rather than re-encoded from a parsed key,
+    so a certificate whose key algorithm or curve ``cryptography`` does not
+    support still has a pin (and cannot crash a probe or a verifier).
+    """
+    tbs = cert.tbs_certificate_bytes
+    tag, pos, end = _der_element(tbs, 0)
+    if tag != 0x30:
+        raise ValueError("tbsCertificate is not a SEQUENCE")
+    tag, _, nxt = _der_element(tbs, pos)
+    if tag == 0xA0:  # [0] EXPLICIT version
+        pos = nxt
+    # serialNumber, signature, issuer, validity, subject, then subjectPublicKeyInfo.
+    for _ in range(5):
+        _, _, pos = _der_element(tbs, pos)
+    tag, _, spki_end = _der_element(tbs, pos)
+    if tag != 0x30 or spki_end > end:
+        raise ValueError("subjectPublicKeyInfo is not a SEQUENCE")
+    return tbs[pos:spki_end]
+
+
 def spki_sha256(der: bytes) -> str:
-    spki = _cert(der).public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    """Lower-case hex SHA-256 of the leaf's DER SubjectPublicKeyInfo.  Raises InputError."""
+    cert = _cert(der)
+    try:
+        spki = _spki_der(cert)
+    except ValueError:
+        raise InputError("certificate has no parseable subjectPublicKeyInfo", "bad_certificate") from None
     return hashlib.sha256(spki).hexdigest()
 
 
@@ -64,7 +112,13 @@ def leaf_sha256(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 def pin_from_spki_hex(spki_hex: str) -> str:
+    """``sha256/<base64>`` from 64 lower-case hex digits; raise InputError (code ``bad_spki``)."""
+    if not isinstance(spki_hex, str) or not _HEX64.fullmatch(spki_hex):
+        raise InputError("an SPKI SHA-256 is 64 lower-case hex digits", "bad_spki")
     return "sha256/" + base64.b64encode(bytes.fromhex(spki_hex)).decode("ascii")
 
 
@@ -73,9 +127,9 @@ def spki_hex_from_pin(pin: str) -> str:
     if not isinstance(pin, str) or not pin.startswith("sha256/"):
         raise InputError("a pin looks like sha256/<base64 of 32 bytes>", "bad_pin")
     try:
-        raw = base64.b64decode(pin[7:], validate=True)
-    except (binascii.Error, ValueError):
-        raise InputError("pin is not valid base64", "bad_pin") from None
+        raw = b64decode_strict(pin[7:])
+    except EncodingError:
+        raise InputError("pin is not valid canonical base64", "bad_pin") from None
     if len(raw) != 32:
         raise InputError("a sha256 pin decodes to 32 bytes", "bad_pin")
     return raw.hex()
@@ -143,18 +197,18 @@ def summarize_leaf(der: bytes) -> LeafSummary:
                 sans.append("IP:" + str(name.value))
             if len(sans) >= _MAX_SANS:
                 break
-    except (x509.ExtensionNotFound, ValueError):
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, x509.UnsupportedGeneralNameType, ValueError):
         pass
 
-    def rfc4514(name: x509.Name) -> str:
+    def rfc4514(get: Any) -> str:
         try:
-            return name.rfc4514_string()[:1024]
+            return get().rfc4514_string()[:1024]
         except ValueError:
             return "<unparseable>"
 
     return LeafSummary(
-        subject=rfc4514(cert.subject),
-        issuer=rfc4514(cert.issuer),
+        subject=rfc4514(lambda: cert.subject),
+        issuer=rfc4514(lambda: cert.issuer),
         sans=tuple(sans),
         not_before=_ts(cert.not_valid_before_utc),
         not_after=_ts(cert.not_valid_after_utc),

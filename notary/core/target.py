@@ -89,7 +89,18 @@ def normalize_host(host: object) -> str:
         h = h[:-1]
     if not h or ".." in h:
         raise InputError(f"not a valid host name: {host!r}", "bad_host")
-    legacy = parse_legacy_ipv4(h)
+    # Map first (UTS #46: full-width digits, ideographic full stops...), so that a
+    # legacy IPv4 spelling written in compatibility characters ("１２７。０。０。１",
+    # "０x７f000001") is seen as the address it names, not as a host name.
+    try:
+        mapped = idna.uts46_remap(h, std3_rules=False, transitional=False)
+    except (idna.IDNAError, UnicodeError, ValueError):
+        raise InputError(f"not a valid host name: {host!r}", "bad_host") from None
+    if mapped.endswith("."):
+        mapped = mapped[:-1]
+    if not mapped or ".." in mapped:
+        raise InputError(f"not a valid host name: {host!r}", "bad_host")
+    legacy = parse_legacy_ipv4(mapped)
     if legacy is not None:
         return str(legacy)
     try:

@@ -1,0 +1,159 @@
+"""``verify_with_notaries``: the library call.
+
+It draws a fresh random nonce, probes the target itself (unless the caller
+passes what it ``observed``), asks every notary in the bundle in parallel,
+verifies every answer (:mod:`client.verify`), and decides (:mod:`client.verdict`).
+It stops early once more answers cannot change the outcome class
+(accept / mitm / other), unless ``wait_all``; notaries not waited for are
+reported as ``not_waited`` and count against the quorum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import time
+from typing import Callable, Sequence
+
+import aiohttp
+
+from notary.core import AddressPolicy, Target, observed_spki, parse_networks
+from notary.prober import ProbeLimits, Prober
+from client.bundle import Bundle, BundleEntry, load_bundle
+from client.fanout import RawAnswer, ask_notary
+from client.policy import Policy, get_policy
+from client.verdict import ClientView, Evidence, NotaryResult, Verdict, conclude, judge_all, outcome_class
+from client.verify import check_answer
+
+__all__ = ["verify_with_notaries", "verify_with_notaries_sync", "client_probe"]
+
+_ANY = AddressPolicy(parse_networks(["0.0.0.0/0", "::/0"]), None)
+
+
+async def client_probe(
+    target: Target,
+    *,
+    timeout: float = 5.0,
+    connect_to: tuple[str, int] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> ClientView:
+    """Probe the target from this machine with the notary's own prober (any address allowed)."""
+    override = {(target.host, target.port): connect_to} if connect_to else None
+    prober = Prober(_ANY, clock=lambda: int(clock()), limits=ProbeLimits(connect_timeout=timeout, handshake_timeout=timeout),
+                    connect_override=override)
+    result = (await prober.probe(target))[0]
+    return ClientView(result.status, result.spki_sha256, result.ip, result.detail, "probe")
+
+
+def _evidence(answer: RawAnswer, *, nonce: str, target: Target, now: int, policy: Policy) -> Evidence:
+    e = answer.entry
+    if answer.error is not None or answer.envelopes is None:
+        return Evidence(e.name, e.region, e.key_id, e.url, failure="unreachable", reason=answer.error or "no answer")
+    return check_answer(e, answer.envelopes, nonce=nonce, host=target.host, port=target.port, now=now,
+                        policy=policy, identity=answer.identity)
+
+
+def _placeholder(e: BundleEntry, result: str) -> NotaryResult:
+    return NotaryResult(e.name, e.region, e.key_id, result, "pending", counted=result != "unreachable")
+
+
+async def verify_with_notaries(
+    host: str,
+    port: int = 443,
+    *,
+    bundle: Bundle | str | None = None,
+    policy: Policy | str | None = None,
+    observed: bytes | str | None = None,
+    timeout: float = 10.0,
+    sni: str | None = None,
+    wait_all: bool = False,
+    subset: int | None = None,
+    connect_to: tuple[str, int] | None = None,
+    max_age: int | None = None,
+    session: aiohttp.ClientSession | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Verdict:
+    """Ask the bundle's notaries about ``host:port`` and compare with what this client sees.
+
+    ``observed`` is a certificate (DER or PEM) or a ``sha256/`` pin the caller
+    already holds (then the client does not probe).  ``timeout`` bounds each
+    notary and the client's own probe, in seconds.  ``subset`` asks a random
+    ``k`` notaries only (privacy).  ``connect_to`` points only the client's own
+    probe at ``(address, port)``.  Raises :class:`~notary.errors.InputError`
+    for bad arguments; network trouble is reported in the verdict, never raised.
+    """
+    target = Target.parse(host, port, sni)
+    pol = get_policy(policy)
+    bun = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    entries: Sequence[BundleEntry] = bun.notaries
+    if subset is not None and 0 < subset < len(entries):
+        entries = random.SystemRandom().sample(list(entries), subset)
+    nonce = secrets.token_urlsafe(24)
+    if observed is not None:
+        client_view: ClientView | None = ClientView("ok", observed_spki(observed), None, None, "supplied")
+    else:
+        client_view = None
+
+    own_session = session is None
+    sess = session or aiohttp.ClientSession()
+    tasks: dict[asyncio.Task[RawAnswer], BundleEntry] = {}
+    probe_task: asyncio.Task[ClientView] | None = None
+    try:
+        for e in entries:
+            t = asyncio.create_task(ask_notary(sess, e, target, nonce, timeout=timeout, max_age=max_age,
+                                               all_addresses=pol.all_addresses))
+            tasks[t] = e
+        if client_view is None:
+            probe_task = asyncio.create_task(client_probe(target, timeout=timeout, connect_to=connect_to, clock=clock))
+        evidence: dict[str, Evidence] = {}
+        pending: set[asyncio.Task[object]] = set(tasks) | ({probe_task} if probe_task else set())  # type: ignore[arg-type]
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            now = int(clock())
+            for t in done:
+                if t is probe_task:
+                    client_view = probe_task.result()
+                else:
+                    entry = tasks[t]  # type: ignore[index]
+                    evidence[entry.key_id + entry.url] = _evidence(t.result(), nonce=nonce, target=target, now=now, policy=pol)  # type: ignore[arg-type]
+            if wait_all or client_view is None or not pending:
+                continue
+            if _settled(client_view, entries, evidence, pol, now, target):
+                break
+        now = int(clock())
+        assert client_view is not None
+        ordered = [
+            evidence.get(e.key_id + e.url)
+            or Evidence(e.name, e.region, e.key_id, e.url, failure="not_waited", reason="decided before this notary answered")
+            for e in entries
+        ]
+        complete = all(e.key_id + e.url in evidence for e in entries)
+        results = judge_all(client_view, ordered, pol, now)
+        return conclude(client_view, results, pol, now, host=target.host, port=target.port, complete=complete)
+    finally:
+        for t in list(tasks) + ([probe_task] if probe_task else []):
+            t.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*tasks, *([probe_task] if probe_task else []), return_exceptions=True)
+        if own_session:
+            await sess.close()
+
+
+def _settled(client: ClientView, entries: Sequence[BundleEntry], evidence: dict[str, Evidence],
+             pol: Policy, now: int, target: Target) -> bool:
+    """True when no way the outstanding notaries could answer changes the outcome class."""
+    known = judge_all(client, [evidence[e.key_id + e.url] for e in entries if e.key_id + e.url in evidence], pol, now)
+    missing = [e for e in entries if e.key_id + e.url not in evidence]
+    classes = set()
+    for fill in ("agrees", "disagrees", "unreachable"):
+        results = known + [_placeholder(e, fill) for e in missing]
+        v = conclude(client, results, pol, now, host=target.host, port=target.port)
+        classes.add(outcome_class(v.status))
+    return len(classes) == 1
+
+
+def verify_with_notaries_sync(host: str, port: int = 443, **kwargs: object) -> Verdict:
+    """The synchronous twin of :func:`verify_with_notaries` for scripts (runs its own event loop)."""
+    return asyncio.run(verify_with_notaries(host, port, **kwargs))  # type: ignore[arg-type]

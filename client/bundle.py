@@ -1,0 +1,185 @@
+"""Notary bundles: the list of notaries a client trusts, optionally signed by an operator.
+
+A bundle file is JSON, either plain::
+
+    {"version": 1, "notaries": [ENTRY, ...]}
+
+or a DSSE envelope (payload type :data:`BUNDLE_TYPE`) whose payload is that
+object, signed by an operator key.  A signed bundle is verified against the
+operator key(s) the caller trusts *before* it is parsed, like an observation.
+
+An entry is what ``parallax notary-info`` prints: ``name``, ``url``,
+``region``, optional ``country`` and ``rir``, ``key_id`` and ``public_key``
+(base64 Ed25519).  The key id must match the public key; duplicate keys,
+duplicate names and duplicate URLs are refused.
+
+Lookup order: an explicit path, ``$PARALLAX_BUNDLE``, then
+``<user config dir>/parallax/bundle.json`` (XDG on Linux, via platformdirs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import platformdirs
+
+from notary.core import SigningKey, VerifyKey, canonical_decode, canonical_encode, sign_envelope, verify_envelope
+from notary.errors import EncodingError, InputError, VerificationError
+
+__all__ = [
+    "BUNDLE_TYPE", "BundleEntry", "Bundle", "find_bundle_path", "load_bundle", "merge_entries",
+    "sign_bundle", "default_bundle_path",
+]
+
+BUNDLE_TYPE = "application/vnd.parallax.bundle+json; version=1"
+MAX_BUNDLE_BYTES = 1 << 20
+MAX_NOTARIES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class BundleEntry:
+    name: str
+    url: str
+    region: str
+    key_id: str
+    public_key: str
+    country: str | None = None
+    rir: str | None = None
+
+    @property
+    def verify_key(self) -> VerifyKey:
+        return VerifyKey.from_b64(self.public_key)
+
+    @classmethod
+    def from_json(cls, d: Any) -> "BundleEntry":
+        if not isinstance(d, Mapping):
+            raise InputError("a bundle entry must be a JSON object", "bad_bundle")
+        for k in ("name", "url", "key_id", "public_key"):
+            if not isinstance(d.get(k), str) or not d.get(k):
+                raise InputError(f"bundle entry field {k!r} must be a non-empty string", "bad_bundle")
+        region = d.get("region") or "unknown"
+        if not isinstance(region, str):
+            raise InputError("bundle entry region must be a string", "bad_bundle")
+        parts = urlsplit(d["url"])
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InputError(f"bundle entry {d['name']!r} has a bad url {d['url']!r}", "bad_bundle")
+        try:
+            key = VerifyKey.from_b64(d["public_key"])
+        except VerificationError:
+            raise InputError(f"bundle entry {d['name']!r} has a bad public key", "bad_bundle") from None
+        if key.key_id != d["key_id"]:
+            raise InputError(f"bundle entry {d['name']!r}: key_id does not match public_key", "bad_bundle")
+        opt = {k: d.get(k) for k in ("country", "rir")}
+        for k, v in opt.items():
+            if v is not None and not isinstance(v, str):
+                raise InputError(f"bundle entry field {k!r} must be a string", "bad_bundle")
+        return cls(d["name"], d["url"].rstrip("/"), region, d["key_id"], d["public_key"], opt["country"], opt["rir"])
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "url": self.url, "region": self.region,
+                             "key_id": self.key_id, "public_key": self.public_key}
+        if self.country:
+            d["country"] = self.country
+        if self.rir:
+            d["rir"] = self.rir
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    notaries: tuple[BundleEntry, ...]
+    signed_by: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.notaries) > MAX_NOTARIES:
+            raise InputError(f"a bundle holds at most {MAX_NOTARIES} notaries", "bad_bundle")
+        for attr, what in (("key_id", "key"), ("name", "name"), ("url", "url")):
+            seen: set[str] = set()
+            for e in self.notaries:
+                v = getattr(e, attr)
+                if v in seen:
+                    raise InputError(f"duplicate notary {what} in bundle: {v}", "duplicate_notary")
+                seen.add(v)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": 1, "notaries": [e.to_json() for e in self.notaries]}
+
+    @classmethod
+    def from_json(cls, d: Any, signed_by: str | None = None) -> "Bundle":
+        if not isinstance(d, Mapping) or d.get("version") != 1 or not isinstance(d.get("notaries"), list):
+            raise InputError('a bundle is {"version": 1, "notaries": [...]}', "bad_bundle")
+        return cls(tuple(BundleEntry.from_json(e) for e in d["notaries"]), signed_by)
+
+    def add(self, entry: BundleEntry) -> "Bundle":
+        return Bundle(self.notaries + (entry,))
+
+    def by_key(self) -> dict[str, BundleEntry]:
+        return {e.key_id: e for e in self.notaries}
+
+
+def parse_bundle(raw: bytes, operator_keys: Sequence[VerifyKey] = ()) -> Bundle:
+    """Parse bundle bytes.  A signed bundle must verify against one of ``operator_keys``."""
+    try:
+        doc = canonical_decode(raw, max_bytes=MAX_BUNDLE_BYTES)
+    except EncodingError as exc:
+        raise InputError(f"bundle is not valid JSON: {exc}", "bad_bundle") from None
+    if isinstance(doc, Mapping) and "payloadType" in doc:
+        if not operator_keys:
+            raise VerificationError("bundle is signed; give the operator's public key (--operator-key) to verify it")
+        verified = verify_envelope(doc, {k.key_id: k for k in operator_keys}, BUNDLE_TYPE, max_payload_bytes=MAX_BUNDLE_BYTES)
+        return Bundle.from_json(verified.payload, signed_by=verified.key_id)
+    if operator_keys:
+        raise VerificationError("an operator key was given but the bundle is not signed")
+    return Bundle.from_json(doc)
+
+
+def default_bundle_path() -> Path:
+    return Path(platformdirs.user_config_dir("parallax")) / "bundle.json"
+
+
+def find_bundle_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``explicit``, else ``$PARALLAX_BUNDLE``, else the user config dir."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("PARALLAX_BUNDLE")
+    if env:
+        return Path(env)
+    return default_bundle_path()
+
+
+def load_bundle(path: str | os.PathLike[str] | None = None, operator_keys: Sequence[VerifyKey] = ()) -> Bundle:
+    """Find and load a bundle (see :func:`find_bundle_path`).  Raises InputError/VerificationError."""
+    p = find_bundle_path(path)
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(MAX_BUNDLE_BYTES + 1)
+    except FileNotFoundError:
+        raise InputError(f"no bundle at {p} (use --bundle, PARALLAX_BUNDLE or 'parallax bundle add')", "no_bundle") from None
+    except OSError as exc:
+        raise InputError(f"cannot read bundle {p}: {exc.strerror}", "no_bundle") from None
+    return parse_bundle(raw, operator_keys)
+
+
+def merge_entries(entries: Iterable[Any]) -> Bundle:
+    """Merge entries (dicts as printed by notary-info, or bundles' notaries) into one bundle."""
+    out: list[BundleEntry] = []
+    for item in entries:
+        if isinstance(item, Mapping) and "notaries" in item:
+            out.extend(Bundle.from_json(item).notaries)
+        else:
+            out.append(BundleEntry.from_json(item))
+    return Bundle(tuple(out))
+
+
+def sign_bundle(bundle: Bundle, key: SigningKey) -> dict[str, Any]:
+    """A DSSE envelope of the bundle signed by an operator key."""
+    return sign_envelope(BUNDLE_TYPE, canonical_encode(bundle.to_json()), key)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2) + "\n"

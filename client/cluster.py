@@ -1,0 +1,103 @@
+"""A local notary cluster on loopback, for development, demos, tests and benchmarks.
+
+``local_cluster(n, data_dir)`` starts ``n`` real notary servers (aiohttp
+AppRunner on 127.0.0.1, ephemeral or given ports) in this process, each with
+its own key and SQLite store under ``data_dir/notary-<i>``, allowed to observe
+loopback targets on any port (it is a development cluster), and writes their
+bundle to ``data_dir/bundle.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+from aiohttp import web
+
+from notary.config import NotaryConfig
+from notary.core import AddressPolicy, SigningKey, parse_networks
+from notary.keyfile import generate_key_file, key_path, load_key_file
+from notary.prober import ProbeLimits, Resolver
+from notary.server import create_app
+from notary.service import ServiceLimits
+from client.bundle import Bundle, BundleEntry
+
+__all__ = ["LocalCluster", "local_cluster", "LOOPBACK_NETS"]
+
+LOOPBACK_NETS = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass
+class LocalCluster:
+    bundle: Bundle
+    bundle_path: Path
+    runners: list[web.AppRunner] = field(default_factory=list)
+    apps: list[web.Application] = field(default_factory=list)
+    keys: list[SigningKey] = field(default_factory=list)
+
+    @property
+    def urls(self) -> list[str]:
+        return [e.url for e in self.bundle.notaries]
+
+    async def stop_one(self, i: int) -> None:
+        """Stop notary ``i`` (its port then refuses connections)."""
+        await self.runners[i].cleanup()
+
+
+@contextlib.asynccontextmanager
+async def local_cluster(
+    n: int,
+    data_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    ports: list[int] | None = None,
+    regions: list[str] | None = None,
+    ttl: int = 300,
+    timeout: float = 5.0,
+    resolver: Resolver | None = None,
+    connect_override: dict[tuple[str, int], tuple[str, int]] | None = None,
+    clock: Callable[[], int] | None = None,
+    rate: float = 1000.0,
+) -> AsyncIterator[LocalCluster]:
+    """Run ``n`` notaries until the block ends.  Keys persist in ``data_dir`` across runs."""
+    data = Path(data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    cluster = LocalCluster(Bundle(()), data / "bundle.json")
+    entries: list[BundleEntry] = []
+    try:
+        for i in range(n):
+            d = data / f"notary-{i + 1}"
+            key = load_key_file(d) if key_path(d).exists() else generate_key_file(d)
+            region = regions[i] if regions else f"local-{i + 1}"
+            cfg = NotaryConfig(
+                data_dir=d, name=f"notary-{i + 1}", region=region,
+                policy=AddressPolicy(parse_networks(LOOPBACK_NETS), None),
+                probe_limits=ProbeLimits(connect_timeout=timeout, handshake_timeout=timeout),
+                service_limits=ServiceLimits(ttl=ttl), rate_per_client=rate, burst_per_client=int(rate * 2),
+                connect_override=dict(connect_override or {}),
+            )
+            kwargs = {"resolver": resolver}
+            if clock is not None:
+                kwargs["clock"] = clock  # type: ignore[assignment]
+            app = create_app(cfg, key, **kwargs)  # type: ignore[arg-type]
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, host, ports[i] if ports else 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            url = f"http://{host}:{port}"
+            object.__setattr__(cfg, "url", url)
+            cluster.runners.append(runner)
+            cluster.apps.append(app)
+            cluster.keys.append(key)
+            entries.append(BundleEntry(cfg.name, url, region, key.key_id, key.verify_key.b64))
+        cluster.bundle = Bundle(tuple(entries))
+        cluster.bundle_path.write_text(json.dumps(cluster.bundle.to_json(), indent=2) + "\n")
+        yield cluster
+    finally:
+        for runner in cluster.runners:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()

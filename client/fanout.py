@@ -1,0 +1,85 @@
+"""Asking notaries: one task per notary over one shared aiohttp session.
+
+Each notary gets its own timeout and its own task; a failure is a value
+(:class:`RawAnswer` with ``error``), never an exception that cancels the others.
+Nothing here verifies or counts anything: :mod:`client.verify` does that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from notary.core import Target, canonical_decode
+from notary.errors import EncodingError
+from client.bundle import BundleEntry
+
+__all__ = ["RawAnswer", "ask_notary", "MAX_RESPONSE_BYTES"]
+
+MAX_RESPONSE_BYTES = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class RawAnswer:
+    """What came back from one notary, unverified.  ``error`` set means no usable answer."""
+
+    entry: BundleEntry
+    envelopes: list[Any] | None = None
+    identity: Any = None
+    error: str | None = None
+
+
+async def _get_json(session: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> Any:
+    async with session.request(method, url, json=body) as resp:
+        raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+        if len(raw) > MAX_RESPONSE_BYTES:
+            raise ValueError("response too large")
+        if resp.status != 200:
+            reason = ""
+            try:
+                reason = canonical_decode(raw).get("reason", "")
+            except (EncodingError, AttributeError):
+                pass
+            raise ValueError(f"HTTP {resp.status} {reason}".strip())
+        return canonical_decode(raw, max_bytes=MAX_RESPONSE_BYTES)
+
+
+async def ask_notary(
+    session: aiohttp.ClientSession,
+    entry: BundleEntry,
+    target: Target,
+    nonce: str,
+    *,
+    timeout: float,
+    max_age: int | None = None,
+    all_addresses: bool = True,
+    fetch_identity: bool = True,
+) -> RawAnswer:
+    """POST /v1/observe (and GET /v1/notary alongside) within ``timeout`` seconds."""
+    body: dict[str, Any] = {"targets": [target.to_json()], "nonce": nonce, "all_addresses": all_addresses}
+    if max_age is not None:
+        body["max_age"] = max_age
+    try:
+        async with asyncio.timeout(timeout):
+            jobs = [_get_json(session, "POST", entry.url + "/v1/observe", body)]
+            if fetch_identity:
+                jobs.append(_get_json(session, "GET", entry.url + "/v1/notary"))
+            got = await asyncio.gather(*jobs)
+    except TimeoutError:
+        return RawAnswer(entry, error=f"no answer within {timeout:g}s")
+    except (aiohttp.ClientError, OSError, ValueError, EncodingError) as exc:
+        return RawAnswer(entry, error=f"{type(exc).__name__}: {exc}"[:300])
+    doc = got[0]
+    try:
+        results = doc["results"]
+        if not isinstance(results, list) or len(results) != 1:
+            raise TypeError("expected one result")
+        envelopes = results[0]["envelopes"]
+        if not isinstance(envelopes, list):
+            raise TypeError("envelopes is not a list")
+    except (KeyError, TypeError, IndexError) as exc:
+        return RawAnswer(entry, error=f"malformed answer: {exc}")
+    return RawAnswer(entry, envelopes=envelopes, identity=got[1] if fetch_identity else None)

@@ -1,0 +1,290 @@
+"""The verdict engine: a pure function from verified evidence to a verdict.
+
+Theory of operation
+-------------------
+:func:`decide` takes what the client itself saw (:class:`ClientView`), one
+:class:`Evidence` per notary *asked* (verified observations, or the reason
+there are none), a :class:`~client.policy.Policy` and ``now``.  It does no I/O
+and reads no clock.
+
+Per notary it derives one result:
+
+``agrees``        the client's key (SPKI) is among the keys the notary saw on
+                  any address of the target (or, with weak consistency, in its
+                  key history within the window);
+``disagrees``     the notary observed the target and never saw the client's key;
+``unreachable``   the notary, or its probe of the target, failed ("could not
+                  observe" is never counted as "saw something different");
+``bad_signature`` / ``invalid`` / ``stale`` / ``excluded`` / ``not_waited``
+                  the answer was rejected by :mod:`client.verify`, the notary's
+                  identity did not match the bundle, it duplicated another
+                  notary's key, or the decision was made before it answered.
+
+With ``n`` notaries asked, ``A`` counted agreements and ``D`` disagreements:
+
+1. the client could not reach the target                    -> ``unreachable``
+2. ``n`` below the policy's minimum                          -> ``insufficient``
+3. ``A >= required(n)`` and the agreeing notaries span enough regions
+   -> ``consistent`` (``consistent_with_outliers`` if ``D > 0``, naming them)
+4. ``D >= required(n)`` and they span enough regions         -> ``mitm_suspected``
+5. ``A + D < required(n)``                                   -> ``insufficient``
+6. otherwise                                                 -> ``split_view``
+
+Every failure lowers ``A`` and ``D`` and never raises either, so an attacker who
+can only silence notaries gets ``insufficient``, never ``consistent``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from notary.core import Observation, pin_from_spki_hex
+from client.policy import Policy
+
+__all__ = [
+    "ClientView",
+    "Evidence",
+    "NotaryResult",
+    "Verdict",
+    "decide",
+    "STATUSES",
+    "RESULTS",
+    "ACCEPTING",
+    "outcome_class",
+    "judge_all",
+    "conclude",
+]
+
+STATUSES = ("consistent", "consistent_with_outliers", "mitm_suspected", "split_view", "insufficient", "unreachable")
+RESULTS = ("agrees", "disagrees", "unreachable", "bad_signature", "invalid", "stale", "excluded", "not_waited")
+ACCEPTING = frozenset({"consistent", "consistent_with_outliers"})
+_UNKNOWN_REGIONS = {"", "unknown", None}
+
+
+def outcome_class(status: str) -> str:
+    """The part of a status an early decision must not change: accept / mitm / other."""
+    if status in ACCEPTING:
+        return "accept"
+    return "mitm" if status == "mitm_suspected" else "other"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientView:
+    """What the client saw: ``status`` is ``ok`` or a probe error status."""
+
+    status: str
+    spki_sha256: str | None = None
+    ip: str | None = None
+    detail: str | None = None
+    source: str = "probe"  # probe | supplied
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status, "spki_sha256": self.spki_sha256,
+            "pin": pin_from_spki_hex(self.spki_sha256) if self.spki_sha256 else None,
+            "ip": self.ip, "detail": self.detail, "source": self.source,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What one notary asked contributed: verified observations, or why there are none."""
+
+    name: str
+    region: str | None
+    key_id: str
+    url: str | None = None
+    observations: tuple[Observation, ...] = ()
+    failure: str | None = None  # one of RESULTS other than agrees/disagrees
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NotaryResult:
+    name: str
+    region: str | None
+    key_id: str
+    result: str
+    reason: str
+    counted: bool = False
+    pins: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
+    age: int | None = None
+    source: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "region": self.region, "key_id": self.key_id, "result": self.result,
+            "reason": self.reason, "counted": self.counted, "pins": list(self.pins), "ips": list(self.ips),
+            "age": self.age, "source": self.source,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The answer to "is the key I see the one everybody else sees?".  JSON-serialisable via :meth:`to_json`."""
+
+    status: str
+    host: str
+    port: int
+    client: ClientView
+    quorum_pins: tuple[str, ...]
+    agreeing: int
+    asked: int
+    required: int
+    regions_agreeing: tuple[str, ...]
+    results: tuple[NotaryResult, ...]
+    summary: str
+    policy: str
+    checked_at: int
+    complete: bool = True
+    outliers: tuple[str, ...] = field(default=())
+
+    @property
+    def count(self) -> str:
+        """Agreement as "A/n" (n = notaries asked)."""
+        return f"{self.agreeing}/{self.asked}"
+
+    @property
+    def ok(self) -> bool:
+        """True for consistent and consistent_with_outliers."""
+        return self.status in ACCEPTING
+
+    @property
+    def pin(self) -> str | None:
+        """The agreed ``sha256/`` pin, only when the verdict is consistent."""
+        return self.client.to_json()["pin"] if self.ok else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status, "summary": self.summary, "host": self.host, "port": self.port,
+            "client": self.client.to_json(), "quorum_pins": list(self.quorum_pins),
+            "count": self.count, "agreeing": self.agreeing, "asked": self.asked,
+            "required": self.required, "regions_agreeing": list(self.regions_agreeing),
+            "outliers": list(self.outliers), "policy": self.policy, "checked_at": self.checked_at,
+            "complete": self.complete, "pin": self.pin, "results": [r.to_json() for r in self.results],
+        }
+
+
+def _judge(ev: Evidence, client: ClientView, policy: Policy, now: int) -> NotaryResult:
+    base = dict(name=ev.name, region=ev.region, key_id=ev.key_id)
+    if ev.failure is not None:
+        return NotaryResult(**base, result=ev.failure, reason=ev.reason or ev.failure)
+    ok = [o for o in ev.observations if o.status == "ok" and o.spki_sha256]
+    ips = tuple(sorted({o.ip for o in ev.observations if o.ip}))
+    age = min((o.age for o in ev.observations), default=None)
+    source = ev.observations[0].source if ev.observations else None
+    extra = dict(ips=ips, age=age, source=source)
+    if not ok:
+        why = "; ".join(sorted({f"{o.status}: {o.detail or ''}".rstrip(": ") for o in ev.observations})) or "no observation"
+        return NotaryResult(**base, result="unreachable", reason=f"notary could not observe the target ({why})", **extra)
+    keys = sorted({o.spki_sha256 for o in ok if o.spki_sha256})
+    pins = tuple(pin_from_spki_hex(k) for k in keys)
+    sightings = [s for o in ev.observations for s in o.key_history if s.spki_sha256 == client.spki_sha256]
+    agrees, reason = False, ""
+    if client.spki_sha256 in keys:
+        agrees, reason = True, "saw the same key"
+    elif policy.weak_consistency and any(s.last_seen >= now - policy.history_window for s in sightings):
+        agrees, reason = True, "saw this key for the site recently (weak consistency)"
+    if not agrees:
+        return NotaryResult(**base, result="disagrees", reason="saw a different key", pins=pins, counted=True, **extra)
+    if policy.quorum_duration > 0:
+        held = min((s.first_seen for s in sightings), default=now)
+        if now - held < policy.quorum_duration:
+            return NotaryResult(
+                **base, result="agrees", pins=pins, counted=False, **extra,
+                reason=f"saw the same key, but only for {now - held}s (< quorum duration {policy.quorum_duration}s)",
+            )
+    return NotaryResult(**base, result="agrees", reason=reason, pins=pins, counted=True, **extra)
+
+
+def _regions(results: Sequence[NotaryResult]) -> tuple[str, ...]:
+    return tuple(sorted({r.region for r in results if r.region not in _UNKNOWN_REGIONS}))  # type: ignore[misc]
+
+
+def judge_all(client: ClientView, evidence: Sequence[Evidence], policy: Policy, now: int) -> list[NotaryResult]:
+    """One :class:`NotaryResult` per notary asked (a repeated notary key is ``excluded``)."""
+    seen: set[str] = set()
+    results: list[NotaryResult] = []
+    for ev in evidence:
+        if ev.key_id in seen:
+            results.append(NotaryResult(ev.name, ev.region, ev.key_id, "excluded", "duplicate notary key"))
+            continue
+        seen.add(ev.key_id)
+        results.append(_judge(ev, client, policy, now))
+    return results
+
+
+def decide(
+    client: ClientView,
+    evidence: Sequence[Evidence],
+    policy: Policy,
+    now: int,
+    *,
+    host: str,
+    port: int,
+    complete: bool = True,
+) -> Verdict:
+    """Reach a verdict.  Pure: no I/O, no clock.  ``evidence`` holds one entry per notary asked."""
+    return conclude(client, judge_all(client, evidence, policy, now), policy, now, host=host, port=port, complete=complete)
+
+
+def conclude(
+    client: ClientView,
+    results: Sequence[NotaryResult],
+    policy: Policy,
+    now: int,
+    *,
+    host: str,
+    port: int,
+    complete: bool = True,
+) -> Verdict:
+    """The verdict from per-notary results (one per notary asked)."""
+    n = len(results)
+    need = policy.required(n)
+    asked_regions = len(_regions(results))
+    min_regions = max(1, min(policy.min_regions, asked_regions))
+    agree = [r for r in results if r.result == "agrees" and r.counted]
+    disagree = [r for r in results if r.result == "disagrees"]
+    a, d = len(agree), len(disagree)
+    agree_regions = _regions(agree)
+    dis_regions = _regions(disagree)
+    quorum_pins = tuple(sorted({p for r in disagree for p in r.pins}))
+    outliers = tuple(r.name for r in disagree)
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    mine = client.to_json()["pin"]
+
+    if client.status != "ok" or not client.spki_sha256:
+        status = "unreachable"
+        why = f"{client.status}: {client.detail}" if client.detail else client.status
+        summary = f"unreachable: you could not complete a TLS handshake with {target} ({why})"
+    elif n < policy.min_notaries:
+        status = "insufficient"
+        summary = f"insufficient: {n} notaries asked; policy {policy.name} needs at least {policy.min_notaries}"
+    elif a >= need and (len(agree_regions) >= min_regions or not agree_regions and min_regions <= 1):
+        if d:
+            status = "consistent_with_outliers"
+            names = ", ".join(f"{r.name} ({r.region or '?'})" for r in disagree)
+            summary = (f"consistent: {a}/{n} notaries saw your key for {target}; outliers {names} saw a "
+                       f"different key (their network path may be intercepted)")
+        else:
+            status = "consistent"
+            summary = f"consistent: {a}/{n} notaries in {len(agree_regions) or 1} region(s) saw the same key as you for {target} ({mine})"
+    elif d >= need and (len(dis_regions) >= min_regions or not dis_regions and min_regions <= 1):
+        status = "mitm_suspected"
+        summary = (f"MITM suspected: {d}/{n} notaries saw a different key for {target} than you did "
+                   f"(you: {mine}; they: {', '.join(quorum_pins)}); your connection may be intercepted")
+    elif a + d < need:
+        status = "insufficient"
+        summary = f"insufficient: only {a + d}/{n} notaries gave usable answers for {target}; {need} needed"
+    else:
+        status = "split_view"
+        summary = f"split view: for {target}, {a} notaries saw your key and {d} saw others; no quorum of {need}/{n}"
+
+    return Verdict(
+        status=status, host=host, port=port, client=client, quorum_pins=quorum_pins,
+        agreeing=a, asked=n, required=need, regions_agreeing=agree_regions, results=tuple(results),
+        summary=summary, policy=policy.name, checked_at=now, complete=complete,
+        outliers=outliers if status == "consistent_with_outliers" else (),
+    )

@@ -1,0 +1,95 @@
+"""Checking a notary's answer before anything in it counts (pure: ``now`` is passed in).
+
+For each envelope a notary returned, in this order:
+
+1. the DSSE signature verifies against the notary's bundle key, over the exact
+   payload bytes (else ``bad_signature``); only then is the payload parsed;
+2. the payload is a well-formed observation naming that notary (else ``invalid``);
+3. the nonce is this call's fresh nonce (else ``invalid``: replayed);
+4. the target is the one asked for (else ``invalid``);
+5. ``signed_at`` is within ``policy.max_skew`` of ``now`` (else ``stale``);
+6. ``observed_at`` is at most ``policy.max_age`` old and not after ``signed_at`` (else ``stale``/``invalid``).
+
+One bad envelope rejects the notary's whole answer: a notary either answers
+correctly or does not count.  If an identity document was fetched, it must
+verify against the same key and match the bundle entry's name and region
+(else ``excluded``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from notary.core import OBSERVATION_TYPE, Observation, verify_envelope, verify_identity
+from notary.errors import VerificationError
+from client.bundle import BundleEntry
+from client.policy import Policy
+from client.verdict import Evidence
+
+__all__ = ["check_answer", "check_identity", "MAX_ENVELOPES"]
+
+MAX_ENVELOPES = 16
+
+
+def _fail(entry: BundleEntry, kind: str, reason: str) -> Evidence:
+    return Evidence(entry.name, entry.region, entry.key_id, entry.url, failure=kind, reason=reason)
+
+
+def check_identity(entry: BundleEntry, envelope: Any) -> str | None:
+    """None when the identity document verifies and matches ``entry``, else the reason."""
+    try:
+        ident = verify_identity(envelope, entry.verify_key)
+    except VerificationError as exc:
+        return f"identity document invalid: {exc}"
+    if ident.name != entry.name:
+        return f"identity name {ident.name!r} does not match the bundle ({entry.name!r})"
+    if entry.region not in ("", "unknown") and ident.region != entry.region:
+        return f"identity region {ident.region!r} does not match the bundle ({entry.region!r})"
+    return None
+
+
+def check_answer(
+    entry: BundleEntry,
+    envelopes: Sequence[Any],
+    *,
+    nonce: str,
+    host: str,
+    port: int,
+    now: int,
+    policy: Policy,
+    identity: Any = None,
+) -> Evidence:
+    """Verify one notary's envelopes for one target; return its :class:`Evidence`."""
+    if identity is not None:
+        why = check_identity(entry, identity)
+        if why:
+            return _fail(entry, "excluded", why)
+    if not isinstance(envelopes, (list, tuple)) or not envelopes:
+        return _fail(entry, "invalid", "answer holds no observation")
+    if len(envelopes) > MAX_ENVELOPES:
+        return _fail(entry, "invalid", f"answer holds more than {MAX_ENVELOPES} observations")
+    key = entry.verify_key
+    out: list[Observation] = []
+    for env in envelopes:
+        try:
+            verified = verify_envelope(env, key, OBSERVATION_TYPE)
+        except VerificationError as exc:
+            return _fail(entry, "bad_signature", f"rejected: {exc}")
+        try:
+            obs = Observation.from_payload(verified.payload)
+        except VerificationError as exc:
+            return _fail(entry, "invalid", str(exc))
+        if obs.notary != entry.key_id:
+            return _fail(entry, "invalid", "observation names another notary")
+        if obs.nonce != nonce:
+            return _fail(entry, "invalid", "nonce does not match this request (replayed answer?)")
+        if obs.target.host != host or obs.target.port != port:
+            return _fail(entry, "invalid", f"observation is for {obs.target}, not {host}:{port}")
+        if abs(obs.signed_at - now) > policy.max_skew:
+            return _fail(entry, "stale", f"signed_at is {obs.signed_at - now:+d}s from now (max skew {policy.max_skew}s)")
+        if obs.observed_at > obs.signed_at:
+            return _fail(entry, "invalid", "observed after it was signed")
+        if now - obs.observed_at > policy.max_age:
+            return _fail(entry, "stale", f"observation is {now - obs.observed_at}s old (max {policy.max_age}s)")
+        out.append(obs)
+    return Evidence(entry.name, entry.region, entry.key_id, entry.url, observations=tuple(out))

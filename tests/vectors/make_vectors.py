@@ -1,0 +1,311 @@
+#!/usr/bin/env python3
+"""Regenerate the Parallax golden vectors in this directory, deterministically.
+
+    python tests/vectors/make_vectors.py            # (re)write every vector file
+    python tests/vectors/make_vectors.py --check    # exit 1 if any file would change
+    python tests/vectors/make_vectors.py --new-certs  # ONLY to replace the stored certificates
+
+Inputs are the constants below plus the two stored DER certificates
+(``leaf.der``, ``ca.der``), which were generated once with ``--new-certs``
+(ECDSA signatures are randomised, so certificates are inputs, not outputs).
+Ed25519 is deterministic, so every other file is a pure function of the inputs:
+the canonical payloads, the DSSE PAE, the signatures, the envelopes and
+``vectors.json`` (the language-neutral index; see README.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from notary.core import canonical
+from notary.core.envelope import envelope_bytes, pae, sign_envelope
+from notary.core.identity import IDENTITY_TYPE, Identity, sign_identity
+from notary.core.keys import SigningKey
+from notary.core.observation import OBSERVATION_TYPE, KeySighting, Observation, sign_observation
+from notary.core.pins import LeafSummary, leaf_sha256, spki_sha256
+from notary.core.target import Target
+
+HERE = Path(__file__).resolve().parent
+
+#: The fixed test key.  NEVER use it for anything but tests.
+SEED = bytes(range(32))
+
+NONCE = "parallax-test-vector-nonce-0001"
+OLD_SPKI = hashlib.sha256(b"parallax vector: a previous key").hexdigest()
+
+# Summary of leaf.der, written out so the vector does not depend on how a given
+# ``cryptography`` version formats names (test_vectors checks summarize_leaf agrees).
+LEAF_SUMMARY = LeafSummary(
+    subject="CN=example.com,O=Parallax Test Vectors",
+    issuer="CN=Parallax Vector CA,O=Parallax Test Vectors",
+    sans=("DNS:example.com", "DNS:www.example.com", "IP:192.0.2.10"),
+    not_before=1698796800,  # 2023-11-01T00:00:00Z
+    not_after=2014329600,   # 2033-10-31T00:00:00Z
+)
+
+
+def key() -> SigningKey:
+    return SigningKey(SEED)
+
+
+def chain() -> tuple[bytes, bytes]:
+    return (HERE / "leaf.der").read_bytes(), (HERE / "ca.der").read_bytes()
+
+
+def observation_ok() -> Observation:
+    leaf, ca = chain()
+    spki = spki_sha256(leaf)
+    return Observation(
+        notary=key().key_id,
+        target=Target("example.com", 443, "example.com"),
+        ip="192.0.2.10",
+        nonce=NONCE,
+        observed_at=1700000000,
+        signed_at=1700000042,
+        status="ok",
+        detail=None,
+        tls_version="TLSv1.3",
+        leaf_sha256=leaf_sha256(leaf),
+        spki_sha256=spki,
+        chain=(leaf, ca),
+        leaf=LEAF_SUMMARY,
+        source="cached",
+        age=42,
+        key_history=(
+            KeySighting(OLD_SPKI, 1600000000, 1690000000),
+            KeySighting(spki, 1690000100, 1700000000),
+        ),
+    )
+
+
+def observation_timeout() -> Observation:
+    return Observation(
+        notary=key().key_id,
+        target=Target("2001:db8::1", 8443, None),
+        ip="2001:db8::1",
+        nonce=NONCE,
+        observed_at=1700000100,
+        signed_at=1700000105,
+        status="timeout",
+        detail="connect timed out after 5s",
+        tls_version=None,
+        leaf_sha256=None,
+        spki_sha256=None,
+        chain=(),
+        leaf=None,
+        source="fresh",
+        age=5,
+        key_history=(),
+    )
+
+
+def identity() -> Identity:
+    k = key()
+    return Identity(
+        name="Vector Notary Zürich",
+        region="eu-central",
+        key_id=k.key_id,
+        public_key=k.verify_key.b64,
+        software="parallax-notary/0.1.0",
+        signed_at=1700000000,
+        url="https://notary.example/",
+        country="CH",
+        rir="RIPE",
+        lat_e6=47376887,
+        lon_e6=8541694,
+        limits={
+            "max_targets": 16,
+            "max_body_bytes": 65536,
+            "ttl_seconds": 300,
+            "connect_timeout_ms": 5000,
+            "handshake_timeout_ms": 5000,
+            "max_handshake_bytes": 131072,
+            "rate_per_client_milli": 20000,
+            "burst_per_client": 40,
+        },
+    )
+
+
+def signed_vectors() -> dict[str, tuple[str, Any, dict[str, Any]]]:
+    """name -> (payload type, model object, envelope dict)."""
+    k = key()
+    ok, to, ident = observation_ok(), observation_timeout(), identity()
+    return {
+        "observation_ok": (OBSERVATION_TYPE, ok, sign_observation(ok, k)),
+        "observation_timeout": (OBSERVATION_TYPE, to, sign_observation(to, k)),
+        "identity": (IDENTITY_TYPE, ident, sign_identity(ident, k)),
+    }
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _negative(envelope: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
+    """Envelopes derived from observation_ok that a verifier MUST reject."""
+    sig = base64.b64decode(envelope["signatures"][0]["sig"])
+    payload = base64.b64decode(envelope["payload"])
+    other = SigningKey(bytes(range(1, 33)))
+
+    def with_(**changes: Any) -> dict[str, Any]:
+        env = json.loads(json.dumps(envelope))
+        for k, v in changes.items():
+            if k in ("keyid", "sig"):
+                env["signatures"][0][k] = v
+            else:
+                env[k] = v
+        return env
+
+    # The signature's last base64 character before "==" carries 2 unused bits.
+    sig_b64 = envelope["signatures"][0]["sig"]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = sig_b64[-3]
+    noncanon = sig_b64[:-3] + alphabet[alphabet.index(last) ^ 1] + "=="
+    assert base64.b64decode(noncanon) == sig
+    tampered = payload.replace(b'"observed_at":1700000000', b'"observed_at":1700000001')
+    assert tampered != payload
+    return {
+        "bad_signature": (with_(sig=_b64(sig[:-1] + bytes([sig[-1] ^ 1]))), "signature does not verify"),
+        "tampered_payload": (with_(payload=_b64(tampered)), "payload changed after signing"),
+        "wrong_payload_type": (with_(payloadType=IDENTITY_TYPE), "payloadType is not the observation type"),
+        "unknown_keyid": (with_(keyid=other.key_id), "no signature by the trusted key id"),
+        "noncanonical_base64_sig": (with_(sig=noncanon), "signature base64 has non-zero padding bits"),
+        "signed_by_other_key": (
+            with_(sig=_b64(other.sign(pae(OBSERVATION_TYPE, payload)))),
+            "valid signature by a different key, filed under the trusted key id",
+        ),
+    }
+
+
+def noncanonical_payload() -> tuple[bytes, dict[str, Any]]:
+    """observation_ok's payload serialised NON-canonically (indented, keys unsorted) and signed.
+
+    It MUST verify: the signature is over the exact payload bytes; verifiers
+    never re-canonicalise.  It parses to the same observation.
+    """
+    body = json.dumps(observation_ok().to_payload(), indent=1, ensure_ascii=True).encode("ascii")
+    return body, sign_envelope(OBSERVATION_TYPE, body, key())
+
+
+def build() -> dict[str, bytes]:
+    """Every generated file: name -> exact bytes.  Pure function of the inputs."""
+    k = key()
+    files: dict[str, bytes] = {}
+    index: dict[str, Any] = {
+        "description": "Parallax protocol golden vectors; see README.md and docs/protocol.md",
+        "key": {
+            "seed_hex": SEED.hex(),
+            "public_key_b64": k.verify_key.b64,
+            "public_key_hex": k.verify_key.raw.hex(),
+            "key_id": k.key_id,
+        },
+        "certificates": {},
+        "vectors": {},
+        "must_verify": {},
+        "must_reject": {},
+    }
+    leaf, ca = chain()
+    for name, der in (("leaf.der", leaf), ("ca.der", ca)):
+        index["certificates"][name] = {
+            "der_b64": _b64(der),
+            "sha256": hashlib.sha256(der).hexdigest(),
+            "spki_sha256": spki_sha256(der),
+        }
+    for name, (ptype, obj, env) in signed_vectors().items():
+        payload = canonical.encode(obj.to_payload())
+        signing_input = pae(ptype, payload)
+        sig = base64.b64decode(env["signatures"][0]["sig"])
+        envb = envelope_bytes(env)
+        files[f"{name}.payload.json"] = payload
+        files[f"{name}.pae.bin"] = signing_input
+        files[f"{name}.sig.bin"] = sig
+        files[f"{name}.envelope.json"] = envb
+        index["vectors"][name] = {
+            "payload_type": ptype,
+            "payload_file": f"{name}.payload.json",
+            "payload_len": len(payload),
+            "payload_sha256": hashlib.sha256(payload).hexdigest(),
+            "pae_file": f"{name}.pae.bin",
+            "pae_prefix": signing_input[: signing_input.index(b"{")].decode("ascii"),
+            "pae_sha256": hashlib.sha256(signing_input).hexdigest(),
+            "sig_file": f"{name}.sig.bin",
+            "sig_b64": _b64(sig),
+            "sig_hex": sig.hex(),
+            "envelope_file": f"{name}.envelope.json",
+            "envelope_sha256": hashlib.sha256(envb).hexdigest(),
+        }
+    body, env = noncanonical_payload()
+    files["noncanonical_payload.envelope.json"] = envelope_bytes(env)
+    index["must_verify"]["noncanonical_payload"] = {
+        "payload_type": OBSERVATION_TYPE,
+        "envelope_file": "noncanonical_payload.envelope.json",
+        "why": "payload is observation_ok's object serialised non-canonically; signature is over those exact bytes",
+        "parses_like": "observation_ok",
+    }
+    for name, (env, why) in _negative(signed_vectors()["observation_ok"][2]).items():
+        fname = f"reject_{name}.envelope.json"
+        files[fname] = envelope_bytes(env)
+        index["must_reject"][name] = {"payload_type": OBSERVATION_TYPE, "envelope_file": fname, "why": why}
+    files["vectors.json"] = (json.dumps(index, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    return files
+
+
+def new_certs() -> None:
+    """Generate leaf.der and ca.der ONCE (ECDSA P-256).  Not deterministic; overwrites the inputs."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    org = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Parallax Test Vectors")
+    ca_name = x509.Name([org, x509.NameAttribute(NameOID.COMMON_NAME, "Parallax Vector CA")])
+    leaf_name = x509.Name([org, x509.NameAttribute(NameOID.COMMON_NAME, "example.com")])
+    start = dt.datetime.fromtimestamp(LEAF_SUMMARY.not_before, dt.timezone.utc)
+    end = dt.datetime.fromtimestamp(LEAF_SUMMARY.not_after, dt.timezone.utc)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(1).not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder().subject_name(leaf_name).issuer_name(ca_name)
+        .public_key(leaf_key.public_key()).serial_number(2).not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("example.com"), x509.DNSName("www.example.com"),
+            x509.IPAddress(ipaddress.ip_address("192.0.2.10")),
+        ]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (HERE / "ca.der").write_bytes(ca.public_bytes(Encoding.DER))
+    (HERE / "leaf.der").write_bytes(leaf.public_bytes(Encoding.DER))
+
+
+def main(argv: list[str]) -> int:
+    if "--new-certs" in argv:
+        new_certs()
+    files = build()
+    stale = [n for n, b in files.items() if not (HERE / n).exists() or (HERE / n).read_bytes() != b]
+    if "--check" in argv:
+        for n in stale:
+            print(f"stale: {n}", file=sys.stderr)
+        return 1 if stale else 0
+    for n in stale:
+        (HERE / n).write_bytes(files[n])
+        print(f"wrote {n}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
