@@ -9,7 +9,8 @@
 # maps PARALLAX_* environment variables to flags and then execs, so parallax
 # is PID 1 and gets SIGTERM.  Extra arguments (docker run ... IMAGE ARGS, or
 # compose `command:`) are appended as further `parallax serve` flags, e.g.
-# `--allow-port any` or `--watch example.org`.
+# `--allow-port any` or `--watch example.org`.  With `docker run --read-only`,
+# mount /bundle as well as /data (the entry is written to /bundle/entries).
 # tests/test_deploy_static.py runs this exact command line outside a container.
 
 FROM python:3.11-slim

@@ -231,3 +231,10 @@ def add_client_commands(sub: Any) -> None:
     d = sub.add_parser("demo", help="local cluster + local site: a clean check and an intercepted one")
     d.add_argument("--data-dir")
     d.set_defaults(func=_cmd_demo)
+
+    # Commands that live in their own modules register themselves here.
+    from client.conformance import add_conformance_command
+    from client.helper.cli import add_helper_commands
+
+    add_conformance_command(sub)
+    add_helper_commands(sub)

@@ -40,8 +40,8 @@ _V4_BLOCKED: tuple[tuple[str, str], ...] = (
     ("198.51.100.0/24", "documentation"),
     ("203.0.113.0/24", "documentation"),
     ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "broadcast"),  # before 240.0.0.0/4, which contains it
     ("240.0.0.0/4", "reserved"),
-    ("255.255.255.255/32", "broadcast"),
 )
 _V6_BLOCKED: tuple[tuple[str, str], ...] = (
     ("::/128", "unspecified"),

@@ -85,10 +85,6 @@ def normalize_host(host: object) -> str:
         except ValueError:
             raise InputError(f"not a valid host name or address: {host!r}", "bad_host") from None
         return str(addr)
-    if h.endswith("."):
-        h = h[:-1]
-    if not h or ".." in h:
-        raise InputError(f"not a valid host name: {host!r}", "bad_host")
     # Map first (UTS #46: full-width digits, ideographic full stops...), so that a
     # legacy IPv4 spelling written in compatibility characters ("１２７。０。０。１",
     # "０x７f000001") is seen as the address it names, not as a host name.
@@ -104,7 +100,7 @@ def normalize_host(host: object) -> str:
     if legacy is not None:
         return str(legacy)
     try:
-        alabel = idna.encode(h, uts46=True, transitional=False).decode("ascii").lower()
+        alabel = idna.encode(mapped, uts46=True, transitional=False).decode("ascii").lower()
     except (idna.IDNAError, UnicodeError, ValueError):
         raise InputError(f"not a valid host name: {host!r}", "bad_host") from None
     if len(alabel) > 253:

@@ -76,9 +76,9 @@ def observation_ok() -> Observation:
         leaf=LEAF_SUMMARY,
         source="cached",
         age=42,
-        key_history=(
-            KeySighting(OLD_SPKI, 1600000000, 1690000000),
+        key_history=(  # newest first, as the store returns it; includes this observation
             KeySighting(spki, 1690000100, 1700000000),
+            KeySighting(OLD_SPKI, 1600000000, 1690000000),
         ),
     )
 

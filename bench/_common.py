@@ -1,0 +1,165 @@
+"""Shared helpers of the benchmarks: child processes, raw TLS handshakes, results.
+
+Every server a benchmark needs runs in a child process started from
+``bench/_serve.py``; it prints one ``READY {json}`` line and exits by itself
+when its stdin closes (the benchmark ended or died) or after ``lifetime``
+seconds.  All addresses are on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import platform
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+PY = sys.executable
+
+
+class Child:
+    """A child process started by a benchmark (a server or a load generator)."""
+
+    def __init__(self, args: list[str], *, ready_timeout: float = 60.0, name: str = "child") -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, cwd=str(ROOT), text=True,
+        )
+        self.info: dict[str, Any] = {}
+        deadline = time.monotonic() + ready_timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{name} exited before READY (rc={self.proc.poll()})")
+            if line.startswith("READY "):
+                self.info = json.loads(line[6:])
+                return
+        self.stop()
+        raise RuntimeError(f"{name} not ready within {ready_timeout}s")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        """Close stdin (the child exits by itself), then SIGTERM/SIGKILL this child's pid only."""
+        if self.proc.poll() is not None:
+            return
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(5)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def __enter__(self) -> "Child":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(role: str, spec: dict[str, Any], *, lifetime: float = 900.0, ready_timeout: float = 120.0) -> Child:
+    """Start ``bench/_serve.py ROLE`` with a JSON spec; returns when it printed READY."""
+    spec = dict(spec, lifetime=lifetime)
+    return Child([PY, str(BENCH / "_serve.py"), role, json.dumps(spec)], ready_timeout=ready_timeout, name=role)
+
+
+def run_load(spec: dict[str, Any], *, timeout: float = 300.0) -> dict[str, Any]:
+    """Run ``bench/_load.py`` (a separate process) once and return its JSON result."""
+    out = subprocess.run(
+        [PY, str(BENCH / "_load.py"), json.dumps(spec)], stdin=subprocess.DEVNULL, capture_output=True,
+        text=True, timeout=timeout, cwd=str(ROOT),
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed rc={out.returncode}: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def client_ctx(alpn: list[str] | None = None) -> ssl.SSLContext:
+    """A TLS client context without verification (the raw baseline's)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+async def raw_handshake(ip: str, port: int, sni: str | None, ctx: ssl.SSLContext, timeout: float = 10.0) -> bytes:
+    """Connect, complete a TLS handshake, take the leaf certificate, abort.  Returns the DER leaf."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(ip, port, ssl=ctx, server_hostname=sni)
+    try:
+        obj = writer.get_extra_info("ssl_object")
+        return obj.getpeercert(binary_form=True) if obj else b""
+    finally:
+        writer.transport.abort()
+
+
+def median(xs: Iterable[float]) -> float:
+    return statistics.median(list(xs))
+
+
+def load_snapshot() -> str:
+    """What else is using the machine: the load average and the busiest other processes."""
+    try:
+        la = os.getloadavg()
+    except OSError:
+        la = (float("nan"),) * 3
+    return f"loadavg {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}, cpus {os.cpu_count()}"
+
+
+def busy_processes(top: int = 5) -> list[str]:
+    """The processes using the most CPU right now (ps), to note noise from others."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pid,pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True, timeout=5)
+        return [ln.strip() for ln in out.stdout.splitlines()[1: top + 1]]
+    except (OSError, subprocess.SubprocessError):
+        return []
+
+
+def decode_envelope_payload(env: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(base64.b64decode(env["payload"]))
+
+
+def verdict_line(name: str, subject: str, baseline: str, ratio: float, goal: str, met: bool | None) -> str:
+    status = "n/a (no goal set)" if met is None else ("MET" if met else "MISSED")
+    return f"RESULT {name}: subject={subject}, baseline={baseline}, ratio={ratio:.3f} ({goal}): {status}"
+
+
+def save(name: str, record: dict[str, Any], lines: list[str]) -> Path:
+    """Write the figures to bench/results/NAME-<timestamp>.json and print the RESULT lines."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    record = dict(record, result_lines=lines, host=platform.node(), python=platform.python_version(),
+                  load=load_snapshot(), timestamp=stamp)
+    path = RESULTS / f"{name}-{stamp}.json"
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    print(f"\n[{load_snapshot()}; results saved to {path.relative_to(ROOT)}]")
+    for ln in lines:
+        print(ln)
+    return path

@@ -1,0 +1,1 @@
+"""Browser-helper backend (native messaging host and opt-in localhost API)."""

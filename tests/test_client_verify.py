@@ -1,0 +1,362 @@
+"""A corpus of tampered notary answers: every one rejected by client.verify.check_answer, none counted.
+
+Envelopes are really signed (notary.core.sign_observation / sign_envelope with Ed25519
+keys) over observations of a real trustme certificate; each case then breaks one thing.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from typing import Any, Callable
+
+import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from client.bundle import BundleEntry
+from client.policy import PRESETS
+from client.verdict import ClientView, Evidence, decide
+from client.verify import MAX_ENVELOPES, check_answer, check_identity
+from notary.core import (
+    IDENTITY_TYPE,
+    OBSERVATION_TYPE,
+    Identity,
+    Observation,
+    ProbeResult,
+    SigningKey,
+    Target,
+    canonical_encode,
+    sign_envelope,
+    sign_identity,
+    sign_observation,
+    spki_sha256,
+)
+
+NOW = 1_700_000_000
+HOST, PORT = "example.com", 443
+NONCE = "fresh-nonce-for-this-call-0001"
+POLICY = PRESETS["mpic"]
+
+
+@pytest.fixture(scope="module")
+def leaf_der() -> bytes:
+    cert = trustme.CA().issue_cert(HOST)
+    return x509.load_pem_x509_certificate(cert.cert_chain_pems[0].bytes()).public_bytes(Encoding.DER)
+
+
+@pytest.fixture(scope="module")
+def keys() -> list[SigningKey]:
+    return [SigningKey.generate() for _ in range(4)]
+
+
+def entry_for(key: SigningKey, i: int, region: str = "eu") -> BundleEntry:
+    return BundleEntry(f"notary-{i}", f"http://127.0.0.1:{9100 + i}", region, key.key_id, key.verify_key.b64)
+
+
+def make_obs(key: SigningKey, der: bytes, *, nonce: str = NONCE, host: str = HOST, port: int = PORT,
+             observed_at: int = NOW - 10, signed_at: int = NOW, notary: str | None = None) -> Observation:
+    probe = ProbeResult.success(Target(host, port, host), "192.0.2.1", observed_at, "TLSv1.3", (der,))
+    assert probe.status == "ok"
+    obs = Observation.from_probe(probe, notary=key.key_id, nonce=nonce, signed_at=signed_at, source="fresh")
+    if notary is not None:
+        obs = Observation(**{**{f: getattr(obs, f) for f in obs.__slots__}, "notary": notary})  # type: ignore[attr-defined]
+    return obs
+
+
+def signed(key: SigningKey, der: bytes, **kw: Any) -> dict[str, Any]:
+    return sign_observation(make_obs(key, der, **kw), key)
+
+
+def raw_signed(key: SigningKey, payload: Any, ptype: str = OBSERVATION_TYPE) -> dict[str, Any]:
+    """Sign arbitrary payload JSON with ``key`` (what a buggy or malicious notary could do)."""
+    return sign_envelope(ptype, canonical_encode(payload), key)
+
+
+def identity(key: SigningKey, name: str, region: str, *, signer: SigningKey | None = None,
+             key_id: str | None = None) -> dict[str, Any]:
+    ident = Identity(name=name, region=region, key_id=key_id or key.key_id, public_key=key.verify_key.b64,
+                     software="parallax-test", signed_at=NOW)
+    if signer is None and key_id is None:
+        return sign_identity(ident, key)
+    return sign_envelope(IDENTITY_TYPE, canonical_encode(ident.to_payload()), signer or key)
+
+
+def flip_b64(text: str, at: int = 5) -> str:
+    raw = bytearray(base64.b64decode(text))
+    raw[at % len(raw)] ^= 0x01
+    return base64.b64encode(bytes(raw)).decode()
+
+
+def check(entry: BundleEntry, envelopes: Any, *, nonce: str = NONCE, host: str = HOST, port: int = PORT,
+          now: int = NOW, ident: Any = None) -> Evidence:
+    return check_answer(entry, envelopes, nonce=nonce, host=host, port=port, now=now, policy=POLICY, identity=ident)
+
+
+def counted_with(bad: Evidence, good: list[Evidence], client_spki: str) -> tuple[int, str, bool]:
+    """decide() over two valid agreeing answers plus ``bad``: (agreeing, bad's result, bad counted)."""
+    v = decide(ClientView("ok", client_spki), good + [bad], POLICY, NOW, host=HOST, port=PORT)
+    r = v.results[-1]
+    return v.agreeing, r.result, r.counted
+
+
+# -- the baseline: a correct answer is accepted and counted ---------------------------------------
+
+def test_valid_answer_is_accepted_and_counted(keys, leaf_der) -> None:
+    e = entry_for(keys[0], 0)
+    ev = check(e, [signed(keys[0], leaf_der)], ident=identity(keys[0], e.name, e.region))
+    assert ev.failure is None and len(ev.observations) == 1
+    assert ev.observations[0].spki_sha256 == spki_sha256(leaf_der)
+    good = [check(entry_for(k, i), [signed(k, leaf_der)]) for i, k in enumerate(keys[1:3], 1)]
+    assert counted_with(ev, good, spki_sha256(leaf_der)) == (3, "agrees", True)
+
+
+def test_exactly_max_envelopes_is_accepted(keys, leaf_der) -> None:
+    e = entry_for(keys[0], 0)
+    ev = check(e, [signed(keys[0], leaf_der)] * MAX_ENVELOPES)
+    assert ev.failure is None and len(ev.observations) == MAX_ENVELOPES
+
+
+def test_edges_of_freshness_are_accepted(keys, leaf_der) -> None:
+    e = entry_for(keys[0], 0)
+    at_skew = signed(keys[0], leaf_der, signed_at=NOW + POLICY.max_skew, observed_at=NOW)
+    assert check(e, [at_skew]).failure is None
+    at_age = signed(keys[0], leaf_der, observed_at=NOW - POLICY.max_age)
+    assert check(e, [at_age]).failure is None
+
+
+# -- the corpus -----------------------------------------------------------------------------------
+
+Case = Callable[[list[SigningKey], bytes], tuple[Any, dict[str, Any]]]
+
+
+def _flip_payload(keys, der):
+    env = signed(keys[0], der)
+    env["payload"] = flip_b64(env["payload"], 40)
+    return [env], {}
+
+
+def _flip_payload_last(keys, der):
+    env = signed(keys[0], der)
+    env["payload"] = flip_b64(env["payload"], -2)
+    return [env], {}
+
+
+def _flip_signature(keys, der):
+    env = signed(keys[0], der)
+    env["signatures"][0]["sig"] = flip_b64(env["signatures"][0]["sig"], 10)
+    return [env], {}
+
+
+def _flip_payload_type(keys, der):
+    env = signed(keys[0], der)
+    env["payloadType"] = env["payloadType"].replace("observation", "observatiom")
+    return [env], {}
+
+
+def _wrong_key(keys, der):
+    return [signed(keys[1], der)], {}  # a valid observation by another notary
+
+
+def _keyid_relabelled(keys, der):
+    env = signed(keys[1], der)
+    env["signatures"][0]["keyid"] = keys[0].key_id  # claims to be ours; the signature is not
+    return [env], {}
+
+
+def _copied_envelope(keys, der):
+    # Notary 1's genuine envelope for this very request, copied into notary 0's answer.
+    return [signed(keys[0], der), signed(keys[1], der)], {}
+
+
+def _wrong_payload_type_signed(keys, der):
+    # A correctly signed envelope, but of another type (an identity-typed observation).
+    return [raw_signed(keys[0], make_obs(keys[0], der).to_payload(), IDENTITY_TYPE)], {}
+
+
+def _no_signatures(keys, der):
+    env = signed(keys[0], der)
+    env["signatures"] = []
+    return [env], {}
+
+
+def _replayed_nonce(keys, der):
+    return [signed(keys[0], der, nonce="an-earlier-calls-nonce-0001")], {}
+
+
+def _stale_observed_at(keys, der):
+    return [signed(keys[0], der, observed_at=NOW - POLICY.max_age - 1)], {}
+
+
+def _signed_in_future(keys, der):
+    return [signed(keys[0], der, signed_at=NOW + POLICY.max_skew + 1, observed_at=NOW)], {}
+
+
+def _signed_in_past(keys, der):
+    return [signed(keys[0], der, signed_at=NOW - POLICY.max_skew - 1, observed_at=NOW - POLICY.max_skew - 1)], {}
+
+
+def _observed_after_signed(keys, der):
+    return [signed(keys[0], der, observed_at=NOW, signed_at=NOW - 1)], {}
+
+
+def _wrong_host(keys, der):
+    return [signed(keys[0], der, host="evil.example")], {}
+
+
+def _wrong_port(keys, der):
+    return [signed(keys[0], der, port=8443)], {}
+
+
+def _names_other_notary(keys, der):
+    obs = make_obs(keys[0], der, notary=keys[1].key_id)
+    return [raw_signed(keys[0], obs.to_payload())], {}
+
+
+def _good_then_bad(keys, der):
+    return [signed(keys[0], der), signed(keys[0], der, nonce="an-earlier-calls-nonce-0001")], {}
+
+
+def _malformed(mutate: Callable[[dict[str, Any]], None]) -> Case:
+    def case(keys, der):
+        payload = make_obs(keys[0], der).to_payload()
+        mutate(payload)
+        return [raw_signed(keys[0], payload)], {}
+    return case
+
+
+def _set(k: str, v: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda p: p.__setitem__(k, v)
+
+
+def _identity_name(keys, der):
+    return [signed(keys[0], der)], {"ident": identity(keys[0], "someone-else", "eu")}
+
+
+def _identity_region(keys, der):
+    return [signed(keys[0], der)], {"ident": identity(keys[0], "notary-0", "us")}
+
+
+def _identity_other_signer(keys, der):
+    return [signed(keys[0], der)], {"ident": identity(keys[1], "notary-0", "eu")}
+
+
+def _identity_names_other_key(keys, der):
+    return [signed(keys[0], der)], {"ident": identity(keys[0], "notary-0", "eu", key_id=keys[1].key_id)}
+
+
+def _identity_junk(keys, der):
+    return [signed(keys[0], der)], {"ident": {"payloadType": IDENTITY_TYPE, "payload": "e30=", "signatures": 7}}
+
+
+def _identity_not_a_dict(keys, der):
+    return [signed(keys[0], der)], {"ident": ["not", "an", "envelope"]}
+
+
+def _empty(keys, der):
+    return [], {}
+
+
+def _too_many(keys, der):
+    return [signed(keys[0], der)] * (MAX_ENVELOPES + 1), {}
+
+
+def _junk(value: Any) -> Case:
+    return lambda keys, der: (value, {})
+
+
+CORPUS: dict[str, tuple[Case, str]] = {
+    "flipped payload byte": (_flip_payload, "bad_signature"),
+    "flipped last payload byte": (_flip_payload_last, "bad_signature"),
+    "flipped signature byte": (_flip_signature, "bad_signature"),
+    "flipped payloadType": (_flip_payload_type, "bad_signature"),
+    "signed by another notary": (_wrong_key, "bad_signature"),
+    "keyid relabelled": (_keyid_relabelled, "bad_signature"),
+    "another notary's envelope copied in": (_copied_envelope, "bad_signature"),
+    "wrong payloadType, validly signed": (_wrong_payload_type_signed, "bad_signature"),
+    "no signatures": (_no_signatures, "bad_signature"),
+    "replayed nonce": (_replayed_nonce, "invalid"),
+    "stale observed_at": (_stale_observed_at, "stale"),
+    "signed_at beyond skew (future)": (_signed_in_future, "stale"),
+    "signed_at beyond skew (past)": (_signed_in_past, "stale"),
+    "observed after signed": (_observed_after_signed, "invalid"),
+    "wrong host": (_wrong_host, "invalid"),
+    "wrong port": (_wrong_port, "invalid"),
+    "observation names another notary": (_names_other_notary, "invalid"),
+    "valid envelope then a replayed one": (_good_then_bad, "invalid"),
+    "spki not matching the chain": (_malformed(_set("spki_sha256", "00" * 32)), "invalid"),
+    "pin not matching the spki": (_malformed(_set("pin", "sha256/" + "A" * 43 + "=")), "invalid"),
+    "unknown status": (_malformed(_set("status", "great")), "invalid"),
+    "leaf summary is a string": (_malformed(_set("leaf", "leaf")), "invalid"),
+    "key_history entry is a number": (_malformed(_set("key_history", [7])), "invalid"),
+    "key_history is an object": (_malformed(_set("key_history", {"a": 1})), "invalid"),
+    "target is a list": (_malformed(_set("target", ["example.com", 443])), "invalid"),
+    "port is a string": (_malformed(lambda p: p["target"].__setitem__("port", "443")), "invalid"),
+    "nonce missing": (_malformed(lambda p: p.pop("nonce")), "invalid"),
+    "signed_at is a bool": (_malformed(_set("signed_at", True)), "invalid"),
+    "chain not base64": (_malformed(_set("chain", ["!!!"])), "invalid"),
+    "error status carrying a key": (_malformed(_set("status", "timeout")), "invalid"),
+    "identity: another name": (_identity_name, "excluded"),
+    "identity: another region": (_identity_region, "excluded"),
+    "identity: signed by another key": (_identity_other_signer, "excluded"),
+    "identity: names another key": (_identity_names_other_key, "excluded"),
+    "identity: junk envelope": (_identity_junk, "excluded"),
+    "identity: not a dict": (_identity_not_a_dict, "excluded"),
+    "empty list": (_empty, "invalid"),
+    "too many envelopes": (_too_many, "invalid"),
+    "envelopes is None": (_junk(None), "invalid"),
+    "envelopes is a string": (_junk("[{}]"), "invalid"),
+    "envelopes is a dict": (_junk({"payload": "x"}), "invalid"),
+    "envelope is a number": (_junk([42]), "bad_signature"),
+    "envelope is None": (_junk([None]), "bad_signature"),
+    "envelope is a list": (_junk([["payloadType"]]), "bad_signature"),
+    "envelope is junk text": (_junk(["not json"]), "bad_signature"),
+    "envelope is an empty object": (_junk([{}]), "bad_signature"),
+    "envelope fields of the wrong type": (_junk([{"payloadType": OBSERVATION_TYPE, "payload": 5, "signatures": "x"}]),
+                                          "bad_signature"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORPUS))
+def test_tampered_answer_is_rejected_and_not_counted(name: str, keys, leaf_der) -> None:
+    make, kind = CORPUS[name]
+    e = entry_for(keys[0], 0)
+    envelopes, extra = make(keys, leaf_der)
+    ev = check(e, copy.deepcopy(envelopes), **extra)
+    assert ev.failure == kind, (name, ev.failure, ev.reason)
+    assert ev.observations == ()
+    assert ev.reason and "\n" not in ev.reason
+    assert (ev.name, ev.key_id, ev.url) == (e.name, e.key_id, e.url)
+    # decide() does not count it: two valid agreeing notaries stay two.
+    good = [check(entry_for(k, i), [signed(k, leaf_der)]) for i, k in enumerate(keys[1:3], 1)]
+    assert all(g.failure is None for g in good)
+    agreeing, result, counted = counted_with(ev, good, spki_sha256(leaf_der))
+    assert (agreeing, result, counted) == (2, kind, False)
+    # Nor does it count as a disagreement for a client that sees another key.
+    v = decide(ClientView("ok", "ee" * 32), good + [ev], POLICY, NOW, host=HOST, port=PORT)
+    assert sum(r.result == "disagrees" for r in v.results) == 2 and v.results[-1].result == kind
+
+
+def test_every_tampered_answer_would_have_counted_untampered(keys, leaf_der) -> None:
+    """The corpus is meaningful: the same answer without the tampering is accepted."""
+    e = entry_for(keys[0], 0)
+    ev = check(e, [signed(keys[0], leaf_der)], ident=identity(keys[0], "notary-0", "eu"))
+    assert ev.failure is None
+
+
+def test_nonce_target_and_clock_are_the_callers(keys, leaf_der) -> None:
+    e = entry_for(keys[0], 0)
+    env = [signed(keys[0], leaf_der)]
+    assert check(e, env, nonce="another-fresh-nonce-0000").failure == "invalid"
+    assert check(e, env, host="example.org").failure == "invalid"
+    assert check(e, env, port=444).failure == "invalid"
+    assert check(e, env, now=NOW + POLICY.max_skew + 1).failure == "stale"
+
+
+def test_identity_with_unknown_bundle_region_is_not_compared(keys, leaf_der) -> None:
+    e = entry_for(keys[0], 0, region="unknown")
+    assert check_identity(e, identity(keys[0], "notary-0", "anywhere")) is None
+    ev = check(e, [signed(keys[0], leaf_der)], ident=identity(keys[0], "notary-0", "anywhere"))
+    assert ev.failure is None
+    assert "name" in (check_identity(e, identity(keys[0], "notary-x", "anywhere")) or "")
