@@ -37,7 +37,11 @@ def _ready(info: dict[str, Any]) -> None:
 
 
 async def _wait_end(lifetime: float) -> None:
-    """Until stdin reaches EOF (the parent is done or gone) or ``lifetime`` seconds pass."""
+    """Until stdin reaches EOF (the parent is done or gone) or ``lifetime`` seconds pass.
+
+    Then silences asyncio's logger: connections still open at shutdown (a site's
+    handlers, cancelled) are expected, not errors worth a traceback.
+    """
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
 
@@ -51,6 +55,9 @@ async def _wait_end(lifetime: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(lifetime):
             await done.wait()
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def _acme_context(name: str, key_auth_hash_hex: str, workdir: Path) -> Any:

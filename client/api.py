@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import secrets
 import time
@@ -20,6 +21,7 @@ from typing import Callable, Sequence
 import aiohttp
 
 from notary.core import AddressPolicy, Target, observed_spki, parse_networks
+from notary.errors import InputError
 from notary.prober import ProbeLimits, Prober
 from client.bundle import Bundle, BundleEntry, load_bundle
 from client.fanout import RawAnswer, ask_notary
@@ -52,7 +54,7 @@ def _evidence(answer: RawAnswer, *, nonce: str, target: Target, now: int, policy
     if answer.error is not None or answer.envelopes is None:
         return Evidence(e.name, e.region, e.key_id, e.url, failure="unreachable", reason=answer.error or "no answer")
     return check_answer(e, answer.envelopes, nonce=nonce, host=target.host, port=target.port, now=now,
-                        policy=policy, identity=answer.identity)
+                        policy=policy, identity=answer.identity, sni=target.sni)
 
 
 def _placeholder(e: BundleEntry, result: str) -> NotaryResult:
@@ -85,6 +87,10 @@ async def verify_with_notaries(
     for bad arguments; network trouble is reported in the verdict, never raised.
     """
     target = Target.parse(host, port, sni)
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and 0 < timeout <= 600):
+        raise InputError("timeout must be a number of seconds in (0, 600]", "bad_timeout")
+    if subset is not None and subset < 1:
+        raise InputError("subset must be at least 1", "bad_subset")
     pol = get_policy(policy)
     bun = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     entries: Sequence[BundleEntry] = bun.notaries

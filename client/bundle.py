@@ -41,6 +41,22 @@ MAX_BUNDLE_BYTES = 1 << 20
 MAX_NOTARIES = 256
 
 
+def _good_url(url: str) -> bool:
+    """An http(s) base URL with a host, a valid port (if any), and no query, fragment or whitespace.
+
+    Paths like ``/v1/observe`` are appended to it, so a query or fragment would swallow them.
+    """
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        return False
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment \
+        and not url.endswith(("?", "#"))
+
+
 @dataclass(frozen=True, slots=True)
 class BundleEntry:
     name: str
@@ -65,8 +81,7 @@ class BundleEntry:
         region = d.get("region") or "unknown"
         if not isinstance(region, str):
             raise InputError("bundle entry region must be a string", "bad_bundle")
-        parts = urlsplit(d["url"])
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if not _good_url(d["url"]):
             raise InputError(f"bundle entry {d['name']!r} has a bad url {d['url']!r}", "bad_bundle")
         try:
             key = VerifyKey.from_b64(d["public_key"])

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from notary.cli import EX_DATAERR, EX_NOINPUT, Exit, _host_port
+from notary.cli import EX_DATAERR, EX_NOINPUT, EX_USAGE, Exit, _host_port
 from notary.core import VerifyKey
 from notary.errors import InputError, VerificationError
 from client.bundle import Bundle, BundleEntry, dumps, load_bundle, merge_entries, parse_bundle, sign_bundle
@@ -60,6 +60,8 @@ def _parse_connect_to(text: str) -> tuple[str, int, str, int]:
     parts = text.rsplit(":", 3)
     if len(parts) != 4 or not parts[1].isdigit() or not parts[3].isdigit():
         raise argparse.ArgumentTypeError("expected HOST:PORT:ADDR:PORT")
+    if not all(1 <= int(p) <= 65535 for p in (parts[1], parts[3])):
+        raise argparse.ArgumentTypeError("ports must be 1-65535")
     return parts[0].strip("[]"), int(parts[1]), parts[2].strip("[]"), int(parts[3])
 
 
@@ -73,7 +75,10 @@ def _operator_keys(args: argparse.Namespace) -> list[VerifyKey]:
 def _cmd_check(args: argparse.Namespace) -> int:
     from client.api import verify_with_notaries
 
-    host, port = _host_port(args.target, 443)
+    try:
+        host, port = _host_port(args.target, 443)
+    except argparse.ArgumentTypeError as exc:
+        raise Exit(EX_USAGE, f"parallax check: {exc}") from None
     bundle = load_bundle(args.bundle, _operator_keys(args))
     connect_to = None
     if args.connect_to:

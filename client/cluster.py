@@ -59,10 +59,15 @@ async def local_cluster(
     timeout: float = 5.0,
     resolver: Resolver | None = None,
     connect_override: dict[tuple[str, int], tuple[str, int]] | None = None,
+    per_notary_overrides: list[dict[tuple[str, int], tuple[str, int]]] | None = None,
     clock: Callable[[], int] | None = None,
     rate: float = 1000.0,
 ) -> AsyncIterator[LocalCluster]:
-    """Run ``n`` notaries until the block ends.  Keys persist in ``data_dir`` across runs."""
+    """Run ``n`` notaries until the block ends.  Keys persist in ``data_dir`` across runs.
+
+    ``connect_override`` applies to every notary; ``per_notary_overrides[i]`` to notary ``i``
+    only (to put an interceptor on one notary's path).
+    """
     data = Path(data_dir)
     data.mkdir(parents=True, exist_ok=True)
     cluster = LocalCluster(Bundle(()), data / "bundle.json")
@@ -77,7 +82,7 @@ async def local_cluster(
                 policy=AddressPolicy(parse_networks(LOOPBACK_NETS), None),
                 probe_limits=ProbeLimits(connect_timeout=timeout, handshake_timeout=timeout),
                 service_limits=ServiceLimits(ttl=ttl), rate_per_client=rate, burst_per_client=int(rate * 2),
-                connect_override=dict(connect_override or {}),
+                connect_override={**(connect_override or {}), **(per_notary_overrides[i] if per_notary_overrides else {})},
             )
             kwargs = {"resolver": resolver}
             if clock is not None:

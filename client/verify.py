@@ -6,7 +6,7 @@ For each envelope a notary returned, in this order:
    payload bytes (else ``bad_signature``); only then is the payload parsed;
 2. the payload is a well-formed observation naming that notary (else ``invalid``);
 3. the nonce is this call's fresh nonce (else ``invalid``: replayed);
-4. the target is the one asked for (else ``invalid``);
+4. the target (host, port and, when given, SNI) is the one asked for (else ``invalid``);
 5. ``signed_at`` is within ``policy.max_skew`` of ``now`` (else ``stale``);
 6. ``observed_at`` is at most ``policy.max_age`` old and not after ``signed_at`` (else ``stale``/``invalid``).
 
@@ -58,6 +58,7 @@ def check_answer(
     now: int,
     policy: Policy,
     identity: Any = None,
+    sni: str | None | object = ...,
 ) -> Evidence:
     """Verify one notary's envelopes for one target; return its :class:`Evidence`."""
     if identity is not None:
@@ -85,6 +86,8 @@ def check_answer(
             return _fail(entry, "invalid", "nonce does not match this request (replayed answer?)")
         if obs.target.host != host or obs.target.port != port:
             return _fail(entry, "invalid", f"observation is for {obs.target}, not {host}:{port}")
+        if sni is not ... and obs.target.sni != sni:
+            return _fail(entry, "invalid", f"observation used SNI {obs.target.sni!r}, not {sni!r}")
         if abs(obs.signed_at - now) > policy.max_skew:
             return _fail(entry, "stale", f"signed_at is {obs.signed_at - now:+d}s from now (max skew {policy.max_skew}s)")
         if obs.observed_at > obs.signed_at:

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import pytest
 import trustme
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -360,3 +362,36 @@ def test_identity_with_unknown_bundle_region_is_not_compared(keys, leaf_der) -> 
     ev = check(e, [signed(keys[0], leaf_der)], ident=identity(keys[0], "notary-0", "anywhere"))
     assert ev.failure is None
     assert "name" in (check_identity(e, identity(keys[0], "notary-x", "anywhere")) or "")
+
+
+# -- a signed but arbitrary payload never makes check_answer raise --------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+FIELDS = ["notary", "target", "ip", "nonce", "observed_at", "signed_at", "status", "detail", "tls_version",
+          "leaf_sha256", "spki_sha256", "pin", "chain", "leaf", "source", "age", "key_history"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(FIELDS), value=JSON, drop=st.booleans(), extra=st.booleans())
+def test_arbitrary_signed_payload_is_a_verdict_not_a_crash(keys, leaf_der, field, value, drop, extra) -> None:
+    """A notary (buggy or hostile) can sign anything; the client must answer with Evidence, never raise."""
+    payload = make_obs(keys[0], leaf_der).to_payload()
+    if drop:
+        payload.pop(field)
+    else:
+        payload[field] = value
+    if extra:
+        payload["unexpected"] = value
+    ev = check(entry_for(keys[0], 0), [raw_signed(keys[0], payload)])
+    assert isinstance(ev, Evidence)
+    if ev.failure is None:
+        (o,) = ev.observations
+        assert o.notary == keys[0].key_id and o.nonce == NONCE
+        assert (o.target.host, o.target.port) == (HOST, PORT)
+        assert abs(o.signed_at - NOW) <= POLICY.max_skew and o.observed_at <= o.signed_at
+    else:
+        assert ev.failure in ("invalid", "stale") and ev.observations == ()

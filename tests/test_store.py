@@ -173,9 +173,8 @@ def free_port() -> int:
 def start_serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [*PARALLAX, "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", "--init",
-             "--allow-network", "127.0.0.0/8", "--allow-port", "any", "--rate", "1000", "--burst", "1000",
-             "--log-level", "INFO"],
+            [*PARALLAX, "--log-level", "INFO", "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", "--init",
+             "--allow-network", "127.0.0.0/8", "--allow-port", "any", "--rate", "1000", "--burst", "1000"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
 
@@ -265,6 +264,7 @@ async def test_every_returned_observation_survives_kill_9(tmp_path: Path, certs)
                 ).fetchone()[0]
                 assert base64.b64encode(obs.chain[0]).decode() in json.loads(record)["chain"]
         count_before = len(rows)
+        print("KILLSTAT", len(returned), len(rows))
 
         # Restart on the same data dir: the history is there and the notary serves again.
         port = free_port()

@@ -1,0 +1,90 @@
+"""Benchmark 2: cold probe throughput of one notary vs a raw asyncio TLS handshake loop.
+
+Targets:  ``--targets`` (200) distinct host:port pairs: names t<i>.bench.test
+          (mapped to 127.0.0.1 by the notary's StaticResolver) spread over
+          ``--sites`` (20) local TLS sites on distinct ports (own process).
+Subject:  one real notary (own process), POST /v1/observe with max_age=0 and
+          one target a request, cycling over the targets, so every request
+          misses the cache and probes (sampled answers are checked: status ok,
+          source fresh).
+Baseline: asyncio.open_connection(ssl=unverified ctx, server_hostname=name)
+          handshake, then abort, over the same targets.
+Load:     bench/_load.py in its own process, the same concurrency for both,
+          rounds interleaved.  Goal: subject probes/s / baseline handshakes/s >= 0.7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._common import busy_processes, median, run_load, save, serve, verdict_line  # noqa: E402
+
+NAME = "notary_cold"
+GOAL = 0.7
+
+
+def probes_total(url: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("parallax_probes_total"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--targets", type=int, default=200)
+    ap.add_argument("--sites", type=int, default=20)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--max-ops", type=int, default=20_000, help="per run (count bound)")
+    args = ap.parse_args()
+    print(f"[{NAME}] busiest processes before the run: {busy_processes()}")
+    names = [f"t{i}.bench.test" for i in range(args.targets)]
+    with serve("sites", {"count": args.sites, "names": ["bench.test", "*.bench.test"]}) as sites:
+        ports = sites.info["ports"]
+        pairs = [(n, ports[i % len(ports)]) for i, n in enumerate(names)]
+        with serve("cluster", {"n": 1, "table": {n: ["127.0.0.1"] for n in names}}) as notary:
+            url = notary.info["urls"][0]
+            print(f"[{NAME}] {len(pairs)} distinct targets over {len(ports)} sites; notary {url} (pid {notary.pid}); "
+                  f"concurrency {args.concurrency}")
+            common = {"concurrency": args.concurrency, "duration": args.seconds, "warmup": 1.0, "max_ops": args.max_ops}
+            subject_spec = dict(common, mode="observe", url=url, max_age=0, check_every=10,
+                                targets=[{"host": n, "port": p} for n, p in pairs])
+            base_spec = dict(common, mode="handshake", targets=[{"ip": "127.0.0.1", "port": p, "sni": n} for n, p in pairs])
+            subj_runs, base_runs = [], []
+            before = probes_total(url)
+            for r in range(args.rounds):
+                order = [("baseline", base_spec), ("subject", subject_spec)]
+                if r % 2:
+                    order.reverse()
+                for label, spec in order:
+                    res = run_load(spec)
+                    (base_runs if label == "baseline" else subj_runs).append(res)
+                    extra = f" statuses={res.get('statuses')} sources={res.get('sources')}" if label == "subject" else ""
+                    print(f"[{NAME}] round {r + 1} {label:8s} {res['rate']:8.1f}/s  n={res['ops']} errors={res['error_count']} "
+                          f"p50={res['lat_p50_ms']:.1f}ms{extra}" + (f" {res['errors']}" if res["error_count"] else ""))
+            probes = probes_total(url) - before
+    subject, baseline = median(r["rate"] for r in subj_runs), median(r["rate"] for r in base_runs)
+    ratio = subject / baseline
+    not_fresh = sum(v for r in subj_runs for k, v in r["sources"].items() if k != "fresh")
+    not_ok = sum(v for r in subj_runs for k, v in r["statuses"].items() if k != "ok")
+    errors = sum(r["error_count"] for r in subj_runs + base_runs)
+    issued = sum(r["issued"] for r in subj_runs)
+    print(f"[{NAME}] notary probes counted by /metrics: {probes:.0f} for {issued} observe requests issued; "
+          f"sampled answers not fresh: {not_fresh}, not ok: {not_ok}; request errors: {errors}")
+    valid = not_fresh == 0 and not_ok == 0 and errors == 0
+    line = verdict_line(NAME, f"{subject:.1f} probes/s (notary observe, max_age=0, median of {len(subj_runs)})",
+                        f"{baseline:.1f} handshakes/s (raw asyncio TLS)", ratio, f"goal >= {GOAL}",
+                        ratio >= GOAL and valid)
+    save(NAME, {"subject_runs": subj_runs, "baseline_runs": base_runs, "ratio": ratio, "probes_metric": probes,
+                "args": vars(args)}, [line])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
