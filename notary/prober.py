@@ -158,8 +158,9 @@ class Prober:
                 return [ProbeResult.failure(target, None, now(), "dns_failed", detail)]
             if not ips:
                 return [ProbeResult.failure(target, None, now(), "dns_failed", "no addresses")]
-        ips = ips[: self.limits.max_addresses]
-        refused = [(ip, self.policy.address_reason(ip)) for ip in ips]
+        # Every resolved address is checked (a name mixing public and internal
+        # answers is refused whole); at most max_addresses are then probed.
+        refused = [(ip, self.policy.address_reason(ip)) for ip in ips[:64]]
         allowed = [ip for ip, why in refused if why is None]
         if not allowed:
             # Any refused address makes the name refused: report the first reason.
@@ -169,6 +170,7 @@ class Prober:
             # a resolver could otherwise steer a later connection inward.
             bad = next((ip, why) for ip, why in refused if why)
             return [ProbeResult.failure(target, bad[0], now(), "blocked_by_policy", bad[1] or "")]
+        allowed = allowed[: self.limits.max_addresses]
         if not all_addresses:
             return [await self._probe_ip(target, allowed[0], port)]
         return list(await asyncio.gather(*(self._probe_ip(target, ip, port) for ip in allowed)))
