@@ -33,6 +33,22 @@ __all__ = ["verify_with_notaries", "verify_with_notaries_sync", "client_probe"]
 
 _ANY = AddressPolicy(parse_networks(["0.0.0.0/0", "::/0"]), None)
 
+#: Identity documents verified recently, by (url, key id) -> unix time verified.  A
+#: notary's identity is re-fetched and re-checked after IDENTITY_TTL seconds.
+IDENTITY_TTL = 600
+_identities: dict[tuple[str, str], float] = {}
+
+
+def _identity_fresh(e: BundleEntry, now: float) -> bool:
+    t = _identities.get((e.url, e.key_id))
+    return t is not None and now - t < IDENTITY_TTL
+
+
+def _remember_identity(e: BundleEntry, now: float) -> None:
+    if len(_identities) > 4096:
+        _identities.clear()
+    _identities[(e.url, e.key_id)] = now
+
 
 async def client_probe(
     target: Target,
@@ -53,8 +69,11 @@ def _evidence(answer: RawAnswer, *, nonce: str, target: Target, now: int, policy
     e = answer.entry
     if answer.error is not None or answer.envelopes is None:
         return Evidence(e.name, e.region, e.key_id, e.url, failure="unreachable", reason=answer.error or "no answer")
-    return check_answer(e, answer.envelopes, nonce=nonce, host=target.host, port=target.port, now=now,
-                        policy=policy, identity=answer.identity, sni=target.sni)
+    ev = check_answer(e, answer.envelopes, nonce=nonce, host=target.host, port=target.port, now=now,
+                      policy=policy, identity=answer.identity, sni=target.sni)
+    if answer.identity is not None and ev.failure is None:
+        _remember_identity(e, now)
+    return ev
 
 
 def _placeholder(e: BundleEntry, result: str) -> NotaryResult:
@@ -109,7 +128,8 @@ async def verify_with_notaries(
     try:
         for e in entries:
             t = asyncio.create_task(ask_notary(sess, e, target, nonce, timeout=timeout, max_age=max_age,
-                                               all_addresses=pol.all_addresses))
+                                               all_addresses=pol.all_addresses,
+                                               fetch_identity=not _identity_fresh(e, clock())))
             tasks[t] = e
         if client_view is None:
             probe_task = asyncio.create_task(client_probe(target, timeout=timeout, connect_to=connect_to, clock=clock))

@@ -9,6 +9,7 @@ dotted quad first, so that the address policy sees the address they really name.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -71,9 +72,19 @@ def is_ip_literal(host: str) -> bool:
 
 
 def normalize_host(host: object) -> str:
-    """Return the canonical form of ``host`` or raise :class:`InputError` (code ``bad_host``)."""
+    """Return the canonical form of ``host`` or raise :class:`InputError` (code ``bad_host``).
+
+    Results for valid names are memoised (bounded LRU): IDNA mapping is costly on hot paths.
+    """
     if not isinstance(host, str) or not host:
         raise InputError("host must be a non-empty string", "bad_host")
+    if len(host) > 1024:
+        raise InputError("host name too long", "bad_host")
+    return _normalize_host(host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalize_host(host: str) -> str:
     h = host.strip()
     if h != host or any(c.isspace() for c in h):
         raise InputError("host must not contain whitespace", "bad_host")
@@ -81,7 +92,9 @@ def normalize_host(host: object) -> str:
         h = h[1:-1]
     if ":" in h:
         try:
-            addr = ipaddress.IPv6Address(h.split("%", 1)[0] if "%" not in h else "bad")
+            if "%" in h:  # zone ids name an interface, not a host
+                raise ValueError(h)
+            addr = ipaddress.IPv6Address(h)
         except ValueError:
             raise InputError(f"not a valid host name or address: {host!r}", "bad_host") from None
         return str(addr)
