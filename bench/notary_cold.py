@@ -16,7 +16,6 @@ Load:     bench/_load.py in its own process, the same concurrency for both,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import urllib.request
 from pathlib import Path
