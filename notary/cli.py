@@ -39,6 +39,7 @@ from notary.errors import (
     KeyFileError,
     ParallaxError,
     RemoteError,
+    StoreError,
     VerificationError,
 )
 
@@ -112,7 +113,10 @@ def build_config(args: argparse.Namespace, *, url: str | None) -> Any:
             ports = frozenset({443, *(int(p) for p in args.allow_port)})
         except ValueError:
             raise InputError("--allow-port takes a port number or 'any'") from None
-    watch = tuple(Target.parse(*_host_port(w, 443)) for w in args.watch)
+    try:
+        watch = tuple(Target.parse(*_host_port(w, 443)) for w in args.watch)
+    except argparse.ArgumentTypeError as exc:  # raised outside argparse: still a usage error
+        raise InputError(f"--watch: {exc}") from None
     return NotaryConfig(
         data_dir=Path(args.data_dir), name=args.name, region=args.region, url=url,
         country=args.country, rir=args.rir,
@@ -285,6 +289,8 @@ def _exit_code(exc: BaseException) -> int:
         return EX_DATAERR
     if isinstance(exc, RemoteError):
         return EX_UNAVAILABLE
+    if isinstance(exc, StoreError):  # an unreadable or corrupt observation store is not a bug
+        return EX_IOERR
     return EX_SOFTWARE
 
 

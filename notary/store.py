@@ -13,6 +13,7 @@ coroutines.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -69,6 +70,7 @@ class SQLiteStore:
     @classmethod
     async def open(cls, path: str | Path) -> "SQLiteStore":
         path = Path(path)
+        db: aiosqlite.Connection | None = None
         try:
             db = await aiosqlite.connect(path)
             await db.execute("PRAGMA journal_mode=WAL")
@@ -77,6 +79,11 @@ class SQLiteStore:
             await db.executescript(_SCHEMA)
             await db.commit()
         except (sqlite3.Error, OSError) as exc:
+            # Close a half-opened connection: its worker thread is not a daemon, and
+            # left running it keeps the process from exiting (serve hung on a bad file).
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await db.close()
             raise StoreError(f"cannot open observation store {path}: {exc}") from None
         return cls(db, path)
 

@@ -274,6 +274,23 @@ async def test_observe_several_targets_in_order_with_verified_envelopes(make_not
         assert [k.spki_sha256 for k in obs.key_history] == [spki]
 
 
+async def test_hostname_target_with_connect_override(make_notary: NotaryFactory, cert) -> None:
+    async with tls_server(server_context(cert)) as srv:
+        override = {("notary-test.example", 443): ("127.0.0.1", srv.port)}
+        n = await make_notary(connect_override=override)
+        body = await n.observe([{"host": "Notary-Test.Example."}], nonce("h"))
+        # The same name, refused by an address policy without the loopback opt-in.
+        guarded = await make_notary(connect_override=override, policy=AddressPolicy((), None))
+        gbody = await guarded.observe([{"host": "notary-test.example", "port": 443}], nonce("h2"))
+    (result,) = body["results"]
+    assert result["target"] == {"host": "notary-test.example", "port": 443, "sni": "notary-test.example"}
+    obs = n.verify(result["envelopes"][0])
+    assert (obs.status, obs.ip, obs.target.sni) == ("ok", "127.0.0.1", "notary-test.example")
+    assert obs.spki_sha256 == leaf_spki(cert)
+    blocked = guarded.verify(gbody["results"][0]["envelopes"][0])
+    assert blocked.status == "blocked_by_policy"
+
+
 async def test_cached_result_is_resigned_with_the_new_nonce(make_notary: NotaryFactory, cert) -> None:
     clock = Clock()
     n = await make_notary(clock=clock, service_limits=ServiceLimits(ttl=300))

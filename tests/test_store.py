@@ -126,13 +126,21 @@ async def test_wal_mode_and_full_sync(tmp_path: Path, certs) -> None:
         await store.close()
 
 
-async def test_unusable_files_raise_store_error(tmp_path: Path) -> None:
+async def test_unusable_files_raise_store_error_and_leave_no_thread(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
     with pytest.raises(StoreError):
         await SQLiteStore.open(tmp_path / "no-such-dir" / "obs.sqlite3")
     garbage = tmp_path / "garbage.sqlite3"
     garbage.write_bytes(b"this is not a database, " * 100)
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="not a database"):
         await SQLiteStore.open(garbage)
+    # A half-opened connection is closed: its (non-daemon) worker thread would keep
+    # the process from ever exiting.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and set(threading.enumerate()) - before:
+        await asyncio.sleep(0.02)
+    assert not set(threading.enumerate()) - before
+    assert garbage.read_bytes() == b"this is not a database, " * 100  # not "repaired" or truncated
 
 
 # -- kill -9 ---------------------------------------------------------------------------------------
@@ -264,7 +272,6 @@ async def test_every_returned_observation_survives_kill_9(tmp_path: Path, certs)
                 ).fetchone()[0]
                 assert base64.b64encode(obs.chain[0]).decode() in json.loads(record)["chain"]
         count_before = len(rows)
-        print("KILLSTAT", len(returned), len(rows))
 
         # Restart on the same data dir: the history is there and the notary serves again.
         port = free_port()
