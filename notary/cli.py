@@ -284,6 +284,10 @@ def _exit_code(exc: BaseException) -> int:
     if isinstance(exc, ConfigError):
         return EX_CONFIG
     if isinstance(exc, InputError):
+        if exc.code == "no_bundle":
+            return EX_NOINPUT
+        if exc.code in ("bad_bundle", "bad_certificate", "bad_pin"):
+            return EX_DATAERR
         return EX_USAGE
     if isinstance(exc, (EncodingError, VerificationError)):
         return EX_DATAERR

@@ -249,5 +249,13 @@ class Prober:
             raise _Failed("reset", "connection reset during handshake") from None
         except OSError as exc:
             raise _Failed("reset", f"connection error: {exc.strerror or exc}") from None
+        # Send our last flight (the client Finished) so the server sees a completed handshake.
+        out = outgoing.read()
+        if out:
+            try:
+                writer.write(out)
+                await writer.drain()
+            except OSError:
+                pass
         version = obj.version() or "unknown"
         return version, unverified_chain(obj)

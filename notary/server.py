@@ -48,6 +48,7 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 METRICS = web.AppKey("metrics", dict)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 CLOCK = web.AppKey("clock", object)
+IDENTITY_CACHE = web.AppKey("identity_cache", list)
 
 
 def _error(status: int, code: str, reason: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -107,13 +108,19 @@ async def _identity(request: web.Request) -> web.Response:
     _rate_limit(request, 1)
     app = request.app
     cfg, key = app[CONFIG], app[KEY]
+    now = _clock(app)
+    cached = app[IDENTITY_CACHE]
+    if cached and cached[0] == now:  # signed at most once per second
+        return web.json_response(cached[1])
     ident = Identity(
         name=cfg.name, region=cfg.region, key_id=key.key_id, public_key=key.verify_key.b64,
-        software=f"parallax-notary/{notary.__version__}", signed_at=_clock(app), url=cfg.url,
+        software=f"parallax-notary/{notary.__version__}", signed_at=now, url=cfg.url,
         country=cfg.country, rir=cfg.rir, lat_e6=cfg.lat_e6, lon_e6=cfg.lon_e6,
         limits=cfg.limits_document(),
     )
-    return web.json_response(sign_identity(ident, key))
+    envelope = sign_identity(ident, key)
+    cached[:] = [now, envelope]
+    return web.json_response(envelope)
 
 
 def _parse_max_age(value: Any) -> int | None:
@@ -235,6 +242,7 @@ def create_app(
     app[REGISTRY] = registry
     app[METRICS] = metrics
     app[LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
+    app[IDENTITY_CACHE] = []
 
     async def open_store(app: web.Application) -> AsyncIterator[None]:
         st = store if store is not None else await SQLiteStore.open(config.db_path)
@@ -276,7 +284,9 @@ async def _rescan_loop(service: ObservationService, config: NotaryConfig) -> Non
         for target in config.watch:
             try:
                 await service.fresh(target, all_addresses=True)
-            except ParallaxError as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a re-scan failure must never end the loop
                 log.warning("re-scan of %s failed: %s", target, exc)
         await asyncio.sleep(config.rescan_interval)
 

@@ -11,18 +11,30 @@ one host.  Every result is stored before it is signed and returned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections import defaultdict
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable, TypeVar
 
-from notary.core import Observation, ProbeResult, SigningKey, Target, sign_observation
+from notary.core import KeySighting, Observation, ProbeResult, SigningKey, Target, sign_observation
 from notary.prober import Prober
 from notary.store import Store
 
 __all__ = ["ServiceLimits", "ObservationService"]
 
 log = logging.getLogger("parallax.notary")
+
+K = TypeVar("K")
+V = TypeVar("V")
+CACHE_ENTRIES = 10_000
+
+
+def _put(cache: "OrderedDict[K, V]", key: K, value: V) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    if len(cache) > CACHE_ENTRIES:
+        cache.popitem(last=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +64,12 @@ class ObservationService:
         self.limits = limits
         self.on_probe = on_probe
         self._global = asyncio.Semaphore(limits.max_concurrent_probes)
-        self._per_host: defaultdict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(limits.max_probes_per_host)
-        )
+        # Per-host semaphores exist only while some probe of that host runs.
+        self._per_host: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
         self._inflight: dict[tuple[Target, bool], asyncio.Future[list[ProbeResult]]] = {}
+        # Write-through memory caches in front of the store (bounded LRU).
+        self._latest: OrderedDict[tuple[Target, bool], list[ProbeResult]] = OrderedDict()
+        self._history: OrderedDict[tuple[str, int], tuple[KeySighting, ...]] = OrderedDict()
         self.cache_hits = 0
         self.probes = 0
 
@@ -64,7 +78,7 @@ class ObservationService:
     ) -> list[dict[str, Any]]:
         """Signed envelopes (one per probed address) for ``target``, bound to ``nonce``."""
         results, source = await self._results(target, max_age, all_addresses)
-        history = await self.store.key_history(target.host, target.port)
+        history = await self._key_history(target)
         now = self.clock()
         return [
             sign_observation(
@@ -82,7 +96,11 @@ class ObservationService:
     ) -> tuple[list[ProbeResult], str]:
         ttl = self.limits.ttl if max_age is None else min(max_age, self.limits.ttl)
         if ttl > 0:
-            cached = await self.store.latest(target, all_addresses=all_addresses)
+            cached = self._latest.get((target, all_addresses))
+            if cached is None:
+                cached = await self.store.latest(target, all_addresses=all_addresses)
+                if cached:
+                    _put(self._latest, (target, all_addresses), cached)
             if cached and self.clock() - cached[0].observed_at <= ttl:
                 self.cache_hits += 1
                 return cached, "cached"
@@ -98,11 +116,35 @@ class ObservationService:
             fut.add_done_callback(lambda _f: self._inflight.pop(key, None))
         return await asyncio.shield(fut)
 
+    async def _key_history(self, target: Target) -> tuple[KeySighting, ...]:
+        key = (target.host, target.port)
+        history = self._history.get(key)
+        if history is None:
+            history = await self.store.key_history(target.host, target.port)
+            _put(self._history, key, history)
+        return history
+
+    @contextlib.asynccontextmanager
+    async def _host_slot(self, host: str) -> AsyncIterator[None]:
+        entry = self._per_host.get(host)
+        if entry is None:
+            entry = self._per_host[host] = (asyncio.Semaphore(self.limits.max_probes_per_host), [0])
+        entry[1][0] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1][0] -= 1
+            if entry[1][0] == 0:
+                del self._per_host[host]
+
     async def _probe_and_store(self, target: Target, all_addresses: bool) -> list[ProbeResult]:
-        async with self._global, self._per_host[target.host]:
+        async with self._global, self._host_slot(target.host):
             self.probes += 1
             results = await self.prober.probe(target, all_addresses=all_addresses)
         await self.store.add(results, all_addresses=all_addresses)
+        _put(self._latest, (target, all_addresses), results)
+        self._history.pop((target.host, target.port), None)
         for r in results:
             log.info("probed %s ip=%s status=%s spki=%s", target, r.ip, r.status, r.spki_sha256)
             if self.on_probe:

@@ -1,29 +1,37 @@
 """Observation history: an interface and its embedded SQLite implementation.
 
 The store keeps every :class:`~notary.core.ProbeResult` a notary made, keyed by
-(host, port, ip), and answers two questions: the latest observation set for a
+(host, port, ip), and answers two questions: the latest probe round for a
 target (for the cache) and the key history of a target (first and last sighting
 of each distinct SPKI).  A result is committed *before* the notary signs and
 returns it, and the database runs in WAL mode with ``synchronous=FULL``, so an
 observation that reached a client survives ``kill -9`` and power loss.
 
-:class:`Store` is the interface; a PostgreSQL backend implements the same four
+:class:`Store` is the interface; a PostgreSQL backend implements the same
 coroutines.
+
+:class:`SQLiteStore` runs the standard library's ``sqlite3`` on one dedicated
+thread: every database call is serialised there (no interleaved transactions),
+and concurrent :meth:`~SQLiteStore.add` calls are *group-committed*: all rounds
+waiting when the writer runs go into one transaction with one fsync.  A failed
+transaction is rolled back whole and every waiting caller gets a
+:class:`~notary.errors.StoreError`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import concurrent.futures
 import sqlite3
 from pathlib import Path
-from typing import Protocol, Sequence
-
-import aiosqlite
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from notary.core import KeySighting, ProbeResult, Target
 from notary.errors import StoreError
 
 __all__ = ["Store", "SQLiteStore"]
+
+T = TypeVar("T")
 
 
 class Store(Protocol):
@@ -59,89 +67,132 @@ CREATE INDEX IF NOT EXISTS observations_hpi ON observations (host, port, ip, obs
 CREATE INDEX IF NOT EXISTS observations_keys ON observations (host, port, spki_sha256);
 """
 
+_Round = tuple[Sequence[ProbeResult], bool]
+
 
 class SQLiteStore:
-    """One SQLite file, WAL mode, one connection on its own thread (aiosqlite)."""
+    """One SQLite file, WAL mode, one connection used only from its own thread."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
-        self._db = db
+    def __init__(self, path: Path, executor: concurrent.futures.ThreadPoolExecutor, db: sqlite3.Connection) -> None:
         self.path = path
+        self._executor = executor
+        self._db = db
+        self._pending: list[tuple[_Round, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
 
     @classmethod
     async def open(cls, path: str | Path) -> "SQLiteStore":
         path = Path(path)
-        db: aiosqlite.Connection | None = None
-        try:
-            db = await aiosqlite.connect(path)
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA busy_timeout=5000")
-            await db.executescript(_SCHEMA)
-            await db.commit()
-        except (sqlite3.Error, OSError) as exc:
-            # Close a half-opened connection: its worker thread is not a daemon, and
-            # left running it keeps the process from exiting (serve hung on a bad file).
-            if db is not None:
-                with contextlib.suppress(sqlite3.Error, ValueError):
-                    await db.close()
-            raise StoreError(f"cannot open observation store {path}: {exc}") from None
-        return cls(db, path)
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="parallax-store")
 
+        def connect() -> sqlite3.Connection:
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.execute("PRAGMA busy_timeout=5000")
+                db.executescript(_SCHEMA)
+            except BaseException:
+                db.close()
+                raise
+            return db
+
+        try:
+            db = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        except (sqlite3.Error, OSError) as exc:
+            executor.shutdown(wait=False)
+            raise StoreError(f"cannot open observation store {path}: {exc}") from None
+        return cls(path, executor, db)
+
+    async def _run(self, fn: Callable[[], T], what: str) -> T:
+        if self._closed:
+            raise StoreError("the observation store is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except (sqlite3.Error, RuntimeError) as exc:
+            raise StoreError(f"cannot {what}: {exc}") from None
+
+    # -- writes: group commit ---------------------------------------------------
     async def add(self, results: Sequence[ProbeResult], *, all_addresses: bool) -> None:
         if not results:
             return
-        t = results[0].target
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(((results, all_addresses), fut))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+        await asyncio.shield(fut)
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._run(lambda: self._write([r for r, _ in batch]), "record observations")
+            except StoreError as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(StoreError(str(exc)))
+            else:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+
+    def _write(self, rounds: list[_Round]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
         try:
-            cur = await self._db.execute(
-                "INSERT INTO rounds (host, port, sni, all_addresses, observed_at) VALUES (?,?,?,?,?)",
-                (t.host, t.port, t.sni or "", int(all_addresses), results[0].observed_at),
-            )
-            round_id = cur.lastrowid
-            await self._db.executemany(
-                "INSERT INTO observations (round_id, host, port, ip, status, spki_sha256, observed_at, record)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    (round_id, r.target.host, r.target.port, r.ip, r.status, r.spki_sha256,
-                     r.observed_at, r.to_record())
-                    for r in results
-                ],
-            )
-            await self._db.commit()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot record observation: {exc}") from None
+            for results, all_addresses in rounds:
+                t = results[0].target
+                cur = db.execute(
+                    "INSERT INTO rounds (host, port, sni, all_addresses, observed_at) VALUES (?,?,?,?,?)",
+                    (t.host, t.port, t.sni or "", int(all_addresses), results[0].observed_at),
+                )
+                round_id = cur.lastrowid
+                db.executemany(
+                    "INSERT INTO observations (round_id, host, port, ip, status, spki_sha256, observed_at, record)"
+                    " VALUES (?,?,?,?,?,?,?,?)",
+                    [(round_id, r.target.host, r.target.port, r.ip, r.status, r.spki_sha256, r.observed_at,
+                      r.to_record()) for r in results],
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # -- reads ------------------------------------------------------------------
+    def _fetch(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        return self._db.execute(sql, args).fetchall()
 
     async def latest(self, target: Target, *, all_addresses: bool) -> list[ProbeResult]:
-        try:
-            async with self._db.execute(
-                "SELECT record FROM observations WHERE round_id = (SELECT max(id) FROM rounds"
-                " WHERE host=? AND port=? AND sni=? AND all_addresses=?) ORDER BY id",
-                (target.host, target.port, target.sni or "", int(all_addresses)),
-            ) as cur:
-                rows = await cur.fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read observations: {exc}") from None
+        rows = await self._run(lambda: self._fetch(
+            "SELECT record FROM observations WHERE round_id = (SELECT max(id) FROM rounds"
+            " WHERE host=? AND port=? AND sni=? AND all_addresses=?) ORDER BY id",
+            (target.host, target.port, target.sni or "", int(all_addresses)),
+        ), "read observations")
         return [ProbeResult.from_record(bytes(row[0])) for row in rows]
 
     async def key_history(self, host: str, port: int, *, limit: int = 32) -> tuple[KeySighting, ...]:
-        try:
-            async with self._db.execute(
-                "SELECT spki_sha256, min(observed_at), max(observed_at) FROM observations"
-                " WHERE host=? AND port=? AND status='ok' GROUP BY spki_sha256"
-                " ORDER BY max(observed_at) DESC, spki_sha256 LIMIT ?",
-                (host, port, limit),
-            ) as cur:
-                rows = await cur.fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read key history: {exc}") from None
+        rows = await self._run(lambda: self._fetch(
+            "SELECT spki_sha256, min(observed_at), max(observed_at) FROM observations"
+            " WHERE host=? AND port=? AND status='ok' GROUP BY spki_sha256"
+            " ORDER BY max(observed_at) DESC, spki_sha256 LIMIT ?",
+            (host, port, limit),
+        ), "read key history")
         return tuple(KeySighting(r[0], int(r[1]), int(r[2])) for r in rows)
 
     async def count(self) -> int:
-        async with self._db.execute("SELECT count(*) FROM observations") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        rows = await self._run(lambda: self._fetch("SELECT count(*) FROM observations", ()), "count observations")
+        return int(rows[0][0])
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        if self._writer is not None and not self._writer.done():
+            await asyncio.wait([self._writer], timeout=10)
+        self._closed = True
+        loop = asyncio.get_running_loop()
         try:
-            await self._db.close()
-        except (sqlite3.Error, ValueError):
+            await loop.run_in_executor(self._executor, self._db.close)
+        except sqlite3.Error:
             pass
+        self._executor.shutdown(wait=False)

@@ -115,8 +115,8 @@ async def test_wal_mode_and_full_sync(tmp_path: Path, certs) -> None:
     store = await SQLiteStore.open(path)
     try:
         await store.add([ok(Target.parse("a.example", 443), "192.0.2.1", T0, certs[0])], all_addresses=False)
-        async with store._db.execute("PRAGMA synchronous") as cur:  # per connection: look at the store's own
-            assert (await cur.fetchone())[0] == 2  # FULL
+        # per connection: look at the store's own, on its own thread
+        assert (await store._run(lambda: store._fetch("PRAGMA synchronous", ()), "read"))[0][0] == 2  # FULL
         # WAL is a property of the file: another connection sees it, and the committed row.
         with contextlib.closing(sqlite3.connect(path)) as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -298,3 +298,28 @@ async def test_every_returned_observation_survives_kill_9(tmp_path: Path, certs)
         assert db.execute("SELECT count(*) FROM observations").fetchone()[0] == count_before + 1
     text = log.read_text()
     assert "Traceback" not in text
+
+
+async def test_concurrent_adds_are_group_committed_without_loss(tmp_path: Path, certs) -> None:
+    """Many concurrent writers: every round lands, none interleaves with another (was a bug with aiosqlite)."""
+    store = await SQLiteStore.open(tmp_path / "obs.sqlite3")
+    try:
+        targets = [Target.parse(f"h{i}.example", 443) for i in range(200)]
+        await asyncio.gather(*(
+            store.add([ok(t, "192.0.2.1", T0 + i, certs[0]), ok(t, "192.0.2.2", T0 + i, certs[1])], all_addresses=True)
+            for i, t in enumerate(targets)
+        ))
+        assert await store.count() == 400
+        for i, t in enumerate(targets[:20]):
+            latest = await store.latest(t, all_addresses=True)
+            assert [r.ip for r in latest] == ["192.0.2.1", "192.0.2.2"]
+            assert all(r.observed_at == T0 + i for r in latest)
+    finally:
+        await store.close()
+
+
+async def test_closed_store_raises_store_error(tmp_path: Path, certs) -> None:
+    store = await SQLiteStore.open(tmp_path / "obs.sqlite3")
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.latest(Target.parse("a.example", 443), all_addresses=False)

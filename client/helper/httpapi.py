@@ -79,12 +79,12 @@ def create_http_app(
     origins: Iterable[str] = (),
 ) -> web.Application:
     """The localhost API.  ``port`` fixes the Host allowlist; update ``app[ALLOWED]["hosts"]`` after an ephemeral bind."""
-    handler = handle.handle if isinstance(handle, HelperService) else handle
+    answer = handle.handle if isinstance(handle, HelperService) else handle
     expected = token.encode()
     allowed = {"hosts": allowed_hosts(port), "origins": {o.rstrip("/") for o in origins if o and o != "null"}}
 
     @web.middleware
-    async def guard(request: web.Request, h: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         conf = request.app[ALLOWED]
         host = request.headers.get("Host", "")
         if host.lower() not in conf["hosts"]:
@@ -107,7 +107,7 @@ def create_http_app(
             return _deny(401, "bad_token", f"missing or wrong {TOKEN_HEADER} header", cors)
         if request.content_type != "application/json":
             return _deny(415, "bad_content_type", "Content-Type must be application/json", cors)
-        resp = await h(request)
+        resp = await handler(request)
         resp.headers.update(cors)
         resp.headers["Cache-Control"] = "no-store"
         resp.headers["X-Content-Type-Options"] = "nosniff"
@@ -127,7 +127,7 @@ def create_http_app(
         except BadMessage as exc:
             return _deny(400, exc.code, str(exc))
         msg["type"] = kind
-        resp = await handler(msg)
+        resp = await answer(msg)
         status = 200 if resp.get("type") != "error" else 400 if resp.get("error") not in ("internal",) else 500
         return web.Response(text=json.dumps(resp), status=status, content_type="application/json")
 

@@ -187,9 +187,10 @@ def _setup_logging() -> None:
     root = logging.getLogger()
     root.setLevel(level)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    h: logging.Handler = logging.StreamHandler(sys.stderr)
-    h.setFormatter(fmt)
-    root.addHandler(h)
+    if not root.handlers:  # ``parallax helper native`` has set up stderr logging already
+        h: logging.Handler = logging.StreamHandler(sys.stderr)
+        h.setFormatter(fmt)
+        root.addHandler(h)
     path = os.environ.get("PARALLAX_HELPER_LOG")
     if path:
         with contextlib.suppress(OSError):

@@ -44,7 +44,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -322,7 +322,3 @@ class HelperService:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def with_bundle(config: HelperConfig, bundle: str | None) -> HelperConfig:
-    return replace(config, bundle=bundle) if bundle else config

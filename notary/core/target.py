@@ -128,7 +128,7 @@ def _normalize_host(host: str) -> str:
 
 def validate_port(port: object) -> int:
     if isinstance(port, bool) or not isinstance(port, int):
-        if isinstance(port, str) and port.isdigit() and len(port) <= 5:
+        if isinstance(port, str) and port.isascii() and port.isdigit() and len(port) <= 5:
             port = int(port)
         else:
             raise InputError("port must be an integer", "bad_port")

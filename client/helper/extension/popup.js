@@ -43,7 +43,10 @@ function render(s) {
   const v = s && s.verdict;
   let summary = "Only top-level HTTPS pages are checked.";
   if (s && s.status === "checking") summary = `Asking the notaries about ${s.host}:${s.port}…`;
-  else if (s && s.status === "error") summary = `The helper gave no verdict: ${s.error}`;
+  else if (s && s.status === "error") {
+    summary = `The helper gave no verdict: ${s.error}`;
+    if (/native messaging host/i.test(s.error)) summary += " Install it with: parallax helper install --browser chromium";
+  }
   else if (v) summary = v.summary;
   $("summary").textContent = summary;
   $("facts").classList.toggle("hidden", !v);
