@@ -360,4 +360,4 @@ def test_cli_bad_inputs(entries: list[Path], tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(entry_dict(1, url="ftp://x")))
     code, _, err = run_cli(["bundle", "merge", str(bad)], capsys)
-    assert code == 64 and "bad url" in err and len(err.strip().splitlines()) == 1
+    assert code == 65 and "bad url" in err and len(err.strip().splitlines()) == 1  # malformed bundle data

@@ -215,8 +215,7 @@ async def test_bad_usage_one_line(args, codes, needle, cluster_bundle) -> None:
 
 async def test_missing_bundle_file(tmp_path) -> None:
     code, out, err = await parallax("check", f"{HOST}:443", "--bundle", str(tmp_path / "missing.json"))
-    # The brief allows 64 or 66; see the report: the README table says 66 for a missing input file.
-    assert code in (64, 66) and out == ""
+    assert code == 66 and out == ""  # README: 66, an input file does not exist
     one_line_no_traceback(err)
     assert "missing.json" in err
 
@@ -225,7 +224,5 @@ async def test_malformed_bundle_file(tmp_path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"version": 1, "notaries": [{"name": "x"}]}')
     code, out, err = await parallax("check", f"{HOST}:443", "--bundle", str(bad))
-    # Today 64 (InputError "bad_bundle"); the README's exit-code table says 65 for a malformed
-    # bundle (reported to the lead).  Either is a one-line refusal, never a crash.
-    assert code in (64, 65) and out == ""
+    assert code == 65 and out == ""  # README: 65, malformed bundle
     one_line_no_traceback(err)

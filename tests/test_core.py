@@ -137,6 +137,17 @@ def test_canonical_encode_matches_an_independent_rfc8785_encoder(value: Any) -> 
 
 @FAST
 @given(json_values)
+@example({"\U0001f600": 1, "\ufb01": 2})  # astral key: the rfc8785 package path
+@example({"\ufb01": ["\x00\u2028", -(2**53 - 1)], "a": {"": None}})  # BMP keys: the json fast path
+def test_canonical_encode_equals_the_rfc8785_package(value: Any) -> None:
+    """encode() takes a json.dumps fast path for BMP keys; it must equal the rfc8785 package byte for byte."""
+    import rfc8785
+
+    assert canonical_encode(value) == rfc8785.dumps(value)
+
+
+@FAST
+@given(json_values)
 def test_decode_accepts_any_valid_spelling_and_canonicalises_it(value: Any) -> None:
     loose = json.dumps(value, indent=2, ensure_ascii=True)
     assert same(canonical_decode(loose), value)

@@ -27,6 +27,7 @@ _MAX_DEPTH = 32
 # Python strings can hold lone UTF-16 surrogates (``json.loads('"\\ud800"')``);
 # they have no UTF-8 encoding and I-JSON (RFC 7493) forbids them.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 
 
 def _check_str(value: str) -> None:
@@ -34,31 +35,36 @@ def _check_str(value: str) -> None:
         raise EncodingError("string contains a lone UTF-16 surrogate")
 
 
-def _check(value: Any, depth: int = 0) -> None:
+def _check(value: Any, depth: int = 0) -> bool:
+    """Validate ``value``; return True when every object key is in the BMP (see :func:`encode`)."""
     if depth > _MAX_DEPTH:
         raise EncodingError("JSON nested too deeply")
     if value is None or isinstance(value, bool):
-        return
+        return True
     if isinstance(value, str):
         _check_str(value)
-        return
+        return True
     if isinstance(value, int):
         if abs(value) > MAX_SAFE_INT:
             raise EncodingError(f"integer out of the safe range: {value}")
-        return
+        return True
     if isinstance(value, float):
         raise EncodingError("floats are not allowed in signed JSON")
     if isinstance(value, (list, tuple)):
+        bmp = True
         for item in value:
-            _check(item, depth + 1)
-        return
+            bmp = _check(item, depth + 1) and bmp
+        return bmp
     if isinstance(value, dict):
+        bmp = True
         for key, item in value.items():
             if not isinstance(key, str):
                 raise EncodingError("object keys must be strings")
             _check_str(key)
-            _check(item, depth + 1)
-        return
+            if not key.isascii() and _ASTRAL.search(key):
+                bmp = False
+            bmp = _check(item, depth + 1) and bmp
+        return bmp
     raise EncodingError(f"type not allowed in signed JSON: {type(value).__name__}")
 
 
@@ -68,7 +74,13 @@ def encode(value: Any) -> bytes:
     Raises :class:`EncodingError` for floats, non-string keys, unsafe integers
     or unsupported types.
     """
-    _check(value)
+    if _check(value):
+        # Fast path, byte-identical to RFC 8785 on the validated subset: no floats,
+        # safe integers, no lone surrogates, and keys in the BMP, where sorting by
+        # code point equals RFC 8785's sort by UTF-16 code unit.  The C encoder's
+        # string escaping (\" \\ \b \f \n \r \t, other controls as \u00xx, the
+        # rest literal) is RFC 8785's.  tests/test_core.py checks the equality.
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     try:
         return rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, ValueError, TypeError) as exc:
