@@ -90,8 +90,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.observed:
         observed = args.observed if args.observed.startswith("sha256/") else _read(args.observed)
     policy = get_policy(args.policy)
-    if args.max_age is not None:
-        policy = policy.with_overrides(max_age=args.max_age)
+    custom = {
+        "max_age": args.max_age, "quorum_fraction": args.quorum_fraction,
+        "quorum_duration": args.quorum_duration, "min_regions": args.min_regions,
+    }
+    if args.quorum_fraction is not None:
+        custom["rule"] = "fraction"
+    if any(v is not None for v in custom.values()):
+        policy = policy.with_overrides(name=f"{policy.name}+custom", **custom)
     verdict = asyncio.run(verify_with_notaries(
         host, port, bundle=bundle, policy=policy, observed=observed, timeout=args.timeout,
         wait_all=args.wait_all, subset=args.subset, connect_to=connect_to, sni=args.sni,
@@ -203,6 +209,11 @@ def add_client_commands(sub: Any) -> None:
     p.add_argument("--sni")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per notary and for your own probe")
     p.add_argument("--max-age", type=int, help="accept notary observations up to this many seconds old")
+    p.add_argument("--quorum-fraction", type=float, metavar="F",
+                   help="custom: this fraction of the notaries asked must agree (0 < F <= 1)")
+    p.add_argument("--quorum-duration", type=int, metavar="SECONDS",
+                   help="custom: count a notary only if it has seen the key for this long")
+    p.add_argument("--min-regions", type=int, metavar="N", help="custom: agreeing notaries must span N regions")
     p.add_argument("--wait-all", action="store_true", help="wait for every notary (complete log)")
     p.add_argument("--subset", type=int, metavar="K", help="ask a random K notaries only")
     p.set_defaults(func=_cmd_check)

@@ -82,7 +82,7 @@ class Policy:
             raise InputError(f"unknown quorum rule {p.rule!r}")
         if not 0 < p.quorum_fraction <= 1:
             raise InputError("quorum_fraction must be in (0, 1]")
-        if p.min_notaries < 1 or p.min_regions < 1 or p.max_age < 0 or p.max_skew < 0:
+        if p.min_notaries < 1 or p.min_regions < 1 or min(p.max_age, p.max_skew, p.quorum_duration) < 0:
             raise InputError("policy values must be positive")
         return p
 

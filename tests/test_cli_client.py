@@ -138,6 +138,14 @@ async def test_check_json(site, cluster_bundle) -> None:
     assert [r["result"] for r in doc["results"]] == ["agrees"] * 3
 
 
+async def test_check_custom_policy_values(site, cluster_bundle) -> None:
+    code, out, err = await parallax(*check_args(site.port, cluster_bundle), "--json", "--policy", "majority",
+                                    "--quorum-fraction", "1.0", "--wait-all")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["policy"] == "majority+custom" and doc["required"] == 3 and doc["status"] == "consistent"
+
+
 async def test_check_pin_only_when_consistent(site, cluster_bundle, forged_ctx) -> None:
     code, out, err = await parallax(*check_args(site.port, cluster_bundle), "--pin")
     assert code == 0 and out == await pin_of(site.port) + "\n" and err == ""
