@@ -36,35 +36,49 @@ def _check_str(value: str) -> None:
 
 
 def _check(value: Any, depth: int = 0) -> bool:
-    """Validate ``value``; return True when every object key is in the BMP (see :func:`encode`)."""
+    """Validate ``value``; return True when every object key is in the BMP (see :func:`encode`).
+
+    Hot path (every signature and every request body): exact-type dispatch first.
+    """
     if depth > _MAX_DEPTH:
         raise EncodingError("JSON nested too deeply")
-    if value is None or isinstance(value, bool):
+    t = type(value)
+    if t is str:
+        if not value.isascii():
+            _check_str(value)
         return True
+    if t is int:
+        if -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+            return True
+        raise EncodingError(f"integer out of the safe range: {value}")
+    if value is None or t is bool:
+        return True
+    if t is dict or isinstance(value, dict):
+        bmp = True
+        for key, item in value.items():
+            if type(key) is not str:
+                if not isinstance(key, str):
+                    raise EncodingError("object keys must be strings")
+            if not key.isascii():
+                _check_str(key)
+                if _ASTRAL.search(key):
+                    bmp = False
+            if not _check(item, depth + 1):
+                bmp = False
+        return bmp
+    if t is list or t is tuple or isinstance(value, (list, tuple)):
+        bmp = True
+        for item in value:
+            if not _check(item, depth + 1):
+                bmp = False
+        return bmp
+    if isinstance(value, float):
+        raise EncodingError("floats are not allowed in signed JSON")
     if isinstance(value, str):
         _check_str(value)
         return True
-    if isinstance(value, int):
-        if abs(value) > MAX_SAFE_INT:
-            raise EncodingError(f"integer out of the safe range: {value}")
-        return True
-    if isinstance(value, float):
-        raise EncodingError("floats are not allowed in signed JSON")
-    if isinstance(value, (list, tuple)):
-        bmp = True
-        for item in value:
-            bmp = _check(item, depth + 1) and bmp
-        return bmp
-    if isinstance(value, dict):
-        bmp = True
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise EncodingError("object keys must be strings")
-            _check_str(key)
-            if not key.isascii() and _ASTRAL.search(key):
-                bmp = False
-            bmp = _check(item, depth + 1) and bmp
-        return bmp
+    if isinstance(value, int):  # int subclasses (IntEnum); bool handled above
+        return _check(int(value), depth)
     raise EncodingError(f"type not allowed in signed JSON: {type(value).__name__}")
 
 
