@@ -80,6 +80,10 @@ class _Fail(Exception):
     """A failed check (the message is the one-line reason)."""
 
 
+class _Skip(Exception):
+    """A check that cannot run here (the message says why)."""
+
+
 @dataclass
 class _Response:
     status: int
@@ -321,10 +325,6 @@ async def _check_bad_nonce(ctx: _Ctx) -> str:
 
 async def _check_bad_json(ctx: _Ctx) -> str:
     return await _check_error(ctx, "malformed JSON", b'{"targets": [{"host": ', 400)
-
-
-class _Skip(Exception):
-    pass
 
 
 # -- driver ---------------------------------------------------------------------

@@ -14,7 +14,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -34,7 +33,6 @@ from notary.cli import main
 from notary.config import NotaryConfig
 from notary.core import (
     IDENTITY_TYPE,
-    OBSERVATION_TYPE,
     AddressPolicy,
     SigningKey,
     Target,

@@ -270,8 +270,9 @@ def test_notary_down_and_one_cut_off_mid_check(lab: Lab, undo: Undo) -> None:
     assert results["notary-1"]["result"] == "unreachable"
     assert results["notary-2"]["result"] == "unreachable" and "no answer within" in results["notary-2"]["reason"], cut.describe()
     assert results["notary-3"]["result"] == "agrees"
-    # The verdict arrives within the client's timeout (plus interpreter start-up), not when notary-2 gives up.
-    assert elapsed < timeout + 4.0, f"verdict after {elapsed:.1f}s (cut at {cut_at:.1f}s)"
+    # The client waited for notary-2 until its timeout, and no longer (plus interpreter start-up):
+    # the verdict does not depend on the cut-off notary ever answering.
+    assert timeout <= elapsed < timeout + 5.0, f"verdict after {elapsed:.1f}s (cut at {cut_at:.1f}s)"
 
 
 # -- 8. notary traffic intercepted and altered on the client's router ------------------------------------
