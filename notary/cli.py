@@ -138,6 +138,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("parallax.notary").info("generated a new notary key in %s", args.data_dir)
     key = load_key_file(args.data_dir)
     url = args.url or f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    if not args.url and host in ("0.0.0.0", "::", ""):
+        print(f"parallax serve: warning: advertising {url}, which clients cannot reach; pass --url", file=sys.stderr)
     config = build_config(args, url=url)
     entry = bundle_entry(config.name, url, config.region, key.key_id, key.verify_key.b64, config.country, config.rir)
     _write_identity(Path(args.data_dir), entry)
