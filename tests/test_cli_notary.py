@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -11,7 +10,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any, Iterator
 import pytest
 
 from notary.core import VerifyKey, verify_identity
-from tests.support.tls import TLSServer, make_ca, server_context, tls_server
+from tests.support.tls import make_ca, server_context, tls_target_in_thread
 
 PARALLAX = [sys.executable, "-c", "from notary.cli import run_main; run_main()"]
 
@@ -116,32 +114,6 @@ def serving(data_dir: Path, log: Path, *extra: str) -> Iterator[tuple[str, subpr
                 proc.kill()
                 proc.wait(10)
         OUTPUTS.append(("serve log", log.read_text()))
-
-
-@contextlib.contextmanager
-def tls_target_in_thread(ctx) -> Iterator[TLSServer]:
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    holder: dict[str, Any] = {}
-
-    async def main() -> None:
-        holder["stop"] = asyncio.Event()
-        async with tls_server(ctx) as srv:
-            holder["srv"] = srv
-            ready.set()
-            await holder["stop"].wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    try:
-        assert ready.wait(10)
-        yield holder["srv"]
-    finally:
-        if "stop" in holder:
-            loop.call_soon_threadsafe(holder["stop"].set)
-        thread.join(10)
-        if not thread.is_alive():
-            loop.close()
 
 
 # -- keygen ----------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import contextlib
 import json
 import ssl
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 

@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -27,7 +27,7 @@ from notary.config import DB_FILE
 from notary.core import ProbeResult, Target, VerifyKey, verify_observation
 from notary.errors import StoreError
 from notary.store import SQLiteStore
-from tests.support.tls import TLSServer, leaf_spki, make_ca, server_context, tls_server
+from tests.support.tls import leaf_spki, make_ca, server_context, tls_target_in_thread
 
 PARALLAX = [sys.executable, "-c", "from notary.cli import run_main; run_main()"]
 T0 = 1_700_000_000
@@ -144,33 +144,6 @@ async def test_unusable_files_raise_store_error_and_leave_no_thread(tmp_path: Pa
 
 
 # -- kill -9 ---------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def tls_target_in_thread(ctx) -> Iterator[TLSServer]:
-    """A real TLS server on 127.0.0.1, on its own event loop in a thread."""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    holder: dict[str, Any] = {}
-
-    async def main() -> None:
-        holder["stop"] = asyncio.Event()
-        async with tls_server(ctx) as srv:
-            holder["srv"] = srv
-            ready.set()
-            await holder["stop"].wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    try:
-        assert ready.wait(10), "TLS target did not start"
-        yield holder["srv"]
-    finally:
-        if "stop" in holder:
-            loop.call_soon_threadsafe(holder["stop"].set)
-        thread.join(10)
-        if not thread.is_alive():
-            loop.close()
-
 
 def free_port() -> int:
     with socket.socket() as s:

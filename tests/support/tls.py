@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import threading
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 import trustme
 
 from notary.core import spki_sha256
 
-__all__ = ["TLSServer", "tls_server", "server_context", "leaf_spki", "make_ca"]
+__all__ = ["TLSServer", "tls_server", "tls_target_in_thread", "server_context", "leaf_spki", "make_ca"]
 
 
 def make_ca(key_type: str = "ecdsa") -> trustme.CA:
@@ -84,3 +85,30 @@ async def tls_server(ctx: ssl.SSLContext, host: str = "127.0.0.1") -> AsyncItera
         server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 2)
+
+
+@contextlib.contextmanager
+def tls_target_in_thread(ctx) -> Iterator[TLSServer]:
+    """A real TLS server on 127.0.0.1, on its own event loop in a thread."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def main() -> None:
+        holder["stop"] = asyncio.Event()
+        async with tls_server(ctx) as srv:
+            holder["srv"] = srv
+            ready.set()
+            await holder["stop"].wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(10), "TLS target did not start"
+        yield holder["srv"]
+    finally:
+        if "stop" in holder:
+            loop.call_soon_threadsafe(holder["stop"].set)
+        thread.join(10)
+        if not thread.is_alive():
+            loop.close()
