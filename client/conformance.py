@@ -43,6 +43,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from notary.httputil import BodyTooLarge, read_capped
 from notary.core import (
     IDENTITY_TYPE,
     PROTOCOL,
@@ -108,9 +109,10 @@ async def _request(ctx: _Ctx, method: str, path: str, *, data: bytes | None = No
         async with asyncio.timeout(ctx.timeout):
             async with ctx.session.request(method, ctx.base + path, data=data, headers=headers,
                                            allow_redirects=False) as r:
-                body = await r.content.read(MAX_RESPONSE + 1)
-                if len(body) > MAX_RESPONSE:
-                    raise _Fail(f"{method} {path}: response larger than {MAX_RESPONSE} bytes")
+                try:
+                    body = await read_capped(r.content, MAX_RESPONSE)
+                except BodyTooLarge:
+                    raise _Fail(f"{method} {path}: response larger than {MAX_RESPONSE} bytes") from None
                 return _Response(r.status, r.headers.get("Content-Type", ""), body)
     except TimeoutError:
         raise _Fail(f"{method} {path}: no answer within {ctx.timeout:g}s") from None

@@ -15,6 +15,7 @@ import aiohttp
 
 from notary.core import Target, canonical_decode
 from notary.errors import EncodingError
+from notary.httputil import read_capped
 from client.bundle import BundleEntry
 
 __all__ = ["RawAnswer", "ask_notary", "MAX_RESPONSE_BYTES"]
@@ -34,9 +35,7 @@ class RawAnswer:
 
 async def _get_json(session: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> Any:
     async with session.request(method, url, json=body) as resp:
-        raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
-        if len(raw) > MAX_RESPONSE_BYTES:
-            raise ValueError("response too large")
+        raw = await read_capped(resp.content, MAX_RESPONSE_BYTES)
         if resp.status != 200:
             reason = ""
             try:

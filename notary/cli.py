@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -206,19 +207,23 @@ async def _fetch_entry(url: str, timeout: float) -> dict[str, Any]:
     """Fetch a notary's identity document and check that it is signed by the key it names."""
     import aiohttp
 
-    from notary.core import VerifyKey, canonical_decode, verify_identity
+    from notary.core import IDENTITY_TYPE, VerifyKey, canonical_decode, verify_identity
+    from notary.httputil import read_capped
 
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
             async with s.get(url.rstrip("/") + "/v1/notary") as r:
                 if r.status != 200:
                     raise RemoteError(f"{url} answered HTTP {r.status}")
-                raw = await r.content.read(256 * 1024)
+                raw = await read_capped(r.content, 256 * 1024)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise RemoteError(f"cannot reach {url}: {exc or type(exc).__name__}") from None
     try:
         doc = canonical_decode(raw)
-        claimed = VerifyKey.from_b64(json.loads(__import__("base64").b64decode(doc["payload"]))["public_key"])
+        # Trust on first use: the document names its own key; check it is signed by that key.
+        if doc.get("payloadType") != IDENTITY_TYPE:
+            raise VerificationError("not a notary identity document")
+        claimed = VerifyKey.from_b64(json.loads(base64.b64decode(doc["payload"], validate=True))["public_key"])
         ident = verify_identity(doc, claimed)
     except (EncodingError, VerificationError, KeyError, TypeError, ValueError) as exc:
         raise RemoteError(f"{url} sent an invalid identity document: {exc}") from None

@@ -69,7 +69,7 @@ class ObservationService:
         self._inflight: dict[tuple[Target, bool], asyncio.Future[list[ProbeResult]]] = {}
         # Write-through memory caches in front of the store (bounded LRU).
         self._latest: OrderedDict[tuple[Target, bool], list[ProbeResult]] = OrderedDict()
-        self._history: OrderedDict[tuple[str, int], tuple[KeySighting, ...]] = OrderedDict()
+        self._history: OrderedDict[Target, tuple[KeySighting, ...]] = OrderedDict()
         self.cache_hits = 0
         self.probes = 0
 
@@ -117,11 +117,10 @@ class ObservationService:
         return await asyncio.shield(fut)
 
     async def _key_history(self, target: Target) -> tuple[KeySighting, ...]:
-        key = (target.host, target.port)
-        history = self._history.get(key)
+        history = self._history.get(target)
         if history is None:
-            history = await self.store.key_history(target.host, target.port)
-            _put(self._history, key, history)
+            history = await self.store.key_history(target)
+            _put(self._history, target, history)
         return history
 
     @contextlib.asynccontextmanager
@@ -144,7 +143,7 @@ class ObservationService:
             results = await self.prober.probe(target, all_addresses=all_addresses)
         await self.store.add(results, all_addresses=all_addresses)
         _put(self._latest, (target, all_addresses), results)
-        self._history.pop((target.host, target.port), None)
+        self._history.pop(target, None)
         for r in results:
             log.info("probed %s ip=%s status=%s spki=%s", target, r.ip, r.status, r.spki_sha256)
             if self.on_probe:

@@ -3,7 +3,7 @@
 The store keeps every :class:`~notary.core.ProbeResult` a notary made, keyed by
 (host, port, ip), and answers two questions: the latest probe round for a
 target (for the cache) and the key history of a target (first and last sighting
-of each distinct SPKI).  A result is committed *before* the notary signs and
+of each distinct SPKI, per host, port and SNI).  A result is committed *before* the notary signs and
 returns it, and the database runs in WAL mode with ``synchronous=FULL``, so an
 observation that reached a client survives ``kill -9`` and power loss.
 
@@ -43,8 +43,8 @@ class Store(Protocol):
     async def latest(self, target: Target, *, all_addresses: bool) -> list[ProbeResult]:
         """The most recent probe round for ``target`` (empty when never probed)."""
 
-    async def key_history(self, host: str, port: int, *, limit: int = 32) -> tuple[KeySighting, ...]:
-        """Each distinct key seen for host:port, with first and last sighting, newest first."""
+    async def key_history(self, target: Target, *, limit: int = 32) -> tuple[KeySighting, ...]:
+        """Each distinct key seen for ``target`` (host, port *and* SNI), first and last sighting, newest first."""
 
     async def close(self) -> None: ...
 
@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS observations (
 );
 CREATE INDEX IF NOT EXISTS observations_hpi ON observations (host, port, ip, observed_at);
 CREATE INDEX IF NOT EXISTS observations_keys ON observations (host, port, spki_sha256);
+CREATE INDEX IF NOT EXISTS observations_round ON observations (round_id);
 """
 
 _Round = tuple[Sequence[ProbeResult], bool]
@@ -171,12 +172,15 @@ class SQLiteStore:
         ), "read observations")
         return [ProbeResult.from_record(bytes(row[0])) for row in rows]
 
-    async def key_history(self, host: str, port: int, *, limit: int = 32) -> tuple[KeySighting, ...]:
+    async def key_history(self, target: Target, *, limit: int = 32) -> tuple[KeySighting, ...]:
+        # Keyed by SNI too: a key served for another name on the same address must
+        # never enter this name's history (anyone can ask a notary to probe any SNI).
         rows = await self._run(lambda: self._fetch(
-            "SELECT spki_sha256, min(observed_at), max(observed_at) FROM observations"
-            " WHERE host=? AND port=? AND status='ok' GROUP BY spki_sha256"
-            " ORDER BY max(observed_at) DESC, spki_sha256 LIMIT ?",
-            (host, port, limit),
+            "SELECT o.spki_sha256, min(o.observed_at), max(o.observed_at) FROM observations o"
+            " JOIN rounds r ON r.id = o.round_id"
+            " WHERE r.host=? AND r.port=? AND r.sni=? AND o.status='ok' GROUP BY o.spki_sha256"
+            " ORDER BY max(o.observed_at) DESC, o.spki_sha256 LIMIT ?",
+            (target.host, target.port, target.sni or "", limit),
         ), "read key history")
         return tuple(KeySighting(r[0], int(r[1]), int(r[2])) for r in rows)
 

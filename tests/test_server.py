@@ -626,7 +626,7 @@ async def test_watch_list_is_rescanned_without_client_requests(make_notary: Nota
         latest = await store.latest(watched, all_addresses=True)
         assert [r.status for r in latest] == ["ok"]
         assert latest[0].spki_sha256 == leaf_spki(cert)
-        history = await store.key_history("127.0.0.1", srv.port)
+        history = await store.key_history(Target.parse("127.0.0.1", srv.port))
         assert [h.spki_sha256 for h in history] == [leaf_spki(cert)]
         await settle(srv, 2)
         assert srv.handshakes >= 2

@@ -65,7 +65,7 @@ async def test_add_latest_key_history_and_reopen(tmp_path: Path, certs) -> None:
     store = await SQLiteStore.open(path)
     try:
         assert await store.latest(t, all_addresses=False) == []
-        assert await store.key_history("a.example", 443) == ()
+        assert await store.key_history(Target.parse("a.example", 443)) == ()
         assert await store.count() == 0
 
         await store.add([ok(t, "192.0.2.1", T0, a)], all_addresses=False)
@@ -86,14 +86,18 @@ async def test_add_latest_key_history_and_reopen(tmp_path: Path, certs) -> None:
         assert await store.latest(t_other_sni, all_addresses=False) == [ok(t_other_sni, "192.0.2.1", T0 + 30, b)]
         assert await store.latest(Target.parse("a.example", 8443), all_addresses=False) == []
 
-        hist = await store.key_history("a.example", 443)
-        # Newest sighting first; failures carry no key and do not appear.
+        hist = await store.key_history(Target.parse("a.example", 443))
+        # Newest sighting first; failures carry no key and do not appear; the round with
+        # another SNI does not count for this target (history is per host, port and SNI).
         assert [h.to_json() for h in hist] == [
-            {"spki_sha256": leaf_spki(b), "first_seen": T0 + 20, "last_seen": T0 + 30},
+            {"spki_sha256": leaf_spki(b), "first_seen": T0 + 20, "last_seen": T0 + 20},
             {"spki_sha256": leaf_spki(a), "first_seen": T0, "last_seen": T0 + 20},
         ]
-        assert len(await store.key_history("a.example", 443, limit=1)) == 1
-        assert await store.key_history("a.example", 444) == ()
+        assert [h.to_json() for h in await store.key_history(t_other_sni)] == [
+            {"spki_sha256": leaf_spki(b), "first_seen": T0 + 30, "last_seen": T0 + 30},
+        ]
+        assert len(await store.key_history(Target.parse("a.example", 443), limit=1)) == 1
+        assert await store.key_history(Target.parse("a.example", 444)) == ()
     finally:
         await store.close()
 
@@ -101,9 +105,9 @@ async def test_add_latest_key_history_and_reopen(tmp_path: Path, certs) -> None:
     try:
         assert await reopened.count() == 6
         assert await reopened.latest(t, all_addresses=True) == two
-        assert await reopened.key_history("a.example", 443) == hist
+        assert await reopened.key_history(Target.parse("a.example", 443)) == hist
         await reopened.add([ok(t, "192.0.2.1", T0 + 40, a)], all_addresses=False)
-        assert (await reopened.key_history("a.example", 443))[0].to_json() == {
+        assert (await reopened.key_history(Target.parse("a.example", 443)))[0].to_json() == {
             "spki_sha256": leaf_spki(a), "first_seen": T0, "last_seen": T0 + 40}
     finally:
         await reopened.close()

@@ -29,6 +29,8 @@ from typing import Any, Awaitable, Callable, Iterable
 import platformdirs
 from aiohttp import web
 
+from notary.httputil import BodyTooLarge, read_capped
+
 from client.helper.framing import MAX_IN, BadMessage, decode_message
 from client.helper.service import HelperService
 
@@ -102,7 +104,7 @@ def create_http_app(
             })
         if request.method != "POST":
             return _deny(405, "method_not_allowed", "only JSON POST is accepted", {**cors, "Allow": "POST"})
-        given = request.headers.get(TOKEN_HEADER, "").encode()
+        given = request.headers.get(TOKEN_HEADER, "").encode("utf-8", "surrogateescape")
         if not given or not hmac.compare_digest(given, expected):
             return _deny(401, "bad_token", f"missing or wrong {TOKEN_HEADER} header", cors)
         if request.content_type != "application/json":
@@ -119,8 +121,9 @@ def create_http_app(
             return _deny(404, "not_found", "POST /v1/check or /v1/ping")
         if request.content_length is not None and request.content_length > MAX_IN:
             return _deny(413, "frame_too_large", f"body larger than {MAX_IN} bytes")
-        body = await request.content.read(MAX_IN + 1)
-        if len(body) > MAX_IN:
+        try:
+            body = await read_capped(request.content, MAX_IN)
+        except BodyTooLarge:
             return _deny(413, "frame_too_large", f"body larger than {MAX_IN} bytes")
         try:
             msg = decode_message(body) if body else {}
