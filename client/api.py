@@ -102,7 +102,9 @@ async def verify_with_notaries(
     already holds (then the client does not probe).  ``timeout`` bounds each
     notary and the client's own probe, in seconds.  ``subset`` asks a random
     ``k`` notaries only (privacy).  ``connect_to`` points only the client's own
-    probe at ``(address, port)``.  Raises :class:`~notary.errors.InputError`
+    probe at ``(address, port)``.  ``max_age`` (seconds) is sent to the notaries
+    as the oldest cached observation they may answer with (default: the
+    policy's ``max_age``, the age the client accepts).  Raises :class:`~notary.errors.InputError`
     for bad arguments; network trouble is reported in the verdict, never raised.
     """
     target = Target.parse(host, port, sni)
@@ -127,8 +129,9 @@ async def verify_with_notaries(
     probe_task: asyncio.Task[ClientView] | None = None
     try:
         for e in entries:
-            t = asyncio.create_task(ask_notary(sess, e, target, nonce, timeout=timeout, max_age=max_age,
+            t = asyncio.create_task(ask_notary(sess, e, target, nonce, timeout=timeout,
                                                all_addresses=pol.all_addresses,
+                                               max_age=pol.max_age if max_age is None else max_age,
                                                fetch_identity=not _identity_fresh(e, clock())))
             tasks[t] = e
         if client_view is None:

@@ -83,7 +83,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     connect_to = None
     if args.connect_to:
         h, p, addr, aport = args.connect_to
-        if (h, p) != (host, port) and not (h == "" or h == host):
+        if h not in ("", host) or p != port:
             raise Exit(64, f"parallax check: --connect-to {h}:{p} does not name the target {host}:{port}")
         connect_to = (addr, aport)
     observed: Any = None

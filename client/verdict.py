@@ -27,8 +27,9 @@ With ``n`` notaries asked, ``A`` counted agreements and ``D`` disagreements:
 3. ``A >= required(n)`` and the agreeing notaries span enough regions
    -> ``consistent`` (``consistent_with_outliers`` if ``D > 0``, naming them)
 4. ``D >= required(n)`` and they span enough regions         -> ``mitm_suspected``
-5. ``A + D < required(n)``                                   -> ``insufficient``
-6. otherwise                                                 -> ``split_view``
+5. ``A + D < required(n)``, or only one side answered and it
+   spans too few regions                                     -> ``insufficient``
+6. otherwise (some notaries saw the client's key, some others) -> ``split_view``
 
 Every failure lowers ``A`` and ``D`` and never raises either, so an attacker who
 can only silence notaries gets ``insufficient``, never ``consistent``.
@@ -278,6 +279,13 @@ def conclude(
     elif a + d < need:
         status = "insufficient"
         summary = f"insufficient: only {a + d}/{n} notaries gave usable answers for {target}; {need} needed"
+    elif a == 0 or d == 0:
+        # One side only, but it failed the region-span rule: nothing is split.
+        side = "saw your key" if d == 0 else "saw a different key"
+        regions = agree_regions if d == 0 else dis_regions
+        status = "insufficient"
+        summary = (f"insufficient: {a or d}/{n} notaries {side} for {target}, but only from "
+                   f"{len(regions)} region(s); {min_regions} needed")
     else:
         status = "split_view"
         summary = f"split view: for {target}, {a} notaries saw your key and {d} saw others; no quorum of {need}/{n}"

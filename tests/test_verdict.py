@@ -236,7 +236,8 @@ def test_agreeing_notaries_in_one_region_are_not_enough_when_two_regions_exist()
     # mpic n=3 needs 2; the two agreeing notaries share "eu" while "us" exists (and failed).
     v = run(build(3, 2, 0, regions=["eu", "eu", "us"]))
     assert v.status not in ACCEPTING
-    assert v.status == "split_view"  # A + D = 2 >= 2, but no region-spanning quorum
+    # A + D = 2 >= 2, but no region-spanning quorum, and nobody saw another key: not split.
+    assert v.status == "insufficient" and "region" in v.summary
     # The same counts across two regions are accepted.
     assert run(build(3, 2, 0, regions=["eu", "us", "us"])).status == "consistent"
 
@@ -244,6 +245,12 @@ def test_agreeing_notaries_in_one_region_are_not_enough_when_two_regions_exist()
 def test_region_rule_holds_when_the_other_region_disagrees() -> None:
     v = run(build(5, 4, 1, regions=["eu", "eu", "eu", "eu", "us"]))
     assert v.status not in ACCEPTING
+    assert v.status == "split_view"  # both keys were seen: that is a split
+
+
+def test_one_region_disagreeing_quorum_is_insufficient_not_mitm() -> None:
+    v = run(build(3, 0, 2, regions=["eu", "eu", "us"]))
+    assert v.status == "insufficient" and "region" in v.summary
 
 
 def test_regions_absent_relaxes_the_rule() -> None:
@@ -488,9 +495,11 @@ def test_f_liars_never_flip_the_default_verdict(sc) -> None:
         else:
             # f >= 2 with n <= 5, f >= 3, or an honest side in one region of several: the honest
             # side falls short of the quorum (the liars never agree with the honest key), and the
-            # verdict says so: split_view when enough answered, insufficient when too few did.
+            # verdict says so: split_view when enough answered and some saw another key,
+            # insufficient when too few answered or nobody disagreed (nothing is split).
             liar_disagrees = sum(a in ("attacker_key", "random_key") for a, _, _ in liars.values())
-            expected = "split_view" if n - f + liar_disagrees >= PRESETS["mpic"].required(n) else "insufficient"
+            enough = n - f + liar_disagrees >= PRESETS["mpic"].required(n)
+            expected = "split_view" if enough and liar_disagrees else "insufficient"
             assert v.status == expected
     else:
         # The client is intercepted: never consistent, whatever the liars say.
