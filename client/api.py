@@ -86,7 +86,7 @@ async def verify_with_notaries(
     *,
     bundle: Bundle | str | None = None,
     policy: Policy | str | None = None,
-    observed: bytes | str | None = None,
+    observed: bytes | str | ClientView | None = None,
     timeout: float = 10.0,
     sni: str | None = None,
     wait_all: bool = False,
@@ -99,7 +99,8 @@ async def verify_with_notaries(
     """Ask the bundle's notaries about ``host:port`` and compare with what this client sees.
 
     ``observed`` is a certificate (DER or PEM) or a ``sha256/`` pin the caller
-    already holds (then the client does not probe).  ``timeout`` bounds each
+    already holds, or a :class:`ClientView` from :func:`client_probe` (then the
+    client does not probe again).  ``timeout`` bounds each
     notary and the client's own probe, in seconds.  ``subset`` asks a random
     ``k`` notaries only (privacy).  ``connect_to`` points only the client's own
     probe at ``(address, port)``.  ``max_age`` (seconds) is sent to the notaries
@@ -118,8 +119,10 @@ async def verify_with_notaries(
     if subset is not None and 0 < subset < len(entries):
         entries = random.SystemRandom().sample(list(entries), subset)
     nonce = secrets.token_urlsafe(24)
-    if observed is not None:
-        client_view: ClientView | None = ClientView("ok", observed_spki(observed), None, None, "supplied")
+    if isinstance(observed, ClientView):
+        client_view: ClientView | None = observed
+    elif observed is not None:
+        client_view = ClientView("ok", observed_spki(observed), None, None, "supplied")
     else:
         client_view = None
 

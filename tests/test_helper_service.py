@@ -246,3 +246,36 @@ def test_config_dir_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     (tmp_path / "parallax").mkdir()
     (tmp_path / "parallax" / "helper.json").write_text(json.dumps({"policy": "perspectives"}))
     assert HelperConfig.load().policy == "perspectives"
+
+
+async def test_cached_consistent_verdict_does_not_hide_a_later_interception(tmp_path: Path) -> None:
+    """Chromium mode: the cache is keyed by the key the helper sees *now*.
+
+    The site at 127.0.0.1:P starts serving a forged certificate after a clean,
+    cached check (an interceptor taking over the same address); the notaries still
+    answer from their own cache with the real key.  The next, non-fresh check must
+    say mitm_suspected, not replay the cached "consistent".
+    """
+    site_ctx, site_der = _leaf("Site CA")
+    forged_ctx, forged_der = _leaf("Interceptor CA")
+    state = {"mitm": False}
+
+    def pick(sock: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        if state["mitm"]:
+            sock.context = forged_ctx
+
+    site_ctx.sni_callback = pick
+    async with tls_site(site_ctx, host="127.0.0.1") as site, \
+            local_cluster(3, tmp_path / "cluster", resolver=StaticResolver({HOST: ["127.0.0.1"]})) as cluster:
+        service = HelperService(HelperConfig(bundle=str(cluster.bundle_path), timeout=5))
+        try:
+            req = {"type": "check", "host": HOST, "port": site.port, "ip": "127.0.0.1"}
+            first = await service.handle({**req, "id": 1})
+            assert first["verdict"]["status"] == "consistent"
+            state["mitm"] = True
+            later = await service.handle({**req, "id": 2})
+            assert later["cached"] is False
+            assert later["verdict"]["status"] == "mitm_suspected", later["verdict"]["summary"]
+            assert later["verdict"]["client"]["pin"] == pin_from_spki_hex(spki_sha256(forged_der))
+        finally:
+            await service.close()

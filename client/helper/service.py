@@ -44,7 +44,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -135,7 +135,7 @@ class HelperConfig:
 class CheckRequest:
     target: Target
     ip: str | None = None
-    observed: bytes | str | None = None  # a sha256/ pin or the leaf's DER
+    observed: Any = None  # a sha256/ pin, the leaf's DER, or the helper's own ClientView
     observed_spki: str | None = None
     fresh: bool = False
 
@@ -256,6 +256,11 @@ class HelperService:
         return {"type": "pong", "id": rid, "version": VERSION, "policy": self.policy.name, "bundle": bundle}
 
     async def check(self, req: CheckRequest, rid: Any = None) -> dict[str, Any]:
+        if req.observed is None and self._verify is None:
+            # Chromium mode: probe from this machine first, and key the cache by the key
+            # seen *now*, so a cached "consistent" never hides an interception that
+            # started after it (the probe is one handshake; the notaries are the cost).
+            req = await self._probe_first(req)
         key = (req.target.host, req.target.port, req.target.sni, req.ip, req.observed_spki, self.policy.name)
         task = None
         if not req.fresh:
@@ -273,6 +278,15 @@ class HelperService:
             task.add_done_callback(lambda t: self._done(key, t))
         verdict = await asyncio.shield(task)
         return {"type": "verdict", "id": rid, "cached": shared, "verdict": verdict}
+
+    async def _probe_first(self, req: CheckRequest) -> CheckRequest:
+        from client.api import client_probe
+
+        connect_to = (req.ip, req.target.port) if req.ip else None
+        view = await client_probe(req.target, timeout=self.config.timeout, connect_to=connect_to)
+        if view.status != "ok" or not view.spki_sha256:
+            return req  # verify_with_notaries probes again and reports "unreachable"
+        return replace(req, observed=view, observed_spki=view.spki_sha256)
 
     def _done(self, key: tuple[Any, ...], task: "asyncio.Task[dict[str, Any]]") -> None:
         if self._inflight.get(key) is task:

@@ -240,7 +240,11 @@ if (IS_FIREFOX) {
     const done = runCheck(d.tabId, d.url, d.requestId, extra);
     if (!(await options()).blockOnMitm) return {};
     const s = await done; // blocking mode: hold the response until the verdict
-    return s && s.status === "mitm_suspected" ? { cancel: true } : {};
+    if (!s || s.status !== "mitm_suspected") return {};
+    const t = parseTarget(d.url);
+    const key = originKey(t.host, t.port);
+    if (session && (await session.get(`bypass:${key}`))[`bypass:${key}`]) return {}; // user chose to proceed
+    return { cancel: true };
   }, HTTPS, ["blocking"]);
 } else {
   // Chromium: the helper probes the address this browser connected to.
@@ -307,7 +311,12 @@ api.runtime.onMessage.addListener((msg, sender, sendResponse) => {
       case "proceed": {
         if (sender.frameId !== 0) return { ok: false, error: "not from a top-level page" }; // no framed clickjacking
         const key = originKey(msg.host, msg.port);
-        if (session) await session.set({ [`bypass:${key}`]: true });
+        // Only a site this extension actually blocked can be bypassed: a page that opens
+        // blocked.html?host=... itself must not pre-approve a site.
+        if (!session || !(await session.get(`blocked:${key}`))[`blocked:${key}`]) {
+          return { ok: false, error: "this site was not blocked" };
+        }
+        await session.set({ [`bypass:${key}`]: true });
         await removeBlockRule(msg.host, msg.port);
         return { ok: true };
       }
