@@ -126,6 +126,7 @@ def build_config(args: argparse.Namespace, *, url: str | None) -> Any:
         service_limits=ServiceLimits(ttl=args.ttl),
         max_targets=args.max_targets, rate_per_client=args.rate, burst_per_client=args.burst,
         watch=watch, rescan_interval=args.rescan_interval,
+        trusted_proxies=parse_networks(args.trusted_proxy),
     )
 
 
@@ -197,8 +198,12 @@ def _local_entry(data_dir: Path) -> dict[str, Any]:
     key = VerifyKey.from_b64(pub)
     try:
         saved = json.loads((data_dir / IDENTITY_FILE).read_text())
-    except (FileNotFoundError, ValueError):
+    except FileNotFoundError:
         saved = {}
+    except ValueError:
+        raise Exit(EX_DATAERR, f"parallax: {data_dir / IDENTITY_FILE} is not JSON") from None
+    if not isinstance(saved, dict):
+        raise Exit(EX_DATAERR, f"parallax: {data_dir / IDENTITY_FILE} is not a JSON object")
     return bundle_entry(saved.get("name", "notary"), saved.get("url"), saved.get("region", "unknown"),
                         key.key_id, key.b64, saved.get("country"), saved.get("rir"))
 
@@ -249,6 +254,8 @@ def _add_notary_commands(sub: Any) -> None:
                    help="opt in to probing this internal network (repeatable)")
     p.add_argument("--allow-port", action="append", default=[], metavar="PORT",
                    help="also allow this target port besides 443; 'any' allows all (repeatable)")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR",
+                   help="reverse proxies whose X-Forwarded-For names the client, for rate limiting (repeatable)")
     p.add_argument("--ttl", type=int, default=300, help="cache lifetime of an observation, seconds")
     p.add_argument("--timeout", type=float, default=5.0, help="connect and handshake timeout, seconds")
     p.add_argument("--max-targets", type=int, default=16)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from notary.core import AddressPolicy, Target
+from notary.core.addrpolicy import IPNetwork
 from notary.prober import ProbeLimits
 from notary.service import ServiceLimits
 
@@ -36,6 +37,8 @@ class NotaryConfig:
     watch: tuple[Target, ...] = ()
     rescan_interval: int = 3600
     connect_override: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    body_timeout: float = 10.0
 
     @property
     def db_path(self) -> Path:

@@ -18,7 +18,9 @@ returns :class:`~notary.core.ProbeResult` values with an error status.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
+import functools
 import socket
 import ssl
 from dataclasses import dataclass
@@ -37,11 +39,28 @@ class Resolver(Protocol):
 
 
 class SystemResolver:
-    """The operating system's resolver (``getaddrinfo``), A and AAAA, order kept, duplicates dropped."""
+    """The operating system's resolver (``getaddrinfo``), A and AAAA, order kept, duplicates dropped.
+
+    Lookups run on a dedicated pool of ``threads`` threads, not asyncio's small
+    default pool: a ``getaddrinfo`` cannot be cancelled, so a lookup that timed
+    out keeps its thread until the system resolver gives up.  A wide private
+    pool keeps slow names from starving other lookups (and everything else
+    that uses the default executor).
+    """
+
+    _pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+
+    def __init__(self, threads: int = 128) -> None:
+        pool = self._pools.get(threads)
+        if pool is None:
+            pool = self._pools[threads] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="parallax-dns")
+        self._pool = pool
 
     async def resolve(self, host: str, port: int) -> list[str]:
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        infos = await loop.run_in_executor(
+            self._pool, functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        )
         out: list[str] = []
         for _family, _type, _proto, _canon, sockaddr in infos:
             ip = str(sockaddr[0])

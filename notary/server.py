@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import math
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 import notary
 from notary.config import NotaryConfig
+from notary.core.addrpolicy import IPAddress, IPNetwork
 from notary.core import Identity, SigningKey, Target, canonical_decode, sign_identity, validate_nonce
 from notary.errors import EncodingError, InputError, ParallaxError
 from notary.openapi import openapi_document
@@ -36,7 +39,7 @@ from notary.ratelimit import RateLimiter
 from notary.service import ObservationService
 from notary.store import SQLiteStore, Store
 
-__all__ = ["create_app", "run", "CONFIG", "KEY", "SERVICE", "STORE"]
+__all__ = ["create_app", "run", "client_key", "CONFIG", "KEY", "SERVICE", "STORE"]
 
 log = logging.getLogger("parallax.notary")
 
@@ -82,6 +85,9 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
     except ParallaxError as exc:
         log.error("request failed: %s", exc)
         return _error(503, "unavailable", "the notary could not complete the request")
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        code = 499  # the client went away; nothing to answer, nothing to log as an error
+        raise
     except Exception:  # never a traceback to the client
         log.exception("unexpected error")
         return _error(500, "internal", "internal error")
@@ -93,8 +99,39 @@ def _clock(app: web.Application) -> int:
     return app[CLOCK]()  # type: ignore[operator]
 
 
+def client_key(peer: str | None, forwarded: list[str], trusted: tuple[IPNetwork, ...]) -> str:
+    """The rate-limit key of a request.
+
+    Behind a trusted reverse proxy (``--trusted-proxy CIDR``) the client is the
+    rightmost ``X-Forwarded-For`` hop that is not itself a trusted proxy.  IPv6
+    clients are keyed by their /64, which one subscriber usually holds whole.
+    """
+    def parse(text: str) -> IPAddress | None:
+        try:
+            return ipaddress.ip_address(text.strip().strip("[]"))
+        except ValueError:
+            return None
+
+    def is_trusted(addr: IPAddress | None) -> bool:
+        return addr is not None and any(addr.version == n.version and addr in n for n in trusted)
+
+    addr = parse(peer or "")
+    if is_trusted(addr):
+        hops = [h for value in forwarded for h in value.split(",") if h.strip()]
+        for hop in reversed(hops):
+            addr = parse(hop)
+            if not is_trusted(addr):
+                break
+    if addr is None:
+        return peer or "?"
+    if addr.version == 6 and addr.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    return str(addr.ipv4_mapped or addr) if addr.version == 6 else str(addr)
+
+
 def _rate_limit(request: web.Request, cost: int) -> None:
-    wait = request.app[LIMITER].check(request.remote or "?", time.monotonic(), cost)
+    key = client_key(request.remote, request.headers.getall("X-Forwarded-For", []), request.app[CONFIG].trusted_proxies)
+    wait = request.app[LIMITER].check(key, time.monotonic(), cost)
     if wait > 0:
         raise _TooMany(wait)
 
@@ -126,7 +163,7 @@ async def _identity(request: web.Request) -> web.Response:
 def _parse_max_age(value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, str) and value.isascii() and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 86400 * 365:
         raise InputError("max_age must be an integer number of seconds (0 to one year)", "bad_max_age")
@@ -163,7 +200,11 @@ async def _observe_post(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     if request.content_length is not None and request.content_length > cfg.max_body_bytes:
         raise web.HTTPRequestEntityTooLarge(max_size=cfg.max_body_bytes, actual_size=request.content_length)
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(cfg.body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise InputError(f"request body not received within {cfg.body_timeout:g}s", "body_timeout") from None
     try:
         body = canonical_decode(raw, max_bytes=cfg.max_body_bytes)
     except EncodingError as exc:
@@ -207,6 +248,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    request.app[METRICS]["inflight"].set(request.app[SERVICE].inflight)
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -254,6 +296,7 @@ def create_app(
         app[SERVICE] = ObservationService(
             key, prober, st, clock=clock, limits=config.service_limits,
             on_probe=lambda r: metrics["probes"].labels(status=r.status).inc(),
+            on_duration=metrics["probe_seconds"].observe,
         )
         yield
         await st.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, TypeVar
@@ -56,6 +57,7 @@ class ObservationService:
         clock: Callable[[], int],
         limits: ServiceLimits = ServiceLimits(),
         on_probe: Callable[[ProbeResult], None] | None = None,
+        on_duration: Callable[[float], None] | None = None,
     ) -> None:
         self.key = key
         self.prober = prober
@@ -63,6 +65,7 @@ class ObservationService:
         self.clock = clock
         self.limits = limits
         self.on_probe = on_probe
+        self.on_duration = on_duration
         self._global = asyncio.Semaphore(limits.max_concurrent_probes)
         # Per-host semaphores exist only while some probe of that host runs.
         self._per_host: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
@@ -72,6 +75,7 @@ class ObservationService:
         self._history: OrderedDict[Target, tuple[KeySighting, ...]] = OrderedDict()
         self.cache_hits = 0
         self.probes = 0
+        self.inflight = 0
 
     async def observe(
         self, target: Target, nonce: str, *, max_age: int | None = None, all_addresses: bool = False
@@ -138,9 +142,17 @@ class ObservationService:
                 del self._per_host[host]
 
     async def _probe_and_store(self, target: Target, all_addresses: bool) -> list[ProbeResult]:
-        async with self._global, self._host_slot(target.host):
+        # Per-host slot first: requests queued for one slow host must not hold global slots.
+        async with self._host_slot(target.host), self._global:
             self.probes += 1
-            results = await self.prober.probe(target, all_addresses=all_addresses)
+            self.inflight += 1
+            started = time.monotonic()
+            try:
+                results = await self.prober.probe(target, all_addresses=all_addresses)
+            finally:
+                self.inflight -= 1
+                if self.on_duration:
+                    self.on_duration(time.monotonic() - started)
         await self.store.add(results, all_addresses=all_addresses)
         _put(self._latest, (target, all_addresses), results)
         self._history.pop(target, None)

@@ -129,10 +129,10 @@ class SQLiteStore:
             batch, self._pending = self._pending, []
             try:
                 await self._run(lambda: self._write([r for r, _ in batch]), "record observations")
-            except StoreError as exc:
+            except Exception as exc:  # every waiter gets it; none is left hanging
                 for _, fut in batch:
                     if not fut.done():
-                        fut.set_exception(StoreError(str(exc)))
+                        fut.set_exception(StoreError(f"cannot record observations: {exc}"))
             else:
                 for _, fut in batch:
                     if not fut.done():

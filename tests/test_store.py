@@ -89,10 +89,11 @@ async def test_add_latest_key_history_and_reopen(tmp_path: Path, certs) -> None:
         hist = await store.key_history(Target.parse("a.example", 443))
         # Newest sighting first; failures carry no key and do not appear; the round with
         # another SNI does not count for this target (history is per host, port and SNI).
-        assert [h.to_json() for h in hist] == [
+        # Both were last seen at T0 + 20: ties are ordered by key hash.
+        assert [h.to_json() for h in hist] == sorted([
             {"spki_sha256": leaf_spki(b), "first_seen": T0 + 20, "last_seen": T0 + 20},
             {"spki_sha256": leaf_spki(a), "first_seen": T0, "last_seen": T0 + 20},
-        ]
+        ], key=lambda h: (-h["last_seen"], h["spki_sha256"]))
         assert [h.to_json() for h in await store.key_history(t_other_sni)] == [
             {"spki_sha256": leaf_spki(b), "first_seen": T0 + 30, "last_seen": T0 + 30},
         ]

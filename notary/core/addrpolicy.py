@@ -48,6 +48,7 @@ _V6_BLOCKED: tuple[tuple[str, str], ...] = (
     ("::1/128", "loopback"),
     ("100::/64", "reserved"),
     ("2001:db8::/32", "documentation"),
+    ("3fff::/20", "documentation"),
     ("2001::/23", "reserved"),
     ("fc00::/7", "private"),
     ("fe80::/10", "link_local"),
@@ -60,12 +61,14 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 _SIXTOFOUR = ipaddress.IPv6Network("2002::/16")
 _V4COMPAT = ipaddress.IPv6Network("::/96")
+_V4TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # RFC 2765 IPv4-translated
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
 
 
 def _embedded_v4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     if addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
-    if addr in _NAT64 or (addr in _V4COMPAT and int(addr) > 1):  # :: and ::1 are not IPv4-compatible
+    if addr in _NAT64 or addr in _V4TRANSLATED or (addr in _V4COMPAT and int(addr) > 1):  # :: and ::1 are not IPv4-compatible
         return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
     if addr in _SIXTOFOUR:
         return addr.sixtofour
@@ -86,8 +89,8 @@ def refusal_reason(addr: IPAddress) -> str | None:
         for net, why in _V6_NETS:
             if addr in net:
                 return why
-        if not addr.is_global:
-            return "reserved"
+        if not addr.is_global or addr not in _GLOBAL_UNICAST:
+            return "reserved"  # only global unicast (2000::/3) is probed
         return None
     for net, why in _V4_NETS:
         if addr in net:

@@ -139,7 +139,7 @@ def validate_port(port: object) -> int:
 
 def validate_nonce(nonce: object) -> str:
     """A nonce is 16-128 characters of base64url alphabet (``[A-Za-z0-9_-]``)."""
-    if not isinstance(nonce, str) or not NONCE_MIN <= len(nonce) <= NONCE_MAX or not _NONCE_RE.match(nonce):
+    if not isinstance(nonce, str) or not NONCE_MIN <= len(nonce) <= NONCE_MAX or not _NONCE_RE.fullmatch(nonce):
         raise InputError(
             f"nonce must be {NONCE_MIN}-{NONCE_MAX} characters of [A-Za-z0-9_-]", "bad_nonce"
         )
