@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -77,8 +78,13 @@ async def local_cluster(
             d = data / f"notary-{i + 1}"
             key = load_key_file(d) if key_path(d).exists() else generate_key_file(d)
             region = regions[i] if regions else f"local-{i + 1}"
+            # Bind first, so the advertised URL (in the signed identity) names the real port.
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, ports[i] if ports else 0))
+            url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
             cfg = NotaryConfig(
-                data_dir=d, name=f"notary-{i + 1}", region=region,
+                data_dir=d, name=f"notary-{i + 1}", region=region, url=url,
                 policy=AddressPolicy(parse_networks(LOOPBACK_NETS), None),
                 probe_limits=ProbeLimits(connect_timeout=timeout, handshake_timeout=timeout),
                 service_limits=ServiceLimits(ttl=ttl), rate_per_client=rate, burst_per_client=int(rate * 2),
@@ -90,12 +96,8 @@ async def local_cluster(
             app = create_app(cfg, key, **kwargs)  # type: ignore[arg-type]
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
-            site = web.TCPSite(runner, host, ports[i] if ports else 0)
-            await site.start()
-            port = runner.addresses[0][1]
-            url = f"http://{host}:{port}"
-            object.__setattr__(cfg, "url", url)
             cluster.runners.append(runner)
+            await web.SockSite(runner, sock).start()
             cluster.apps.append(app)
             cluster.keys.append(key)
             entries.append(BundleEntry(cfg.name, url, region, key.key_id, key.verify_key.b64))
