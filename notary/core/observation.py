@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -74,6 +75,12 @@ class KeySighting:
         return {"spki_sha256": self.spki_sha256, "first_seen": self.first_seen, "last_seen": self.last_seen}
 
 
+@functools.lru_cache(maxsize=1024)
+def _leaf_facts(der: bytes) -> tuple[str, LeafSummary]:
+    """SPKI hash and summary of a leaf, memoised: re-probes and cache reads see the same leaves."""
+    return spki_sha256(der), summarize_leaf(der)
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
     """The raw result of one probe of one address.  ``chain`` is DER, leaf first."""
@@ -102,8 +109,7 @@ class ProbeResult:
                 f"{len(chain)} certificates, {sum(map(len, chain))} bytes",
             )
         try:
-            spki = spki_sha256(chain[0])
-            summary = summarize_leaf(chain[0])
+            spki, summary = _leaf_facts(chain[0])
         except InputError:
             return cls.failure(target, ip, observed_at, "tls_failed", "leaf certificate is not parseable")
         return cls(
