@@ -367,8 +367,11 @@ class Lab:
         self.start_site()
         for i in range(1, self.n + 1):
             self.start_notary(i)
-        entries = [json.loads((self.workdir / f"notary-{i}" / "entry.json").read_text()) for i in range(1, self.n + 1)]
-        self.bundle_path.write_text(json.dumps({"version": 1, "notaries": entries}, indent=2) + "\n")
+        # The deployment's bundle step, as the compose "bundle" service runs it: merge the
+        # entries each notary exported on its first start (--init --export-entry).
+        entries = [str(self.workdir / f"notary-{i}" / "entry.json") for i in range(1, self.n + 1)]
+        subprocess.run([self.parallax, "bundle", "merge", *entries, "-o", str(self.bundle_path)],
+                       check=True, capture_output=True, timeout=60)
 
     # -- the client ---------------------------------------------------------------------------
     def check(self, *extra: str, target: str = f"{SITE_NAME}:{SITE_PORT}", timeout: float = 5.0,
