@@ -46,3 +46,10 @@ class RateLimiter:
             b.tokens -= cost
             return 0.0
         return (cost - b.tokens) / self.rate
+
+    def charge(self, client: str, extra: float) -> None:
+        """Take ``extra`` more tokens after the fact (work that turned out larger than
+        announced); the bucket may go down to ``-burst``, so the client waits it off."""
+        b = self._buckets.get(client)
+        if b is not None and self.rate > 0 and extra > 0:
+            b.tokens = max(-float(self.burst), b.tokens - extra)

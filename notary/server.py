@@ -129,9 +129,12 @@ def client_key(peer: str | None, forwarded: list[str], trusted: tuple[IPNetwork,
     return str(addr.ipv4_mapped or addr) if addr.version == 6 else str(addr)
 
 
+def _client(request: web.Request) -> str:
+    return client_key(request.remote, request.headers.getall("X-Forwarded-For", []), request.app[CONFIG].trusted_proxies)
+
+
 def _rate_limit(request: web.Request, cost: int) -> None:
-    key = client_key(request.remote, request.headers.getall("X-Forwarded-For", []), request.app[CONFIG].trusted_proxies)
-    wait = request.app[LIMITER].check(key, time.monotonic(), cost)
+    wait = request.app[LIMITER].check(_client(request), time.monotonic(), cost)
     if wait > 0:
         raise _TooMany(wait)
 
@@ -186,11 +189,15 @@ def _parse_bool(value: Any, name: str) -> bool:
     raise InputError(f"{name} must be a boolean", f"bad_{name}")
 
 
-async def _observe_many(app: web.Application, targets: list[Target], nonce: str, max_age: int | None, all_addresses: bool) -> web.Response:
-    service = app[SERVICE]
+async def _observe_many(request: web.Request, targets: list[Target], nonce: str, max_age: int | None,
+                        all_addresses: bool) -> web.Response:
+    service = request.app[SERVICE]
     envelopes = await asyncio.gather(
         *(service.observe(t, nonce, max_age=max_age, all_addresses=all_addresses) for t in targets)
     )
+    # One token per target was taken up front; an answer with several addresses per
+    # target costs one token per envelope, so big answers cannot be had at a discount.
+    request.app[LIMITER].charge(_client(request), sum(map(len, envelopes)) - len(targets))
     return web.json_response(
         {"results": [{"target": t.to_json(), "envelopes": e} for t, e in zip(targets, envelopes)]}
     )
@@ -227,7 +234,7 @@ async def _observe_post(request: web.Request) -> web.Response:
         targets.append(_target(item.get("host"), item.get("port", 443), item.get("sni")))
     _rate_limit(request, len(targets))
     return await _observe_many(
-        request.app, targets, nonce, _parse_max_age(body.get("max_age")),
+        request, targets, nonce, _parse_max_age(body.get("max_age")),
         _parse_bool(body.get("all_addresses"), "all_addresses"),
     )
 
@@ -238,7 +245,7 @@ async def _observe_get(request: web.Request) -> web.Response:
     nonce = validate_nonce(q.get("nonce"))
     _rate_limit(request, 1)
     return await _observe_many(
-        request.app, [target], nonce, _parse_max_age(q.get("max_age")),
+        request, [target], nonce, _parse_max_age(q.get("max_age")),
         _parse_bool(q.get("all_addresses"), "all_addresses"),
     )
 

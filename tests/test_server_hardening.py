@@ -110,3 +110,15 @@ def test_ipv4_translated_and_non_unicast_ipv6_are_refused() -> None:
     assert policy.address_reason("2606:4700::1") is None
     assert ipaddress.ip_address("::ffff:0:808:808")  # translated public IPv4 stays allowed
     assert policy.address_reason("::ffff:0:808:808") is None
+
+
+def test_rate_limiter_charges_large_answers_after_the_fact() -> None:
+    from notary.ratelimit import RateLimiter
+
+    rl = RateLimiter(rate=1.0, burst=10)
+    assert rl.check("c", 0.0, 2) == 0          # two targets announced
+    rl.charge("c", 14)                         # ...that produced 16 envelopes
+    assert rl.check("c", 0.0, 1) == pytest.approx(7.0)   # 8 - 14 = 6 of debt, plus the 1 asked
+    rl.charge("c", 1000)
+    assert rl.check("c", 0.0, 1) == pytest.approx(11.0)  # debt capped at -burst
+    assert rl.check("other", 0.0, 1) == 0      # other clients unaffected

@@ -1,0 +1,212 @@
+"""A minimal WebDriver BiDi client and a headless Firefox launcher (no geckodriver, no download).
+
+Firefox is started with ``--remote-debugging-port=0``; the WebSocket address is read
+from its log line ``WebDriver BiDi listening on ws://...``.  :meth:`BiDi.send` sends a
+command and returns its result; events are collected in :attr:`BiDi.events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any, AsyncIterator, Mapping, Sequence
+
+import aiohttp
+
+FIREFOX = "/usr/bin/firefox-esr"
+
+# Quiet, offline-friendly defaults: no first run, telemetry, updates or background network.
+QUIET_PREFS: dict[str, Any] = {
+    "app.update.enabled": False,
+    "app.update.auto": False,
+    "app.normandy.enabled": False,
+    "app.shield.optoutstudies.enabled": False,
+    "browser.shell.checkDefaultBrowser": False,
+    "browser.startup.homepage_override.mstone": "ignore",
+    "browser.startup.page": 0,
+    "browser.aboutwelcome.enabled": False,
+    "browser.newtabpage.enabled": False,
+    "browser.newtabpage.activity-stream.feeds.topsites": False,
+    "browser.newtabpage.activity-stream.feeds.system.topstories": False,
+    "browser.safebrowsing.malware.enabled": False,
+    "browser.safebrowsing.phishing.enabled": False,
+    "browser.safebrowsing.downloads.enabled": False,
+    "browser.safebrowsing.downloads.remote.enabled": False,
+    "browser.safebrowsing.blockedURIs.enabled": False,
+    "browser.safebrowsing.provider.google.updateURL": "",
+    "browser.safebrowsing.provider.google4.updateURL": "",
+    "browser.safebrowsing.provider.mozilla.updateURL": "",
+    "browser.search.update": False,
+    "browser.ping-centre.telemetry": False,
+    "browser.urlbar.suggest.searches": False,
+    "browser.region.network.url": "",
+    "browser.region.update.enabled": False,
+    "browser.contentblocking.report.lockwise.enabled": False,
+    "datareporting.healthreport.uploadEnabled": False,
+    "datareporting.policy.dataSubmissionEnabled": False,
+    "datareporting.usage.uploadEnabled": False,
+    "toolkit.telemetry.enabled": False,
+    "toolkit.telemetry.unified": False,
+    "toolkit.telemetry.archive.enabled": False,
+    "toolkit.telemetry.server": "",
+    "extensions.update.enabled": False,
+    "extensions.update.autoUpdateDefault": False,
+    "extensions.getAddons.cache.enabled": False,
+    "extensions.systemAddon.update.enabled": False,
+    "extensions.blocklist.enabled": False,
+    "services.settings.server": "",
+    "network.captive-portal-service.enabled": False,
+    "network.connectivity-service.enabled": False,
+    "network.dns.disablePrefetch": True,
+    "network.prefetch-next": False,
+    "network.http.speculative-parallel-limit": 0,
+    "network.trr.mode": 5,  # no DNS over HTTPS
+    "security.OCSP.enabled": 0,
+    "security.remote_settings.crlite_filters.enabled": False,
+    "security.remote_settings.intermediates.enabled": False,
+    "geo.provider.network.url": "",
+    "media.gmp-manager.url": "",
+    "media.gmp-gmpopenh264.enabled": False,
+    "identity.fxaccounts.enabled": False,
+    "messaging-system.rsexperimentloader.enabled": False,
+    "dom.push.connection.enabled": False,
+    "browser.tabs.warnOnClose": False,
+    "xpinstall.signatures.required": False,
+}
+
+
+def user_js(prefs: Mapping[str, Any]) -> str:
+    return "".join(f"user_pref({json.dumps(k)}, {json.dumps(v)});\n" for k, v in prefs.items())
+
+
+class BiDiError(Exception):
+    pass
+
+
+class BiDi:
+    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._session = session
+        self._ws = ws
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.events: list[dict[str, Any]] = []
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(cls, url: str) -> "BiDi":
+        session = aiohttp.ClientSession()
+        try:
+            ws = await session.ws_connect(url, max_msg_size=64 << 20, timeout=aiohttp.ClientWSTimeout(ws_close=2))
+        except BaseException:
+            await session.close()
+            raise
+        return cls(session, ws)
+
+    async def _read(self) -> None:
+        async for msg in self._ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            fut = self._waiting.pop(data.get("id", -1), None) if data.get("type") != "event" else None
+            if fut is not None:
+                if not fut.done():
+                    fut.set_result(data)
+            else:
+                self.events.append(data)
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(BiDiError("browser connection closed"))
+
+    async def send(self, method: str, params: dict[str, Any] | None = None, timeout: float = 15.0) -> dict[str, Any]:
+        i = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[i] = fut
+        await self._ws.send_str(json.dumps({"id": i, "method": method, "params": params or {}}))
+        try:
+            data = await asyncio.wait_for(fut, timeout)
+        finally:
+            self._waiting.pop(i, None)
+        if data.get("type") == "error":
+            raise BiDiError(f"{method}: {data.get('error')}: {data.get('message')}")
+        return data.get("result", {})
+
+    async def new_tab(self, url: str | None = None) -> str:
+        ctx = (await self.send("browsingContext.create", {"type": "tab"}))["context"]
+        if url:
+            await self.navigate(ctx, url)
+        return ctx
+
+    async def navigate(self, context: str, url: str, wait: str = "complete") -> dict[str, Any]:
+        return await self.send("browsingContext.navigate", {"context": context, "url": url, "wait": wait}, timeout=30)
+
+    async def evaluate(self, context: str, expression: str, timeout: float = 15.0) -> Any:
+        """Evaluate ``expression`` in ``context`` (awaiting a promise) and return it as plain JSON."""
+        r = await self.send("script.evaluate", {
+            "expression": f"(async () => JSON.stringify(await ({expression})))()",
+            "target": {"context": context}, "awaitPromise": True,
+        }, timeout=timeout)
+        if r.get("type") == "exception":
+            raise BiDiError(f"evaluate failed: {json.dumps(r.get('exceptionDetails'))[:800]}")
+        value = r.get("result", {})
+        if value.get("type") != "string":
+            return None
+        return json.loads(value["value"])
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        with contextlib.suppress(BaseException):
+            await self._ws.close()
+        await self._session.close()
+
+
+_LISTENING = re.compile(r"WebDriver BiDi listening on (ws://\S+)")
+
+
+@contextlib.asynccontextmanager
+async def firefox(profile: Path, *, prefs: Mapping[str, Any] = {}, extra: Sequence[str] = (),
+                  env: dict[str, str] | None = None, log_path: Path,
+                  start_timeout: float = 30.0) -> AsyncIterator[BiDi]:
+    """Start headless Firefox with a fresh ``profile`` and yield a BiDi connection with a session open."""
+    profile.mkdir(parents=True, exist_ok=True)
+    (profile / "user.js").write_text(user_js({**QUIET_PREFS, **prefs}))
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [FIREFOX, "--headless", "--no-remote", "--remote-debugging-port=0", "--profile", str(profile), *extra],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    bidi: BiDi | None = None
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + start_timeout
+        while True:
+            if proc.poll() is not None:
+                raise BiDiError(f"firefox exited with {proc.returncode} (log: {log_path})")
+            m = _LISTENING.search(log_path.read_text(errors="replace"))
+            if m:
+                break
+            if loop.time() > deadline:
+                raise BiDiError(f"firefox did not open its WebDriver BiDi port in time (log: {log_path})")
+            await asyncio.sleep(0.1)
+        bidi = await BiDi.connect(m.group(1).rstrip("/") + "/session")
+        await bidi.send("session.new", {"capabilities": {"alwaysMatch": {"acceptInsecureCerts": True}}})
+        yield bidi
+    finally:
+        if bidi is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(bidi.send("browser.close"), 3)
+            await bidi.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, 5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await asyncio.to_thread(proc.wait, 5)
+        log.close()
