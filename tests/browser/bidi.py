@@ -171,7 +171,7 @@ _LISTENING = re.compile(r"WebDriver BiDi listening on (ws://\S+)")
 
 @contextlib.asynccontextmanager
 async def firefox(profile: Path, *, prefs: Mapping[str, Any] = {}, extra: Sequence[str] = (),
-                  env: dict[str, str] | None = None, log_path: Path,
+                  env: dict[str, str] | None = None, log_path: Path, accept_insecure_certs: bool = False,
                   start_timeout: float = 30.0) -> AsyncIterator[BiDi]:
     """Start headless Firefox with a fresh ``profile`` and yield a BiDi connection with a session open."""
     profile.mkdir(parents=True, exist_ok=True)
@@ -194,7 +194,7 @@ async def firefox(profile: Path, *, prefs: Mapping[str, Any] = {}, extra: Sequen
                 raise BiDiError(f"firefox did not open its WebDriver BiDi port in time (log: {log_path})")
             await asyncio.sleep(0.1)
         bidi = await BiDi.connect(m.group(1).rstrip("/") + "/session")
-        await bidi.send("session.new", {"capabilities": {"alwaysMatch": {"acceptInsecureCerts": True}}})
+        await bidi.send("session.new", {"capabilities": {"alwaysMatch": {"acceptInsecureCerts": accept_insecure_certs}}})
         yield bidi
     finally:
         if bidi is not None:

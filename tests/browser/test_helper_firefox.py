@@ -1,0 +1,249 @@
+"""End to end in real headless Firefox ESR: the extension (temporary add-on), the native host, a local notary cluster.
+
+Firefox's path differs from Chromium's: the extension reads the certificate chain the
+browser received (``webRequest.getSecurityInfo``) and sends it to the helper, which
+compares that key with what the notaries see (``client.source == "supplied"``).
+
+* the real site (one trustme certificate for ``clean.test`` and ``mitm.test``) listens on
+  127.0.0.2:P and 127.0.0.1:Q (same key);
+* an intercepting proxy on 127.0.0.1:P (forged certificate from its own CA) relays to 127.0.0.2:P;
+* Firefox resolves every name to 127.0.0.1 (pref ``network.dns.forceResolve``), so
+  ``https://clean.test:Q/`` reaches the real site and ``https://mitm.test:P/`` the interceptor;
+  the three notaries resolve ``clean.test`` to 127.0.0.1 and ``mitm.test`` to 127.0.0.2 (the real
+  site both times, ``StaticResolver``);
+* the native host manifest is installed by ``client.helper.install`` into the test's own
+  ``$HOME/.mozilla/native-messaging-hosts``; Firefox launches the host itself.
+
+Both throw-away CAs are trusted in the profile's own NSS database (``certutil``, Debian's
+libnss3-tools), as if the user had installed the interceptor's CA: a certificate exception
+would load the pages but leave ``getSecurityInfo`` without certificates.  Driven over WebDriver
+BiDi (``tests/browser/bidi.py``): ``webExtension.install`` loads the unpacked extension as a
+temporary add-on, its moz-extension UUID fixed by the pref ``extensions.webextensions.uuids``;
+``--remote-allow-system-access`` lets BiDi open the extension's own pages.  The verdicts are
+read back from the badge and storage (evaluated in one of the extension's pages) and the popup
+page (its DOM; screenshots go to ``test-artifacts/``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from client.cluster import local_cluster
+from client.devtools import StaticResolver, interceptor, tls_site
+from client.helper.install import EXTENSION_DIR, FIREFOX_EXTENSION_ID, HOST_NAME, install
+from tests.browser.bidi import FIREFOX, BiDi, BiDiError, firefox
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not os.path.exists(FIREFOX), reason=f"{FIREFOX} is not installed (CI installs Debian's firefox-esr)"),
+]
+
+CERTUTIL = "certutil"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+NAMES = ("clean.test", "mitm.test")
+
+
+def _context_and_pin(ca: trustme.CA) -> tuple[ssl.SSLContext, str]:
+    leaf = ca.issue_cert(*NAMES)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    leaf.configure_cert(ctx)
+    cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
+    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return ctx, base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def _trust(profile: Path, cas: dict[str, trustme.CA]) -> None:
+    """Make the profile's own NSS database trust ``cas`` (for TLS servers only).
+
+    A certificate exception (cert_override.txt, or BiDi's acceptInsecureCerts) would load the
+    pages too, but then Firefox builds no chain and ``getSecurityInfo`` returns no certificates:
+    the extension's Firefox path needs a normally validated connection.
+    """
+    if not shutil.which(CERTUTIL):
+        pytest.fail(f"{CERTUTIL} is missing: install Debian's libnss3-tools (needed next to firefox-esr)")
+    profile.mkdir(parents=True, exist_ok=True)
+    db = f"sql:{profile}"
+    subprocess.run([CERTUTIL, "-N", "-d", db, "--empty-password"], check=True, capture_output=True)
+    for nick, ca in cas.items():
+        pem = profile / f"{nick}.pem"
+        ca.cert_pem.write_to_path(str(pem))
+        subprocess.run([CERTUTIL, "-A", "-d", db, "-n", nick, "-t", "C,,", "-i", str(pem)], check=True, capture_output=True)
+
+
+async def _wait(what: str, probe: Any, timeout: float = 30.0, interval: float = 0.25) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last = None
+    while loop.time() < deadline:
+        try:
+            last = await probe()
+        except BiDiError as exc:  # e.g. the page is still loading
+            last = exc
+        if last and not isinstance(last, BiDiError):
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+BADGE_JS = """(async () => {
+  const tabs = (await browser.tabs.query({})).filter(t => (t.url || "").startsWith(%s));
+  if (!tabs.length) return null;
+  const tabId = tabs[0].id;
+  const text = await browser.action.getBadgeText({tabId});
+  const color = await browser.action.getBadgeBackgroundColor({tabId});
+  const state = (await browser.storage.session.get("tab:" + tabId))["tab:" + tabId] || null;
+  return {tabId, text, color, url: tabs[0].url, status: state && state.status, verdict: state && state.verdict,
+          error: state && state.error, sent: state && state.extra ? Object.keys(state.extra) : null};
+})()"""
+
+POPUP_JS = """(() => {
+  if (!document.body || document.body.dataset.ready !== "1") return null;
+  const box = document.getElementById("status");
+  return {status: box.dataset.status, label: document.getElementById("status-text").textContent,
+          color: box.className, summary: document.getElementById("summary").textContent,
+          saw: document.getElementById("you-saw").textContent,
+          rows: [...document.querySelectorAll("#notaries tbody tr")].map(tr => tr.dataset.result),
+          height: document.documentElement.scrollHeight};
+})()"""
+
+
+class Browser:
+    def __init__(self, bidi: BiDi, ext_uuid: str) -> None:
+        self.bidi = bidi
+        self.base = f"moz-extension://{ext_uuid}/"
+        self.page = ""
+
+    async def attach_extension_page(self) -> None:
+        self.page = await self.bidi.new_tab()
+        await self.bidi.navigate(self.page, self.base + "popup.html?tab=0")
+        await _wait("the extension page", lambda: self.bidi.evaluate(
+            self.page, "typeof browser.action === 'object' && document.readyState === 'complete'"), 10)
+
+    async def in_extension(self, js: str) -> Any:
+        return await self.bidi.evaluate(self.page, js)
+
+    async def badge(self, url_prefix: str) -> dict[str, Any]:
+        async def final() -> dict[str, Any] | None:
+            b = await self.in_extension(BADGE_JS % json.dumps(url_prefix))
+            return b if b and b["status"] not in (None, "checking") else None
+
+        return await _wait(f"a verdict for {url_prefix}", final)
+
+    async def popup(self, tab_id: int, shot: Path) -> dict[str, Any]:
+        ctx = await self.bidi.new_tab()
+        try:
+            await self.bidi.send("browsingContext.setViewport", {"context": ctx, "viewport": {"width": 490, "height": 420}})
+            await self.bidi.navigate(ctx, f"{self.base}popup.html?tab={tab_id}")
+            dom = await _wait("the popup to render", lambda: self.bidi.evaluate(ctx, POPUP_JS), 10)
+            await self.bidi.send("browsingContext.setViewport",
+                                 {"context": ctx, "viewport": {"width": 490, "height": int(dom["height"])}})
+            png = await self.bidi.send("browsingContext.captureScreenshot", {"context": ctx})
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            shot.write_bytes(base64.b64decode(png["data"]))
+            return dom
+        finally:
+            await self.bidi.send("browsingContext.close", {"context": ctx})
+
+
+async def test_extension_shows_verdicts_in_firefox(tmp_path: Path) -> None:
+    site_ca = trustme.CA(organization_name="Parallax test site CA")
+    forged_ca = trustme.CA(organization_name="Interceptor CA")  # as if the user had installed it
+    site_ctx, site_pin = _context_and_pin(site_ca)
+    forged_ctx, forged_pin = _context_and_pin(forged_ca)
+    resolver = StaticResolver({"clean.test": ["127.0.0.1"], "mitm.test": ["127.0.0.2"]})
+    home = tmp_path / "home"
+    helper_log = tmp_path / "helper.log"
+    firefox_log = tmp_path / "firefox.log"
+    ext_uuid = str(uuid.uuid4())
+
+    async with tls_site(site_ctx, host="127.0.0.2") as site, \
+            interceptor(forged_ctx, ("127.0.0.2", site.port), sni="mitm.test", host="127.0.0.1", port=site.port) as mitm, \
+            tls_site(site_ctx, host="127.0.0.1") as clean_site, \
+            local_cluster(3, tmp_path / "cluster", resolver=resolver) as cluster:
+        installed = install("firefox", bundle=cluster.bundle_path, launcher_dir=tmp_path / "host",
+                            manifest_directory=home / ".mozilla" / "native-messaging-hosts")
+        assert installed.allowed == (FIREFOX_EXTENSION_ID,)
+        assert json.loads(installed.manifest.read_text())["allowed_extensions"] == [FIREFOX_EXTENSION_ID]
+        assert installed.manifest == home / ".mozilla" / "native-messaging-hosts" / f"{HOST_NAME}.json"
+        env = {
+            **os.environ,
+            "HOME": str(home),  # Firefox reads $HOME/.mozilla/native-messaging-hosts
+            "XDG_CONFIG_HOME": str(tmp_path / "config"),  # no stray user helper.json / bundle
+            "XDG_CACHE_HOME": str(tmp_path / "cache"),
+            "PARALLAX_HELPER_LOG": str(helper_log),
+            "PARALLAX_LOG": "DEBUG",
+            "MOZ_CRASHREPORTER_DISABLE": "1",
+        }
+        env.pop("DISPLAY", None)
+        env.pop("WAYLAND_DISPLAY", None)
+        prefs = {
+            "network.dns.forceResolve": "127.0.0.1",  # every name -> loopback; no real DNS
+            "devtools.console.stdout.chrome": True,  # the extension's console.warn lands in firefox.log
+            "extensions.webextensions.uuids": json.dumps({FIREFOX_EXTENSION_ID: ext_uuid}),
+        }
+        profile = tmp_path / "profile"
+        _trust(profile, {"parallax-site-ca": site_ca, "interceptor-ca": forged_ca})
+        try:
+            # --remote-allow-system-access: BiDi may navigate to the extension's own moz-extension:// pages.
+            async with firefox(profile, prefs=prefs, extra=["--remote-allow-system-access"], env=env,
+                               log_path=firefox_log) as bidi:
+                got = await bidi.send("webExtension.install", {"extensionData": {"type": "path", "path": str(EXTENSION_DIR)}})
+                assert got["extension"] == FIREFOX_EXTENSION_ID
+                b = Browser(bidi, ext_uuid)
+                await b.attach_extension_page()
+
+                # 1. A clean path: consistent, green; the helper got the browser's chain.
+                clean_url = f"https://clean.test:{clean_site.port}/"
+                await bidi.new_tab(clean_url)
+                clean = await b.badge(clean_url)
+                assert clean["status"] == "consistent", json.dumps(clean)[:3000]
+                assert clean["sent"] == ["chain"]
+                assert clean["text"] == "OK"
+                assert clean["color"][:3] == [0x1A, 0x7F, 0x37]
+                assert clean["verdict"]["client"]["source"] == "supplied"
+                assert clean["verdict"]["client"]["pin"] == f"sha256/{site_pin}"
+                dom = await b.popup(clean["tabId"], ARTIFACTS / "helper-popup-firefox-consistent.png")
+                assert dom["status"] == "consistent" and "green" in dom["color"]
+                assert "browser's chain" in dom["saw"]
+                assert len(dom["rows"]) == 3 and dom["rows"].count("agrees") >= 2 and "disagrees" not in dom["rows"]
+                assert dom["summary"].startswith("consistent: ")
+
+                # 2. An intercepted path: mitm_suspected, red.
+                assert mitm.connections == 0
+                mitm_url = f"https://mitm.test:{site.port}/"
+                await bidi.new_tab(mitm_url)
+                bad = await b.badge(mitm_url)
+                assert bad["status"] == "mitm_suspected", json.dumps(bad)[:3000]
+                assert bad["sent"] == ["chain"]
+                assert bad["text"] == "!"
+                assert bad["color"][:3] == [0xCF, 0x22, 0x2E]
+                assert bad["verdict"]["client"]["source"] == "supplied"
+                assert bad["verdict"]["client"]["pin"] == f"sha256/{forged_pin}"
+                assert bad["verdict"]["quorum_pins"] == [f"sha256/{site_pin}"]
+                assert mitm.connections >= 1  # the browser's page load went through the interceptor
+                dom = await b.popup(bad["tabId"], ARTIFACTS / "helper-popup-firefox-mitm.png")
+                assert dom["status"] == "mitm_suspected" and "red" in dom["color"]
+                assert len(dom["rows"]) == 3 and dom["rows"].count("disagrees") >= 2 and "agrees" not in dom["rows"]
+                assert dom["summary"].startswith("MITM suspected")
+                assert bad["url"].startswith(mitm_url)  # advisory by default: the page stayed loaded
+        except BaseException:
+            for p in (helper_log, firefox_log):
+                if p.exists():
+                    print(f"--- {p.name} ---\n{p.read_text(errors='replace')[-6000:]}")
+            raise
