@@ -26,6 +26,7 @@ import pytest
 
 from client.devtools import TLSSite, interceptor, make_cert_context, tls_site
 from notary.core import SigningKey, pin_from_spki_hex, spki_sha256
+from tests.support.proc import stop
 
 PARALLAX = [sys.executable, "-c", "from notary.cli import run_main; run_main()"]
 HOST = "localhost"
@@ -47,12 +48,7 @@ def cluster_bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         assert path.exists() and len(json.loads(path.read_text())["notaries"]) == 3
         yield path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
         log.close()
 
 

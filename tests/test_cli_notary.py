@@ -10,7 +10,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,6 +17,7 @@ from typing import Any, Iterator
 import pytest
 
 from notary.core import VerifyKey, verify_identity
+from tests.support.proc import stop, wait_healthy
 from tests.support.tls import make_ca, server_context, tls_target_in_thread
 
 PARALLAX = [sys.executable, "-c", "from notary.cli import run_main; run_main()"]
@@ -91,28 +91,10 @@ def serving(data_dir: Path, log: Path, *extra: str) -> Iterator[tuple[str, subpr
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"serve exited with {proc.returncode}: {log.read_text()}")
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"serve did not become healthy: {log.read_text()}")
-            time.sleep(0.05)
+        wait_healthy(base, proc, log)
         yield base, proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop(proc)
         OUTPUTS.append(("serve log", log.read_text()))
 
 

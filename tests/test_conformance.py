@@ -41,6 +41,7 @@ from notary.core import (
     sign_envelope,
 )
 from notary.server import create_app
+from tests.support.proc import stop
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -122,12 +123,7 @@ def real_notary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
 
 

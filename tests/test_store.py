@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from notary.config import DB_FILE
 from notary.core import ProbeResult, Target, VerifyKey, verify_observation
 from notary.errors import StoreError
 from notary.store import SQLiteStore
+from tests.support.proc import stop, wait_healthy
 from tests.support.tls import leaf_spki, make_ca, server_context, tls_target_in_thread
 
 PARALLAX = [sys.executable, "-c", "from notary.cli import run_main; run_main()"]
@@ -163,31 +163,6 @@ def start_serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]
              "--allow-network", "127.0.0.0/8", "--allow-port", "any", "--rate", "1000", "--burst", "1000"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
-
-
-def wait_healthy(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"parallax serve exited with {proc.returncode}: {log.read_text()}")
-        try:
-            with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    pytest.fail(f"parallax serve did not become healthy: {log.read_text()}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 async def test_every_returned_observation_survives_kill_9(tmp_path: Path, certs) -> None:
