@@ -7,18 +7,13 @@ command and returns its result; events are collected in :attr:`BiDi.events`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import itertools
 import json
-import os
 import re
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any, AsyncIterator, Mapping, Sequence
 
-import aiohttp
+from tests.browser.common import JsonRpcSocket, ProtocolError, connected, launch, wait_ready
 
 FIREFOX = "/usr/bin/firefox-esr"
 
@@ -86,53 +81,18 @@ def user_js(prefs: Mapping[str, Any]) -> str:
     return "".join(f"user_pref({json.dumps(k)}, {json.dumps(v)});\n" for k, v in prefs.items())
 
 
-class BiDiError(Exception):
+class BiDiError(ProtocolError):
     pass
 
 
-class BiDi:
-    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self._session = session
-        self._ws = ws
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.events: list[dict[str, Any]] = []
-        self._reader = asyncio.create_task(self._read())
+class BiDi(JsonRpcSocket):
+    error = BiDiError
 
-    @classmethod
-    async def connect(cls, url: str) -> "BiDi":
-        session = aiohttp.ClientSession()
-        try:
-            ws = await session.ws_connect(url, max_msg_size=64 << 20, timeout=aiohttp.ClientWSTimeout(ws_close=2))
-        except BaseException:
-            await session.close()
-            raise
-        return cls(session, ws)
-
-    async def _read(self) -> None:
-        async for msg in self._ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                continue
-            data = json.loads(msg.data)
-            fut = self._waiting.pop(data.get("id", -1), None) if data.get("type") != "event" else None
-            if fut is not None:
-                if not fut.done():
-                    fut.set_result(data)
-            else:
-                self.events.append(data)
-        for fut in self._waiting.values():
-            if not fut.done():
-                fut.set_exception(BiDiError("browser connection closed"))
+    def _is_event(self, data: dict[str, Any]) -> bool:
+        return data.get("type") == "event"
 
     async def send(self, method: str, params: dict[str, Any] | None = None, timeout: float = 15.0) -> dict[str, Any]:
-        i = next(self._ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[i] = fut
-        await self._ws.send_str(json.dumps({"id": i, "method": method, "params": params or {}}))
-        try:
-            data = await asyncio.wait_for(fut, timeout)
-        finally:
-            self._waiting.pop(i, None)
+        data = await self._call(method, params, timeout)
         if data.get("type") == "error":
             raise BiDiError(f"{method}: {data.get('error')}: {data.get('message')}")
         return data.get("result", {})
@@ -159,12 +119,6 @@ class BiDi:
             return None
         return json.loads(value["value"])
 
-    async def close(self) -> None:
-        self._reader.cancel()
-        with contextlib.suppress(BaseException):
-            await self._ws.close()
-        await self._session.close()
-
 
 _LISTENING = re.compile(r"WebDriver BiDi listening on (ws://\S+)")
 
@@ -176,37 +130,17 @@ async def firefox(profile: Path, *, prefs: Mapping[str, Any] = {}, extra: Sequen
     """Start headless Firefox with a fresh ``profile`` and yield a BiDi connection with a session open."""
     profile.mkdir(parents=True, exist_ok=True)
     (profile / "user.js").write_text(user_js({**QUIET_PREFS, **prefs}))
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [FIREFOX, "--headless", "--no-remote", "--remote-debugging-port=0", "--profile", str(profile), *extra],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    bidi: BiDi | None = None
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + start_timeout
-        while True:
-            if proc.poll() is not None:
-                raise BiDiError(f"firefox exited with {proc.returncode} (log: {log_path})")
-            m = _LISTENING.search(log_path.read_text(errors="replace"))
-            if m:
-                break
-            if loop.time() > deadline:
-                raise BiDiError(f"firefox did not open its WebDriver BiDi port in time (log: {log_path})")
-            await asyncio.sleep(0.1)
-        bidi = await BiDi.connect(m.group(1).rstrip("/") + "/session")
-        await bidi.send("session.new", {"capabilities": {"alwaysMatch": {"acceptInsecureCerts": accept_insecure_certs}}})
-        yield bidi
-    finally:
-        if bidi is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(bidi.send("browser.close"), 3)
-            await bidi.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.to_thread(proc.wait, 5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await asyncio.to_thread(proc.wait, 5)
-        log.close()
+    argv = [FIREFOX, "--headless", "--no-remote", "--remote-debugging-port=0", "--profile", str(profile), *extra]
+
+    def listening() -> str | None:
+        m = _LISTENING.search(log_path.read_text(errors="replace"))
+        return m.group(1) if m else None
+
+    async with launch(argv, env=env, log_path=log_path) as proc:
+        url = await wait_ready(proc, "firefox", listening, error=BiDiError, timeout=start_timeout,
+                               late=f"firefox did not open its WebDriver BiDi port in time (log: {log_path})",
+                               log_path=log_path)
+        async with connected(BiDi, url.rstrip("/") + "/session", "browser.close") as bidi:
+            await bidi.send("session.new",
+                            {"capabilities": {"alwaysMatch": {"acceptInsecureCerts": accept_insecure_certs}}})
+            yield bidi

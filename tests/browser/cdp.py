@@ -7,65 +7,26 @@ is read from ``<user-data-dir>/DevToolsActivePort``) in flat session mode:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import itertools
 import json
-import os
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
-import aiohttp
+from tests.browser.common import JsonRpcSocket, ProtocolError, connected, launch, wait_ready
 
 CHROMIUM = "/usr/bin/chromium"
 
 
-class CDPError(Exception):
+class CDPError(ProtocolError):
     pass
 
 
-class CDP:
-    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self._session = session
-        self._ws = ws
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.events: list[dict[str, Any]] = []
-        self._reader = asyncio.create_task(self._read())
-
-    @classmethod
-    async def connect(cls, url: str) -> "CDP":
-        session = aiohttp.ClientSession()
-        ws = await session.ws_connect(url, max_msg_size=64 << 20, timeout=aiohttp.ClientWSTimeout(ws_close=2))
-        return cls(session, ws)
-
-    async def _read(self) -> None:
-        async for msg in self._ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                continue
-            data = json.loads(msg.data)
-            fut = self._waiting.pop(data.get("id", -1), None)
-            if fut is not None:
-                if not fut.done():
-                    fut.set_result(data)
-            else:
-                self.events.append(data)
-        for fut in self._waiting.values():
-            if not fut.done():
-                fut.set_exception(CDPError("browser connection closed"))
+class CDP(JsonRpcSocket):
+    error = CDPError
 
     async def send(self, method: str, params: dict[str, Any] | None = None, *, session: str | None = None,
                    timeout: float = 15.0) -> dict[str, Any]:
-        i = next(self._ids)
-        msg: dict[str, Any] = {"id": i, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[i] = fut
-        await self._ws.send_str(json.dumps(msg))
-        data = await asyncio.wait_for(fut, timeout)
+        data = await self._call(method, params, timeout, **({"sessionId": session} if session else {}))
         if "error" in data:
             raise CDPError(f"{method}: {data['error']}")
         return data.get("result", {})
@@ -83,12 +44,6 @@ class CDP:
 
     async def targets(self) -> list[dict[str, Any]]:
         return (await self.send("Target.getTargets"))["targetInfos"]
-
-    async def close(self) -> None:
-        self._reader.cancel()
-        with contextlib.suppress(BaseException):
-            await self._ws.close()
-        await self._session.close()
 
 
 def chromium_args(user_data_dir: Path, extension: Path, extra: Sequence[str] = ()) -> list[str]:
@@ -126,37 +81,16 @@ async def chromium(user_data_dir: Path, extension: Path, extra: Sequence[str] = 
     active = user_data_dir / "DevToolsActivePort"
     with contextlib.suppress(FileNotFoundError):
         active.unlink()
-    log = open(log_path or os.devnull, "wb")
-    proc = subprocess.Popen(chromium_args(user_data_dir, extension, extra), stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    cdp: CDP | None = None
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + start_timeout
-        while True:
-            if proc.poll() is not None:
-                raise CDPError(f"chromium exited with {proc.returncode} (log: {log_path})")
-            with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
-                lines = active.read_text().splitlines()
-                if len(lines) >= 2:
-                    port, path = int(lines[0]), lines[1]
-                    break
-            if loop.time() > deadline:
-                raise CDPError("chromium did not open its DevTools port in time")
-            await asyncio.sleep(0.1)
-        cdp = await CDP.connect(f"ws://127.0.0.1:{port}{path}")
-        yield cdp
-    finally:
-        if cdp is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(cdp.send("Browser.close"), 3)
-            await cdp.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.to_thread(proc.wait, 5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await asyncio.to_thread(proc.wait, 5)
-        log.close()
+
+    def devtools_port() -> tuple[int, str] | None:
+        with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
+            lines = active.read_text().splitlines()
+            if len(lines) >= 2:
+                return int(lines[0]), lines[1]
+        return None
+
+    async with launch(chromium_args(user_data_dir, extension, extra), env=env, log_path=log_path) as proc:
+        port, path = await wait_ready(proc, "chromium", devtools_port, error=CDPError, timeout=start_timeout,
+                                      late="chromium did not open its DevTools port in time", log_path=log_path)
+        async with connected(CDP, f"ws://127.0.0.1:{port}{path}", "Browser.close") as cdp:
+            yield cdp

@@ -17,24 +17,17 @@ worker) and the popup page (its DOM; screenshots go to ``test-artifacts/``).
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
 import json
 import os
-import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from client.cluster import local_cluster
-from client.devtools import StaticResolver, interceptor, tls_site
+from client.devtools import StaticResolver
 from client.helper.install import EXTENSION_DIR, HOST_NAME, extension_id, install
-from tests.browser.cdp import CDP, CHROMIUM, CDPError, chromium
+from tests.browser.cdp import CDP, CHROMIUM, chromium
+from tests.browser.common import ARTIFACTS, NAMES, ExtensionBrowser, badge_js, helper_env, logs_on_failure, notary_world, popup_js, wait
 
 pytestmark = [
     pytest.mark.browser,
@@ -42,122 +35,56 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed (CI installs Debian's chromium)"),
 ]
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-NAMES = ("clean.test", "mitm.test")
+BADGE_JS = badge_js("chrome", 't.url || t.pendingUrl || ""')
+POPUP_JS = popup_js()
 
 
-def _context_and_pin(ca: trustme.CA) -> tuple[ssl.SSLContext, str]:
-    leaf = ca.issue_cert(*NAMES)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    leaf.configure_cert(ctx)
-    cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
-    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return ctx, base64.b64encode(hashlib.sha256(spki).digest()).decode()
+class Browser(ExtensionBrowser):
+    NS = "chrome"
+    BADGE_JS = BADGE_JS
+    POPUP_JS = POPUP_JS
 
-
-async def _wait(what: str, probe: Any, timeout: float = 30.0, interval: float = 0.25) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last = None
-    while loop.time() < deadline:
-        try:
-            last = await probe()
-        except CDPError as exc:  # e.g. the page is still loading: its context is not there yet
-            last = exc
-        if last and not isinstance(last, CDPError):
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
-BADGE_JS = """(async () => {
-  const tabs = (await chrome.tabs.query({})).filter(t => (t.url || t.pendingUrl || "").startsWith(%s));
-  if (!tabs.length) return null;
-  const tabId = tabs[0].id;
-  const text = await chrome.action.getBadgeText({tabId});
-  const color = await chrome.action.getBadgeBackgroundColor({tabId});
-  const state = (await chrome.storage.session.get("tab:" + tabId))["tab:" + tabId] || null;
-  return {tabId, text, color, url: tabs[0].url, status: state && state.status, verdict: state && state.verdict,
-          error: state && state.error};
-})()"""
-
-POPUP_JS = """(() => {
-  if (!document.body || document.body.dataset.ready !== "1") return null;
-  const box = document.getElementById("status");
-  return {status: box.dataset.status, label: document.getElementById("status-text").textContent,
-          color: box.className, summary: document.getElementById("summary").textContent,
-          rows: [...document.querySelectorAll("#notaries tbody tr")].map(tr => tr.dataset.result),
-          height: document.documentElement.scrollHeight};
-})()"""
-
-
-class Browser:
     def __init__(self, cdp: CDP, ext_id: str) -> None:
+        super().__init__(f"chrome-extension://{ext_id}/")
         self.cdp = cdp
-        self.ext_id = ext_id
-        self.page = ""
 
-    async def attach_extension_page(self) -> None:
-        """Evaluate extension APIs (tabs, action, storage) in one of the extension's own pages.
-
-        The page has the same ``chrome.*`` APIs as the service worker, and unlike the worker it
-        is not stopped or restarted by Chromium while the test holds it.
-        """
-        target = await self.open(f"chrome-extension://{self.ext_id}/popup.html?tab=0")
-        self.page = await self.cdp.attach(target)
-        await _wait("the extension page", lambda: self.cdp.evaluate(self.page, "typeof chrome.action === 'object' && document.readyState === 'complete'"), 10)
-
-    async def in_extension(self, js: str) -> Any:
-        return await self.cdp.evaluate(self.page, js)
+    async def evaluate(self, page: str, js: str) -> Any:
+        return await self.cdp.evaluate(page, js)
 
     async def open(self, url: str) -> str:
         return (await self.cdp.send("Target.createTarget", {"url": url}))["targetId"]
 
-    async def badge(self, url_prefix: str) -> dict[str, Any]:
-        """The badge and state of the tab at ``url_prefix`` once its check has finished."""
-        async def final() -> dict[str, Any] | None:
-            b = await self.in_extension(BADGE_JS % json.dumps(url_prefix))
-            return b if b and b["status"] not in (None, "checking") else None
+    async def _open(self, url: str) -> tuple[str, str]:
+        target = await self.open(url)
+        return target, await self.cdp.attach(target)
 
-        return await _wait(f"a verdict for {url_prefix}", final)
+    async def _load(self, handle: tuple[str, str], url: str) -> str:
+        return handle[1]  # opened at url already
 
-    async def popup(self, tab_id: int, shot: Path) -> dict[str, Any]:
-        target = await self.open(f"chrome-extension://{self.ext_id}/popup.html?tab={tab_id}")
-        s = await self.cdp.attach(target)
-        try:
-            await self.cdp.send("Emulation.setDeviceMetricsOverride",
-                                {"width": 490, "height": 420, "deviceScaleFactor": 1, "mobile": False}, session=s)
-            dom = await _wait("the popup to render", lambda: self.cdp.evaluate(s, POPUP_JS), 10)
-            await self.cdp.send("Emulation.setDeviceMetricsOverride",
-                                {"width": 490, "height": int(dom["height"]), "deviceScaleFactor": 1, "mobile": False}, session=s)
-            png = await self.cdp.send("Page.captureScreenshot", {"format": "png"}, session=s)
-            shot.parent.mkdir(parents=True, exist_ok=True)
-            shot.write_bytes(base64.b64decode(png["data"]))
-            return dom
-        finally:
-            await self.cdp.send("Target.closeTarget", {"targetId": target})
+    async def _set_height(self, handle: tuple[str, str], height: int) -> None:
+        await self.cdp.send("Emulation.setDeviceMetricsOverride",
+                            {"width": 490, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=handle[1])
+
+    async def _screenshot(self, handle: tuple[str, str]) -> str:
+        return (await self.cdp.send("Page.captureScreenshot", {"format": "png"}, session=handle[1]))["data"]
+
+    async def _close(self, handle: tuple[str, str]) -> None:
+        await self.cdp.send("Target.closeTarget", {"targetId": handle[0]})
 
 
 async def test_extension_shows_verdicts_in_chromium(tmp_path: Path) -> None:
-    site_ctx, site_pin = _context_and_pin(trustme.CA(organization_name="Parallax test site CA"))
-    forged_ctx, forged_pin = _context_and_pin(trustme.CA(organization_name="Interceptor CA"))
     resolver = StaticResolver({name: ["127.0.0.1"] for name in NAMES})
     udd = tmp_path / "profile"
     helper_log = tmp_path / "helper.log"
     chromium_log = tmp_path / "chromium.log"
     ext_id = extension_id()
 
-    async with tls_site(site_ctx, host="127.0.0.1") as site, \
-            interceptor(forged_ctx, ("127.0.0.1", site.port), sni="mitm.test", host="127.0.0.2", port=site.port) as mitm, \
-            local_cluster(3, tmp_path / "cluster", resolver=resolver) as cluster:
+    async with notary_world(tmp_path, site_host="127.0.0.1", mitm_host="127.0.0.2", resolver=resolver) as world:
+        site, mitm, cluster = world.site, world.mitm, world.cluster
+        site_pin, forged_pin = world.site_pin, world.forged_pin
         installed = install("chromium", user_data_dir=udd, bundle=cluster.bundle_path, launcher_dir=tmp_path / "host")
         assert installed.manifest == udd / "NativeMessagingHosts" / f"{HOST_NAME}.json"
-        env = {
-            **os.environ,
-            "XDG_CONFIG_HOME": str(tmp_path / "config"),  # no stray user helper.json / bundle
-            "PARALLAX_HELPER_LOG": str(helper_log),
-            "PARALLAX_LOG": "DEBUG",
-        }
+        env = helper_env(tmp_path, helper_log)
         args = [
             "--host-resolver-rules=MAP clean.test 127.0.0.1, MAP mitm.test 127.0.0.2",
             # The site and the interceptor use throw-away trustme CAs that Chromium does not trust.
@@ -165,7 +92,7 @@ async def test_extension_shows_verdicts_in_chromium(tmp_path: Path) -> None:
             # extension sees a normal HTTPS navigation; the helper does its own probing.
             f"--ignore-certificate-errors-spki-list={site_pin},{forged_pin}",
         ]
-        try:
+        with logs_on_failure(helper_log, chromium_log):
             async with chromium(udd, EXTENSION_DIR, args, env=env, log_path=chromium_log) as cdp:
                 b = Browser(cdp, ext_id)
                 await b.attach_extension_page()
@@ -213,7 +140,7 @@ async def test_extension_shows_verdicts_in_chromium(tmp_path: Path) -> None:
                     got = await b.in_extension(BADGE_JS % json.dumps(blocked_prefix))
                     return got if got and got["status"] == "mitm_suspected" else None
 
-                warned = await _wait("the warning page", on_warning_page, 20)
+                warned = await wait("the warning page", on_warning_page, 20)
                 assert warned["text"] == "!"
                 # ... and a later visit is redirected by a declarativeNetRequest session rule.
                 rules = await b.in_extension("chrome.declarativeNetRequest.getSessionRules()")
@@ -224,9 +151,4 @@ async def test_extension_shows_verdicts_in_chromium(tmp_path: Path) -> None:
                     info = await cdp.send("Target.getTargetInfo", {"targetId": target})
                     return info["targetInfo"]["url"] if info["targetInfo"]["url"].startswith(blocked_prefix) else None
 
-                await _wait("the redirect to the warning page", redirected, 15)
-        except BaseException:
-            for p in (helper_log, chromium_log):
-                if p.exists():
-                    print(f"--- {p.name} ---\n{p.read_text(errors='replace')[-6000:]}")
-            raise
+                await wait("the redirect to the warning page", redirected, 15)

@@ -26,13 +26,9 @@ page (its DOM; screenshots go to ``test-artifacts/``).
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
 import json
 import os
 import shutil
-import ssl
 import subprocess
 import uuid
 from pathlib import Path
@@ -40,13 +36,11 @@ from typing import Any
 
 import pytest
 import trustme
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from client.cluster import local_cluster
-from client.devtools import StaticResolver, interceptor, tls_site
+from client.devtools import StaticResolver
 from client.helper.install import EXTENSION_DIR, FIREFOX_EXTENSION_ID, HOST_NAME, install
-from tests.browser.bidi import FIREFOX, BiDi, BiDiError, firefox
+from tests.browser.bidi import FIREFOX, BiDi, firefox
+from tests.browser.common import ARTIFACTS, ExtensionBrowser, badge_js, helper_env, logs_on_failure, notary_world, popup_js
 
 pytestmark = [
     pytest.mark.browser,
@@ -55,17 +49,6 @@ pytestmark = [
 ]
 
 CERTUTIL = "certutil"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-NAMES = ("clean.test", "mitm.test")
-
-
-def _context_and_pin(ca: trustme.CA) -> tuple[ssl.SSLContext, str]:
-    leaf = ca.issue_cert(*NAMES)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    leaf.configure_cert(ctx)
-    cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
-    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return ctx, base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 def _trust(profile: Path, cas: dict[str, trustme.CA]) -> None:
@@ -86,110 +69,59 @@ def _trust(profile: Path, cas: dict[str, trustme.CA]) -> None:
         subprocess.run([CERTUTIL, "-A", "-d", db, "-n", nick, "-t", "C,,", "-i", str(pem)], check=True, capture_output=True)
 
 
-async def _wait(what: str, probe: Any, timeout: float = 30.0, interval: float = 0.25) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last = None
-    while loop.time() < deadline:
-        try:
-            last = await probe()
-        except BiDiError as exc:  # e.g. the page is still loading
-            last = exc
-        if last and not isinstance(last, BiDiError):
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+BADGE_JS = badge_js("browser", 't.url || ""', ", sent: state && state.extra ? Object.keys(state.extra) : null")
+POPUP_JS = popup_js('          saw: document.getElementById("you-saw").textContent,\n')
 
 
-BADGE_JS = """(async () => {
-  const tabs = (await browser.tabs.query({})).filter(t => (t.url || "").startsWith(%s));
-  if (!tabs.length) return null;
-  const tabId = tabs[0].id;
-  const text = await browser.action.getBadgeText({tabId});
-  const color = await browser.action.getBadgeBackgroundColor({tabId});
-  const state = (await browser.storage.session.get("tab:" + tabId))["tab:" + tabId] || null;
-  return {tabId, text, color, url: tabs[0].url, status: state && state.status, verdict: state && state.verdict,
-          error: state && state.error, sent: state && state.extra ? Object.keys(state.extra) : null};
-})()"""
+class Browser(ExtensionBrowser):
+    NS = "browser"
+    BADGE_JS = BADGE_JS
+    POPUP_JS = POPUP_JS
 
-POPUP_JS = """(() => {
-  if (!document.body || document.body.dataset.ready !== "1") return null;
-  const box = document.getElementById("status");
-  return {status: box.dataset.status, label: document.getElementById("status-text").textContent,
-          color: box.className, summary: document.getElementById("summary").textContent,
-          saw: document.getElementById("you-saw").textContent,
-          rows: [...document.querySelectorAll("#notaries tbody tr")].map(tr => tr.dataset.result),
-          height: document.documentElement.scrollHeight};
-})()"""
-
-
-class Browser:
     def __init__(self, bidi: BiDi, ext_uuid: str) -> None:
+        super().__init__(f"moz-extension://{ext_uuid}/")
         self.bidi = bidi
-        self.base = f"moz-extension://{ext_uuid}/"
-        self.page = ""
 
-    async def attach_extension_page(self) -> None:
-        self.page = await self.bidi.new_tab()
-        await self.bidi.navigate(self.page, self.base + "popup.html?tab=0")
-        await _wait("the extension page", lambda: self.bidi.evaluate(
-            self.page, "typeof browser.action === 'object' && document.readyState === 'complete'"), 10)
+    async def evaluate(self, page: str, js: str) -> Any:
+        return await self.bidi.evaluate(page, js)
 
-    async def in_extension(self, js: str) -> Any:
-        return await self.bidi.evaluate(self.page, js)
+    async def _open(self, url: str) -> str:
+        return await self.bidi.new_tab()
 
-    async def badge(self, url_prefix: str) -> dict[str, Any]:
-        async def final() -> dict[str, Any] | None:
-            b = await self.in_extension(BADGE_JS % json.dumps(url_prefix))
-            return b if b and b["status"] not in (None, "checking") else None
+    async def _load(self, ctx: str, url: str) -> str:
+        await self.bidi.navigate(ctx, url)
+        return ctx
 
-        return await _wait(f"a verdict for {url_prefix}", final)
+    async def _set_height(self, ctx: str, height: int) -> None:
+        await self.bidi.send("browsingContext.setViewport", {"context": ctx, "viewport": {"width": 490, "height": height}})
 
-    async def popup(self, tab_id: int, shot: Path) -> dict[str, Any]:
-        ctx = await self.bidi.new_tab()
-        try:
-            await self.bidi.send("browsingContext.setViewport", {"context": ctx, "viewport": {"width": 490, "height": 420}})
-            await self.bidi.navigate(ctx, f"{self.base}popup.html?tab={tab_id}")
-            dom = await _wait("the popup to render", lambda: self.bidi.evaluate(ctx, POPUP_JS), 10)
-            await self.bidi.send("browsingContext.setViewport",
-                                 {"context": ctx, "viewport": {"width": 490, "height": int(dom["height"])}})
-            png = await self.bidi.send("browsingContext.captureScreenshot", {"context": ctx})
-            shot.parent.mkdir(parents=True, exist_ok=True)
-            shot.write_bytes(base64.b64decode(png["data"]))
-            return dom
-        finally:
-            await self.bidi.send("browsingContext.close", {"context": ctx})
+    async def _screenshot(self, ctx: str) -> str:
+        return (await self.bidi.send("browsingContext.captureScreenshot", {"context": ctx}))["data"]
+
+    async def _close(self, ctx: str) -> None:
+        await self.bidi.send("browsingContext.close", {"context": ctx})
 
 
 async def test_extension_shows_verdicts_in_firefox(tmp_path: Path) -> None:
-    site_ca = trustme.CA(organization_name="Parallax test site CA")
-    forged_ca = trustme.CA(organization_name="Interceptor CA")  # as if the user had installed it
-    site_ctx, site_pin = _context_and_pin(site_ca)
-    forged_ctx, forged_pin = _context_and_pin(forged_ca)
     resolver = StaticResolver({"clean.test": ["127.0.0.1"], "mitm.test": ["127.0.0.2"]})
     home = tmp_path / "home"
     helper_log = tmp_path / "helper.log"
     firefox_log = tmp_path / "firefox.log"
     ext_uuid = str(uuid.uuid4())
 
-    async with tls_site(site_ctx, host="127.0.0.2") as site, \
-            interceptor(forged_ctx, ("127.0.0.2", site.port), sni="mitm.test", host="127.0.0.1", port=site.port) as mitm, \
-            tls_site(site_ctx, host="127.0.0.1") as clean_site, \
-            local_cluster(3, tmp_path / "cluster", resolver=resolver) as cluster:
+    async with notary_world(tmp_path, site_host="127.0.0.2", mitm_host="127.0.0.1", clean_site_host="127.0.0.1",
+                            resolver=resolver) as world:
+        site, mitm, clean_site, cluster = world.site, world.mitm, world.clean_site, world.cluster
+        site_pin, forged_pin = world.site_pin, world.forged_pin
         installed = install("firefox", bundle=cluster.bundle_path, launcher_dir=tmp_path / "host",
                             manifest_directory=home / ".mozilla" / "native-messaging-hosts")
         assert installed.allowed == (FIREFOX_EXTENSION_ID,)
         assert json.loads(installed.manifest.read_text())["allowed_extensions"] == [FIREFOX_EXTENSION_ID]
         assert installed.manifest == home / ".mozilla" / "native-messaging-hosts" / f"{HOST_NAME}.json"
-        env = {
-            **os.environ,
-            "HOME": str(home),  # Firefox reads $HOME/.mozilla/native-messaging-hosts
-            "XDG_CONFIG_HOME": str(tmp_path / "config"),  # no stray user helper.json / bundle
-            "XDG_CACHE_HOME": str(tmp_path / "cache"),
-            "PARALLAX_HELPER_LOG": str(helper_log),
-            "PARALLAX_LOG": "DEBUG",
-            "MOZ_CRASHREPORTER_DISABLE": "1",
-        }
+        env = helper_env(tmp_path, helper_log,
+                         HOME=str(home),  # Firefox reads $HOME/.mozilla/native-messaging-hosts
+                         XDG_CACHE_HOME=str(tmp_path / "cache"),
+                         MOZ_CRASHREPORTER_DISABLE="1")
         env.pop("DISPLAY", None)
         env.pop("WAYLAND_DISPLAY", None)
         prefs = {
@@ -198,8 +130,8 @@ async def test_extension_shows_verdicts_in_firefox(tmp_path: Path) -> None:
             "extensions.webextensions.uuids": json.dumps({FIREFOX_EXTENSION_ID: ext_uuid}),
         }
         profile = tmp_path / "profile"
-        _trust(profile, {"parallax-site-ca": site_ca, "interceptor-ca": forged_ca})
-        try:
+        _trust(profile, {"parallax-site-ca": world.site_ca, "interceptor-ca": world.forged_ca})
+        with logs_on_failure(helper_log, firefox_log):
             # --remote-allow-system-access: BiDi may navigate to the extension's own moz-extension:// pages.
             async with firefox(profile, prefs=prefs, extra=["--remote-allow-system-access"], env=env,
                                log_path=firefox_log) as bidi:
@@ -242,8 +174,3 @@ async def test_extension_shows_verdicts_in_firefox(tmp_path: Path) -> None:
                 assert len(dom["rows"]) == 3 and dom["rows"].count("disagrees") >= 2 and "agrees" not in dom["rows"]
                 assert dom["summary"].startswith("MITM suspected")
                 assert bad["url"].startswith(mitm_url)  # advisory by default: the page stayed loaded
-        except BaseException:
-            for p in (helper_log, firefox_log):
-                if p.exists():
-                    print(f"--- {p.name} ---\n{p.read_text(errors='replace')[-6000:]}")
-            raise

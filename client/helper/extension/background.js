@@ -88,8 +88,8 @@ async function getState(tabId) {
 
 async function setState(tabId, s) {
   memory.set(tabId, s);
+  await paint(tabId, s); // paint first: a stored state is always one the badge already shows
   if (session) await session.set({ [tabKey(tabId)]: s });
-  await paint(tabId, s);
 }
 
 async function clearState(tabId, repaint = true) {
