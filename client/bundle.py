@@ -176,7 +176,7 @@ def load_bundle(path: str | os.PathLike[str] | None = None, operator_keys: Seque
     except FileNotFoundError:
         raise InputError(f"no bundle at {p} (use --bundle, PARALLAX_BUNDLE or 'parallax bundle add')", "no_bundle") from None
     except OSError as exc:
-        raise InputError(f"cannot read bundle {p}: {exc.strerror}", "no_bundle") from None
+        raise InputError(f"cannot read bundle {p}: {exc.strerror}", "io_error") from None
     return parse_bundle(raw, operator_keys)
 
 

@@ -300,6 +300,8 @@ def _exit_code(exc: BaseException) -> int:
     if isinstance(exc, InputError):
         if exc.code == "no_bundle":
             return EX_NOINPUT
+        if exc.code == "io_error":
+            return EX_IOERR
         if exc.code in ("bad_bundle", "bad_certificate", "bad_pin"):
             return EX_DATAERR
         return EX_USAGE

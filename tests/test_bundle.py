@@ -361,3 +361,14 @@ def test_cli_bad_inputs(entries: list[Path], tmp_path: Path, capsys) -> None:
     bad.write_text(json.dumps(entry_dict(1, url="ftp://x")))
     code, _, err = run_cli(["bundle", "merge", str(bad)], capsys)
     assert code == 65 and "bad url" in err and len(err.strip().splitlines()) == 1  # malformed bundle data
+
+
+def test_unreadable_bundle_is_an_io_error(tmp_path: Path, capsys) -> None:
+    """A bundle path that exists but cannot be read (here: a directory) exits 74, not 66."""
+    from notary.cli import main
+
+    d = tmp_path / "bundle.json"
+    d.mkdir()
+    code = main(["check", "localhost:443", "--bundle", str(d)])
+    err = capsys.readouterr().err
+    assert code == 74 and len(err.strip().splitlines()) == 1 and "cannot read bundle" in err
