@@ -45,7 +45,8 @@ from tests.browser.common import ARTIFACTS, ExtensionBrowser, badge_js, helper_e
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.timeout(120),
-    pytest.mark.skipif(not os.path.exists(FIREFOX), reason=f"{FIREFOX} is not installed (CI installs Debian's firefox-esr)"),
+    pytest.mark.skipif(not os.path.exists(FIREFOX) and os.environ.get("PARALLAX_REQUIRE_BROWSERS") != "1",
+                       reason=f"{FIREFOX} is not installed (CI installs Debian's firefox-esr)"),
 ]
 
 CERTUTIL = "certutil"
