@@ -416,12 +416,12 @@ def render(url: str, results: Sequence[CheckResult]) -> str:
 
 
 def _cmd_conformance(args: argparse.Namespace) -> int:
-    from notary.cli import EX_USAGE, Exit, _host_port
+    from client.cli._common import EX_USAGE, Exit, host_port
 
     target = None
     if args.target:
         try:
-            host, port = _host_port(args.target, 443)
+            host, port = host_port(args.target, 443)
             target = Target.parse(host, port, args.sni)
         except (argparse.ArgumentTypeError, InputError) as exc:
             raise Exit(EX_USAGE, f"parallax conformance: --target: {exc}") from None

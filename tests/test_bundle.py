@@ -23,12 +23,12 @@ from client.bundle import (
     parse_bundle,
     sign_bundle,
 )
-from notary.cli import main
+from client.cli import main
 from notary.core import SigningKey, canonical_encode
 from notary.errors import InputError, VerificationError
 from notary.keyfile import generate_key_file
 
-PARALLAX = [sys.executable, "-c", "from notary.cli import run_main; run_main()"]
+PARALLAX = [sys.executable, "-c", "from client.cli import run_main; run_main()"]
 
 
 def entry_dict(i: int, key: SigningKey | None = None, **over: Any) -> dict[str, Any]:
@@ -365,7 +365,7 @@ def test_cli_bad_inputs(entries: list[Path], tmp_path: Path, capsys) -> None:
 
 def test_unreadable_bundle_is_an_io_error(tmp_path: Path, capsys) -> None:
     """A bundle path that exists but cannot be read (here: a directory) exits 74, not 66."""
-    from notary.cli import main
+    from client.cli import main
 
     d = tmp_path / "bundle.json"
     d.mkdir()

@@ -28,7 +28,7 @@ from client.devtools import TLSSite, interceptor, make_cert_context, tls_site
 from notary.core import SigningKey, pin_from_spki_hex, spki_sha256
 from tests.support.proc import stop
 
-PARALLAX = [sys.executable, "-c", "from notary.cli import run_main; run_main()"]
+PARALLAX = [sys.executable, "-c", "from client.cli import run_main; run_main()"]
 HOST = "localhost"
 
 

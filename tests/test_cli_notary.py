@@ -20,7 +20,7 @@ from notary.core import VerifyKey, verify_identity
 from tests.support.proc import stop, wait_healthy
 from tests.support.tls import make_ca, server_context, tls_target_in_thread
 
-PARALLAX = [sys.executable, "-c", "from notary.cli import run_main; run_main()"]
+PARALLAX = [sys.executable, "-c", "from client.cli import run_main; run_main()"]
 
 # Every stdout/stderr/log this module produced, checked for the private seed at the end.
 OUTPUTS: list[tuple[str, str]] = []

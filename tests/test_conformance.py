@@ -29,7 +29,7 @@ from aiohttp import web
 
 from client.conformance import run_conformance
 from client.devtools import make_cert_context, tls_site
-from notary.cli import main
+from client.cli import main
 from notary.config import NotaryConfig
 from notary.core import (
     IDENTITY_TYPE,

@@ -186,7 +186,7 @@ def systemd_expand(cmdline: str, env: dict[str, str]) -> list[str]:
 
 def parse_serve(argv: list[str]) -> argparse.Namespace:
     """Parse ``parallax ARGS`` with the real CLI parser (a usage error raises)."""
-    from notary.cli import make_parser
+    from client.cli import make_parser
 
     assert argv[0] == "parallax" or argv[0].endswith("/parallax"), argv
     args = make_parser().parse_args(argv[1:])
@@ -195,7 +195,7 @@ def parse_serve(argv: list[str]) -> argparse.Namespace:
 
 
 def subcommand_exists(*path: str) -> bool:
-    from notary.cli import make_parser
+    from client.cli import make_parser
 
     parser: argparse.ArgumentParser = make_parser()
     for name in path:
@@ -615,7 +615,7 @@ def test_image_healthcheck_command_passes(notaries: dict[str, Notary]) -> None:
 
 def test_bundle_service_merges_entries(notaries: dict[str, Notary]) -> None:
     if not subcommand_exists("bundle", "merge"):
-        pytest.skip("`parallax bundle merge` is not registered yet (client/cli.py)")
+        pytest.skip("`parallax bundle merge` is not registered yet (client/cli/_bundle.py)")
     from client.bundle import load_bundle
 
     root = next(iter(notaries.values())).root

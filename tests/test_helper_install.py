@@ -16,7 +16,7 @@ import pytest
 from client.helper.install import (
     EXTENSION_DIR, FIREFOX_EXTENSION_ID, HOST_NAME, extension_id, id_from_key, install, manifest_dir, uninstall,
 )
-from notary.cli import main
+from client.cli import main
 from notary.errors import ConfigError, InputError
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from client.policy import PRESETS, get_policy
-from notary.cli import main
+from client.cli import main
 from notary.errors import InputError
 
 

@@ -29,7 +29,7 @@ from notary.store import SQLiteStore
 from tests.support.proc import stop, wait_healthy
 from tests.support.tls import leaf_spki, make_ca, server_context, tls_target_in_thread
 
-PARALLAX = [sys.executable, "-c", "from notary.cli import run_main; run_main()"]
+PARALLAX = [sys.executable, "-c", "from client.cli import run_main; run_main()"]
 T0 = 1_700_000_000
 
 

@@ -1,0 +1,90 @@
+"""The ``parallax`` command line: one home for every subcommand.
+
+Notary commands (``keygen``, ``serve``, ``notary-info``) call into :mod:`notary`;
+client commands (``check``, ``bundle``, ``cluster``, ``demo``, ``conformance``,
+``helper``) into :mod:`client`.  :mod:`notary` never imports this package.
+Exit codes are listed in :mod:`client.cli._common` and the README; every error is
+one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from client.cli._check import exit_code_for, render_table
+from client.cli._common import (
+    EX_CANTCREAT,
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_IOERR,
+    EX_NOINPUT,
+    EX_SOFTWARE,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    Exit,
+    Parser,
+    exit_code,
+)
+from notary.errors import ParallaxError
+
+__all__ = [
+    "main", "run_main", "make_parser", "Exit", "exit_code_for", "render_table",
+    "EX_USAGE", "EX_DATAERR", "EX_NOINPUT", "EX_UNAVAILABLE", "EX_CANTCREAT", "EX_IOERR", "EX_CONFIG", "EX_SOFTWARE",
+]
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The whole ``parallax`` argument parser."""
+    from client.cli._bundle import add_bundle_commands
+    from client.cli._check import add_check_command
+    from client.cli._local import add_local_commands
+    from client.cli._notary import add_notary_commands
+    from client.conformance import add_conformance_command
+    from client.helper.cli import add_helper_commands
+
+    parser = Parser(prog="parallax", description="Parallax: multi-vantage TLS notary network")
+    parser.add_argument("--log-level", default=os.environ.get("PARALLAX_LOG", "WARNING"))
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    add_notary_commands(sub)
+    add_check_command(sub)
+    add_bundle_commands(sub)
+    add_local_commands(sub)
+    add_conformance_command(sub)
+    add_helper_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point.  Returns (and, as a script, exits with) the exit code."""
+    try:
+        args = make_parser().parse_args(argv)
+        logging.basicConfig(
+            level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+        )
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except Exit as e:
+        if e.message:
+            print(e.message, file=sys.stderr)
+        return e.code
+    except ParallaxError as exc:
+        print(f"parallax: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"parallax: {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": "), file=sys.stderr)
+        return EX_IOERR
+    except Exception as exc:  # a bug: still one line
+        print(f"parallax: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EX_SOFTWARE
+
+
+def run_main() -> NoReturn:
+    """Console-script entry: exit with :func:`main`'s code."""
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""``parallax check``: ask the notaries whether they see the key you see.
+
+Exit codes: 0 consistent (with or without outliers), 1 mitm_suspected,
+2 split_view, insufficient or unreachable; 64+ as in :mod:`client.cli._common`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from client.bundle import load_bundle
+from client.cli._common import EX_USAGE, Exit, host_port, operator_keys, read_file
+from client.policy import PRESETS, get_policy
+from client.verdict import Verdict
+
+__all__ = ["add_check_command", "exit_code_for", "render_table"]
+
+
+def exit_code_for(verdict: Verdict) -> int:
+    """0 consistent (with or without outliers), 1 mitm_suspected, 2 otherwise."""
+    if verdict.ok:
+        return 0
+    return 1 if verdict.status == "mitm_suspected" else 2
+
+
+def _short(pin: str) -> str:
+    return pin[:7] + pin[7:19] + "…" if len(pin) > 20 else pin
+
+
+def render_table(v: Verdict) -> str:
+    """A table a person can read: notary, region, what it saw, agrees?, age; then the verdict."""
+    rows = [("NOTARY", "REGION", "SAW", "RESULT", "AGE")]
+    for r in v.results:
+        saw = ", ".join(_short(p) for p in r.pins) or "-"
+        age = f"{r.age}s" if r.age is not None else "-"
+        rows.append((r.name, r.region or "-", saw, r.result if r.counted or r.result != "agrees" else "agrees (not counted)", age))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    mine = v.client.to_json()["pin"]
+    lines.insert(0, f"target  {v.host}:{v.port}   you saw: {mine or v.client.status}" + (f" at {v.client.ip}" if v.client.ip else ""))
+    lines.append("")
+    for r in v.results:
+        if r.result not in ("agrees", "disagrees"):
+            lines.append(f"  {r.name}: {r.reason}")
+    lines.append(f"verdict: {v.status} ({v.count}, policy {v.policy}, {v.required} needed)")
+    lines.append(v.summary)
+    return "\n".join(lines)
+
+
+def _parse_connect_to(text: str) -> tuple[str, int, str, int]:
+    parts = text.rsplit(":", 3)
+    if len(parts) != 4 or not parts[1].isdigit() or not parts[3].isdigit():
+        raise argparse.ArgumentTypeError("expected HOST:PORT:ADDR:PORT")
+    if not all(1 <= int(p) <= 65535 for p in (parts[1], parts[3])):
+        raise argparse.ArgumentTypeError("ports must be 1-65535")
+    return parts[0].strip("[]"), int(parts[1]), parts[2].strip("[]"), int(parts[3])
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from client.api import verify_with_notaries
+
+    try:
+        host, port = host_port(args.target, 443)
+    except argparse.ArgumentTypeError as exc:
+        raise Exit(EX_USAGE, f"parallax check: {exc}") from None
+    bundle = load_bundle(args.bundle, operator_keys(args))
+    connect_to = None
+    if args.connect_to:
+        h, p, addr, aport = args.connect_to
+        if h not in ("", host) or p != port:
+            raise Exit(EX_USAGE, f"parallax check: --connect-to {h}:{p} does not name the target {host}:{port}")
+        connect_to = (addr, aport)
+    observed: Any = None
+    if args.observed:
+        observed = args.observed if args.observed.startswith("sha256/") else read_file(args.observed)
+    policy = get_policy(args.policy)
+    custom = {
+        "max_age": args.max_age, "quorum_fraction": args.quorum_fraction,
+        "quorum_duration": args.quorum_duration, "min_regions": args.min_regions,
+    }
+    if args.quorum_fraction is not None:
+        custom["rule"] = "fraction"
+    if any(v is not None for v in custom.values()):
+        policy = policy.with_overrides(name=f"{policy.name}+custom", **custom)
+    verdict = asyncio.run(verify_with_notaries(
+        host, port, bundle=bundle, policy=policy, observed=observed, timeout=args.timeout,
+        wait_all=args.wait_all, subset=args.subset, connect_to=connect_to, sni=args.sni,
+    ))
+    if args.json:
+        print(json.dumps(verdict.to_json(), indent=2))
+    elif args.pin:
+        if verdict.pin:
+            print(verdict.pin)
+        else:
+            print(f"parallax check: no pin: {verdict.summary}", file=sys.stderr)
+    else:
+        print(render_table(verdict))
+    return exit_code_for(verdict)
+
+
+
+def add_check_command(sub: Any) -> None:
+    """Register ``check``."""
+    p = sub.add_parser("check", help="ask the notaries whether they see the key you see")
+    p.add_argument("target", metavar="HOST[:PORT]")
+    p.add_argument("--bundle", help="bundle file (default: $PARALLAX_BUNDLE or the user config dir)")
+    p.add_argument("--operator-key", action="append", help="trust bundles signed by this base64 key (repeatable)")
+    p.add_argument("--policy", default="mpic", choices=sorted(PRESETS))
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.add_argument("--pin", action="store_true", help="print the agreed sha256/ pin (only when consistent)")
+    p.add_argument("--connect-to", type=_parse_connect_to, metavar="HOST:PORT:ADDR:PORT",
+                   help="point only this client's own probe at ADDR:PORT (like curl)")
+    p.add_argument("--observed", metavar="PIN|CERTFILE", help="what you already saw: a sha256/ pin or a PEM/DER file")
+    p.add_argument("--sni")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per notary and for your own probe")
+    p.add_argument("--max-age", type=int, help="accept notary observations up to this many seconds old")
+    p.add_argument("--quorum-fraction", type=float, metavar="F",
+                   help="custom: this fraction of the notaries asked must agree (0 < F <= 1)")
+    p.add_argument("--quorum-duration", type=int, metavar="SECONDS",
+                   help="custom: count a notary only if it has seen the key for this long")
+    p.add_argument("--min-regions", type=int, metavar="N", help="custom: agreeing notaries must span N regions")
+    p.add_argument("--wait-all", action="store_true", help="wait for every notary (complete log)")
+    p.add_argument("--subset", type=int, metavar="K", help="ask a random K notaries only")
+    p.set_defaults(func=_cmd_check)

@@ -1,0 +1,175 @@
+"""Notary commands: ``keygen``, ``serve``, ``notary-info``.
+
+The logic lives in :mod:`notary` (keys, config, server, identity file); this
+module only turns flags into calls.  ``notary-info URL`` fetches and checks a
+live notary's signed identity, a client-side concern.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from client.cli._common import host_port
+from notary.errors import EncodingError, InputError, RemoteError, VerificationError
+
+__all__ = ["add_notary_commands", "build_config", "fetch_entry"]
+
+
+def _listen(text: str) -> tuple[str, int]:
+    return host_port(text)
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from notary.keyfile import generate_key_file
+
+    key = generate_key_file(args.data_dir)
+    print(json.dumps({"key_id": key.key_id, "public_key": key.verify_key.b64}))
+    return 0
+
+
+def build_config(args: argparse.Namespace, *, url: str | None) -> Any:
+    """The :class:`notary.config.NotaryConfig` for ``serve``'s flags."""
+    from notary.config import NotaryConfig
+    from notary.core import AddressPolicy, Target, parse_networks
+    from notary.prober import ProbeLimits
+    from notary.service import ServiceLimits
+
+    ports: frozenset[int] | None
+    if "any" in args.allow_port:
+        ports = None
+    else:
+        try:
+            ports = frozenset({443, *(int(p) for p in args.allow_port)})
+        except ValueError:
+            raise InputError("--allow-port takes a port number or 'any'") from None
+    try:
+        watch = tuple(Target.parse(*host_port(w, 443)) for w in args.watch)
+    except argparse.ArgumentTypeError as exc:  # raised outside argparse: still a usage error
+        raise InputError(f"--watch: {exc}") from None
+    return NotaryConfig(
+        data_dir=Path(args.data_dir), name=args.name, region=args.region, url=url,
+        country=args.country, rir=args.rir,
+        policy=AddressPolicy(parse_networks(args.allow_network), ports),
+        probe_limits=ProbeLimits(connect_timeout=args.timeout, handshake_timeout=args.timeout),
+        service_limits=ServiceLimits(ttl=args.ttl),
+        max_targets=args.max_targets, rate_per_client=args.rate, burst_per_client=args.burst,
+        watch=watch, rescan_interval=args.rescan_interval,
+        trusted_proxies=parse_networks(args.trusted_proxy),
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from notary.identity_file import bundle_entry, write_identity
+    from notary.keyfile import generate_key_file, key_path, load_key_file
+    from notary.server import run
+
+    host, port = args.listen
+    if args.init and not key_path(args.data_dir).exists():
+        generate_key_file(args.data_dir)
+        logging.getLogger("parallax.notary").info("generated a new notary key in %s", args.data_dir)
+    key = load_key_file(args.data_dir)
+    url = args.url or f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    if not args.url and host in ("0.0.0.0", "::", ""):
+        print(f"parallax serve: warning: advertising {url}, which clients cannot reach; pass --url", file=sys.stderr)
+    config = build_config(args, url=url)
+    entry = bundle_entry(config.name, url, config.region, key.key_id, key.verify_key.b64, config.country, config.rir)
+    write_identity(Path(args.data_dir), entry)
+    if args.export_entry:
+        Path(args.export_entry).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.export_entry).write_text(json.dumps(entry, indent=2) + "\n")
+    print(json.dumps({"serving": url, "key_id": key.key_id, "region": config.region}), flush=True)
+    run(config, key, host, port)
+    return 0
+
+
+def _cmd_notary_info(args: argparse.Namespace) -> int:
+    from notary.identity_file import local_entry
+
+    if args.url:
+        entry = asyncio.run(fetch_entry(args.url, args.timeout))
+    else:
+        entry = local_entry(Path(args.data_dir))
+    for field in ("name", "region"):
+        if getattr(args, field, None):
+            entry[field] = getattr(args, field)
+    if args.public_url:
+        entry["url"] = args.public_url
+    print(json.dumps(entry, indent=2))
+    return 0
+
+
+async def fetch_entry(url: str, timeout: float) -> dict[str, Any]:
+    """Fetch a notary's identity document and check that it is signed by the key it names."""
+    import aiohttp
+
+    from notary.core import IDENTITY_TYPE, VerifyKey, canonical_decode, verify_identity
+    from notary.httputil import read_capped
+    from notary.identity_file import bundle_entry
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+            async with s.get(url.rstrip("/") + "/v1/notary") as r:
+                if r.status != 200:
+                    raise RemoteError(f"{url} answered HTTP {r.status}")
+                raw = await read_capped(r.content, 256 * 1024)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise RemoteError(f"cannot reach {url}: {exc or type(exc).__name__}") from None
+    try:
+        doc = canonical_decode(raw)
+        # Trust on first use: the document names its own key; check it is signed by that key.
+        if doc.get("payloadType") != IDENTITY_TYPE:
+            raise VerificationError("not a notary identity document")
+        claimed = VerifyKey.from_b64(json.loads(base64.b64decode(doc["payload"], validate=True))["public_key"])
+        ident = verify_identity(doc, claimed)
+    except (EncodingError, VerificationError, KeyError, TypeError, ValueError) as exc:
+        raise RemoteError(f"{url} sent an invalid identity document: {exc}") from None
+    return bundle_entry(ident.name, ident.url or url, ident.region, ident.key_id, ident.public_key, ident.country, ident.rir)
+
+
+def add_notary_commands(sub: Any) -> None:
+    """Register ``keygen``, ``serve`` and ``notary-info``."""
+    p = sub.add_parser("keygen", help="create a notary key (Ed25519, mode 0600) in --data-dir")
+    p.add_argument("--data-dir", required=True)
+    p.set_defaults(func=_cmd_keygen)
+
+    p = sub.add_parser("serve", help="run a notary")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--listen", type=_listen, default=("127.0.0.1", 8443), help="HOST:PORT (default 127.0.0.1:8443)")
+    p.add_argument("--name", default="notary")
+    p.add_argument("--region", default="unknown")
+    p.add_argument("--country")
+    p.add_argument("--rir")
+    p.add_argument("--url", help="public URL to advertise (default http://LISTEN)")
+    p.add_argument("--allow-network", action="append", default=[], metavar="CIDR",
+                   help="opt in to probing this internal network (repeatable)")
+    p.add_argument("--allow-port", action="append", default=[], metavar="PORT",
+                   help="also allow this target port besides 443; 'any' allows all (repeatable)")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR",
+                   help="reverse proxies whose X-Forwarded-For names the client, for rate limiting (repeatable)")
+    p.add_argument("--ttl", type=int, default=300, help="cache lifetime of an observation, seconds")
+    p.add_argument("--timeout", type=float, default=5.0, help="connect and handshake timeout, seconds")
+    p.add_argument("--max-targets", type=int, default=16)
+    p.add_argument("--rate", type=float, default=20.0, help="requests per second per client")
+    p.add_argument("--burst", type=int, default=40)
+    p.add_argument("--watch", action="append", default=[], metavar="HOST[:PORT]", help="re-scan periodically")
+    p.add_argument("--rescan-interval", type=int, default=3600)
+    p.add_argument("--init", action="store_true", help="generate a key on first start if none exists")
+    p.add_argument("--export-entry", metavar="PATH", help="write this notary's bundle entry to PATH")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("notary-info", help="print a notary's bundle entry as JSON")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("url", nargs="?", help="a running notary's base URL")
+    src.add_argument("--data-dir")
+    p.add_argument("--name")
+    p.add_argument("--region")
+    p.add_argument("--public-url", help="override the URL in the entry")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=_cmd_notary_info)
