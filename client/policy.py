@@ -10,8 +10,10 @@ Presets
 ``mpic`` (default)
     The CA/Browser Forum multi-perspective issuance corroboration rule (Ballot
     SC-067): with n notaries, n-1 must agree for n <= 5 and n-2 for n >= 6, and
-    the agreeing notaries must span at least 2 regions where the bundle gives
-    regions.  At least 2 notaries must be asked.
+    the agreeing notaries must span at least 2 distinct regions.  A region
+    ``unknown`` or empty counts as no region, and the rule is never waived: a
+    bundle without 2 regions among the agreeing notaries gives
+    ``insufficient``.  At least 2 notaries must be asked.
 ``consensus``   (Convergence) every notary asked must agree.
 ``majority``    (Convergence) more than half must agree.
 ``minority``    (Convergence) at least one notary must agree, and quorum for a
@@ -23,6 +25,9 @@ Presets
                 with the weak-consistency rule: a notary agrees if the client's
                 key is *any* key it saw for the site within ``history_window``
                 (multi-certificate sites).
+
+``min_regions`` is the number of distinct known regions the deciding side must
+span; 1 (the value of every preset but ``mpic``) means no region requirement.
 
 All presets are CDN-aware: keys are compared by SPKI, notaries are asked to
 probe every A/AAAA address of the name (``all_addresses``), and a notary

@@ -27,9 +27,16 @@ With ``n`` notaries asked, ``A`` counted agreements and ``D`` disagreements:
 3. ``A >= required(n)`` and the agreeing notaries span enough regions
    -> ``consistent`` (``consistent_with_outliers`` if ``D > 0``, naming them)
 4. ``D >= required(n)`` and they span enough regions         -> ``mitm_suspected``
-5. ``A + D < required(n)``, or only one side answered and it
-   spans too few regions                                     -> ``insufficient``
+5. ``A`` or ``D >= required(n)`` but that side spans too few regions,
+   or ``A + D < required(n)``                                -> ``insufficient``
 6. otherwise (some notaries saw the client's key, some others) -> ``split_view``
+
+Regions: a side "spans enough regions" when its notaries name at least
+``policy.min_regions`` distinct regions.  A region that is ``unknown``, empty
+or absent counts as no region at all, so notaries without a region can never
+meet a requirement of 2 or more (a ``min_regions`` of 1 is no requirement).
+The rule is never waived because the bundle has too few regions: a policy
+that cannot be met gives ``insufficient``, with the summary saying why.
 
 Every failure lowers ``A`` and ``D`` and never raises either, so an attacker who
 can only silence notaries gets ``insufficient``, never ``consistent``.
@@ -201,7 +208,17 @@ def _judge(ev: Evidence, client: ClientView, policy: Policy, now: int) -> Notary
 
 
 def _regions(results: Sequence[NotaryResult]) -> tuple[str, ...]:
-    return tuple(sorted({r.region for r in results if r.region not in _UNKNOWN_REGIONS}))  # type: ignore[misc]
+    return tuple(sorted({r.region for r in results if _known_region(r.region)}))  # type: ignore[misc]
+
+
+def _known_region(region: str | None) -> bool:
+    """``unknown`` (any case), empty, blank or absent is no region."""
+    return bool(region and region.strip()) and region.strip().lower() not in _UNKNOWN_REGIONS  # type: ignore[union-attr]
+
+
+def _spans(regions: Sequence[str], min_regions: int) -> bool:
+    """Whether ``regions`` (known, distinct) meet ``min_regions``; 1 or less is no requirement."""
+    return min_regions <= 1 or len(regions) >= min_regions
 
 
 def judge_all(client: ClientView, evidence: Sequence[Evidence], policy: Policy, now: int) -> list[NotaryResult]:
@@ -244,8 +261,7 @@ def conclude(
     """The verdict from per-notary results (one per notary asked)."""
     n = len(results)
     need = policy.required(n)
-    asked_regions = len(_regions(results))
-    min_regions = max(1, min(policy.min_regions, asked_regions))
+    min_regions = policy.min_regions
     agree = [r for r in results if r.result == "agrees" and r.counted]
     disagree = [r for r in results if r.result == "disagrees"]
     a, d = len(agree), len(disagree)
@@ -263,7 +279,7 @@ def conclude(
     elif n < policy.min_notaries:
         status = "insufficient"
         summary = f"insufficient: {n} notaries asked; policy {policy.name} needs at least {policy.min_notaries}"
-    elif a >= need and (len(agree_regions) >= min_regions or not agree_regions and min_regions <= 1):
+    elif a >= need and _spans(agree_regions, min_regions):
         if d:
             status = "consistent_with_outliers"
             names = ", ".join(f"{r.name} ({r.region or '?'})" for r in disagree)
@@ -272,20 +288,20 @@ def conclude(
         else:
             status = "consistent"
             summary = f"consistent: {a}/{n} notaries in {len(agree_regions) or 1} region(s) saw the same key as you for {target} ({mine})"
-    elif d >= need and (len(dis_regions) >= min_regions or not dis_regions and min_regions <= 1):
+    elif d >= need and _spans(dis_regions, min_regions):
         status = "mitm_suspected"
         summary = (f"MITM suspected: {d}/{n} notaries saw a different key for {target} than you did "
                    f"(you: {mine}; they: {', '.join(quorum_pins)}); your connection may be intercepted")
+    elif a >= need or d >= need:
+        # A quorum by count that fails the region-span rule: never accepted, never mitm.
+        side, regions, k = ("saw your key", agree_regions, a) if a >= need else ("saw a different key", dis_regions, d)
+        status = "insufficient"
+        summary = (f"insufficient: {k}/{n} notaries {side} for {target}, but they span {len(regions)} "
+                   f"region{'s' if len(regions) != 1 else ''}, policy {policy.name} needs {min_regions} "
+                   f"(an unknown or empty region counts as none)")
     elif a + d < need:
         status = "insufficient"
         summary = f"insufficient: only {a + d}/{n} notaries gave usable answers for {target}; {need} needed"
-    elif a == 0 or d == 0:
-        # One side only, but it failed the region-span rule: nothing is split.
-        side = "saw your key" if d == 0 else "saw a different key"
-        regions = agree_regions if d == 0 else dis_regions
-        status = "insufficient"
-        summary = (f"insufficient: {a or d}/{n} notaries {side} for {target}, but only from "
-                   f"{len(regions)} region(s); {min_regions} needed")
     else:
         status = "split_view"
         summary = f"split view: for {target}, {a} notaries saw your key and {d} saw others; no quorum of {need}/{n}"

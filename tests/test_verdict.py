@@ -44,19 +44,28 @@ def obs(spki: str | None, *, ip: str = "192.0.2.1", status: str = "ok", history:
     )
 
 
-def saw(i: int, *keys: str, region: str | None = None, history: tuple[KeySighting, ...] = ()) -> Evidence:
+#: The default region of notary ``i`` in these helpers: its own region ``r{i}``, so that tests not
+#: about the region-span rule are not decided by it.  Pass ``region=None`` for "no region".
+DISTINCT = "distinct"
+
+
+def reg(i: int, region: str | None) -> str | None:
+    return f"r{i}" if region == DISTINCT else region
+
+
+def saw(i: int, *keys: str, region: str | None = DISTINCT, history: tuple[KeySighting, ...] = ()) -> Evidence:
     """Notary ``i`` observed the target and saw ``keys`` (one address each)."""
-    return Evidence(f"n{i}", region, kid(i), f"http://127.0.0.1:{9000 + i}",
+    return Evidence(f"n{i}", reg(i, region), kid(i), f"http://127.0.0.1:{9000 + i}",
                     observations=tuple(obs(k, ip=f"192.0.2.{j + 1}", history=history) for j, k in enumerate(keys)))
 
 
-def blind(i: int, region: str | None = None, status: str = "timeout") -> Evidence:
+def blind(i: int, region: str | None = DISTINCT, status: str = "timeout") -> Evidence:
     """Notary ``i`` answered validly but could not observe the target."""
-    return Evidence(f"n{i}", region, kid(i), observations=(obs(None, status=status),))
+    return Evidence(f"n{i}", reg(i, region), kid(i), observations=(obs(None, status=status),))
 
 
-def failed(i: int, kind: str = "unreachable", region: str | None = None) -> Evidence:
-    return Evidence(f"n{i}", region, kid(i), failure=kind, reason=f"{kind} (test)")
+def failed(i: int, kind: str = "unreachable", region: str | None = DISTINCT) -> Evidence:
+    return Evidence(f"n{i}", reg(i, region), kid(i), failure=kind, reason=f"{kind} (test)")
 
 
 def client(key: str = HONEST) -> ClientView:
@@ -70,7 +79,7 @@ def run(evidence: list[Evidence], policy: Policy | str = "mpic", cview: ClientVi
 def build(n: int, agree: int, disagree: int, policy: str = "mpic", regions: list[str | None] | None = None,
           fail_kind: str = "unreachable") -> list[Evidence]:
     """n notaries: ``agree`` see the client's key, ``disagree`` see another, the rest fail."""
-    regions = regions or [None] * n
+    regions = regions or [DISTINCT] * n
     out: list[Evidence] = []
     for i in range(n):
         if i < agree:
@@ -165,7 +174,7 @@ def test_mpic_required_table(n: int, need: int) -> None:
     assert PRESETS["mpic"].required(n) == need
 
 
-@pytest.mark.parametrize(("n", "need"), MPIC_TABLE)
+@pytest.mark.parametrize(("n", "need"), MPIC_TABLE[1:])
 def test_mpic_exactly_at_and_one_below_the_boundary(n: int, need: int) -> None:
     at = run(build(n, need, 0))
     assert at.status == "consistent" and at.agreeing == need and at.required == need
@@ -175,10 +184,20 @@ def test_mpic_exactly_at_and_one_below_the_boundary(n: int, need: int) -> None:
     at_d = run(build(n, need, n - need))
     assert at_d.status == "consistent_with_outliers"
     below_d = run(build(n, need - 1, n - need + 1))
-    if n - need + 1 >= need:  # n=2: one disagreeing notary is a quorum for a different key
+    if n - need + 1 >= need:  # n=3: two disagreeing notaries are a quorum for a different key
         assert below_d.status == "mitm_suspected"
     else:
         assert below_d.status == "split_view"
+
+
+def test_mpic_with_two_notaries_needs_both_in_two_regions() -> None:
+    # n=2 needs 1 by count, but one notary is one region and mpic needs 2: both must agree.
+    for ev in (build(2, 1, 0), build(2, 1, 1)):
+        v = run(ev)
+        assert v.status == "insufficient" and v.required == 1
+        assert "span 1 region, policy mpic needs 2" in v.summary
+    assert run(build(2, 2, 0)).status == "consistent"
+    assert run(build(2, 0, 2), cview=client(HONEST)).status == "mitm_suspected"
 
 
 @pytest.mark.parametrize("n", [0, 1])
@@ -245,36 +264,78 @@ def test_agreeing_notaries_in_one_region_are_not_enough_when_two_regions_exist()
 def test_region_rule_holds_when_the_other_region_disagrees() -> None:
     v = run(build(5, 4, 1, regions=["eu", "eu", "eu", "eu", "us"]))
     assert v.status not in ACCEPTING
-    assert v.status == "split_view"  # both keys were seen: that is a split
+    # 4/5 is a quorum by count; it fails only the region rule, and the summary says so.
+    assert v.status == "insufficient"
+    assert "4/5 notaries saw your key" in v.summary and "span 1 region, policy mpic needs 2" in v.summary
 
 
 def test_one_region_disagreeing_quorum_is_insufficient_not_mitm() -> None:
     v = run(build(3, 0, 2, regions=["eu", "eu", "us"]))
-    assert v.status == "insufficient" and "region" in v.summary
+    assert v.status == "insufficient" and "span 1 region" in v.summary
 
 
-def test_regions_absent_relaxes_the_rule() -> None:
-    assert run(build(3, 2, 0, regions=[None, None, None])).status == "consistent"
-    assert run(build(3, 2, 0, regions=["unknown", "", "unknown"])).status == "consistent"
+# Regions a policy cannot see are no regions: the rule is never waived (issue 8, item 11).
+NO_REGION = [None, "", "unknown", "UNKNOWN", "  "]
 
 
-def test_single_region_bundle_relaxes_the_rule() -> None:
-    assert run(build(3, 2, 0, regions=["eu", "eu", "eu"])).status == "consistent"
+@pytest.mark.parametrize(("regions", "status", "spans"), [
+    ([None, None, None], "insufficient", 0),
+    (["unknown", "", "unknown"], "insufficient", 0),
+    (["eu", "eu", "eu"], "insufficient", 1),           # a single-region bundle cannot meet mpic
+    ([None, None, "us"], "insufficient", 0),           # the two agreeing have no region
+    (["eu", "unknown", "us"], "insufficient", 1),      # one known region among the agreeing
+    (["eu", "Unknown", "us"], "insufficient", 1),
+    (["eu", "us", None], "consistent", 2),
+    (["eu", "us", "eu"], "consistent", 2),
+])
+def test_two_of_three_agree_region_table(regions: list[str | None], status: str, spans: int) -> None:
+    v = run(build(3, 2, 0, regions=regions))
+    assert v.status == status
+    assert len(v.regions_agreeing) == spans
+    if status == "insufficient":
+        assert f"span {spans} region{'s' if spans != 1 else ''}, policy mpic needs 2" in v.summary
 
 
-def test_agreeing_notaries_without_regions_do_not_satisfy_a_two_region_bundle() -> None:
-    # mpic n=6 needs 4; the 4 agreeing notaries have no region, while "us" and "eu" exist.
-    v = run(build(6, 4, 0, regions=[None, None, None, None, "us", "eu"]))
-    assert v.status not in ACCEPTING
-    # With one known region in the bundle the rule is relaxed (it cannot be met by anybody).
-    assert run(build(3, 2, 0, regions=[None, None, "us"])).status == "consistent"
+@pytest.mark.parametrize("region", NO_REGION)
+def test_issue_8_two_unknown_notaries_one_lying_is_not_accepted(region: str | None) -> None:
+    # The reproduced attack: two notaries of region "unknown", one saw the interceptor's key
+    # (the client's), one honest.  It used to give consistent_with_outliers (exit 0).
+    ev = [saw(0, MITM, region=region), saw(1, HONEST, region=region)]
+    v = run(ev, cview=client(MITM))
+    assert v.status == "insufficient" and not v.ok
+    assert "1/2 notaries saw your key" in v.summary and "span 0 regions, policy mpic needs 2" in v.summary
+
+
+@pytest.mark.parametrize("region", NO_REGION)
+def test_issue_8_two_colluding_unknown_notaries_of_three_are_not_enough(region: str | None) -> None:
+    ev = [saw(0, MITM, region=region), saw(1, MITM, region=region), saw(2, HONEST, region="eu")]
+    v = run(ev, cview=client(MITM))
+    assert v.status == "insufficient" and not v.ok
+
+
+@pytest.mark.parametrize("preset", ["consensus", "majority", "minority", "perspectives"])
+def test_presets_without_a_region_requirement_accept_without_regions(preset: str) -> None:
+    # min_regions 1 is no requirement: these presets never asked for regions.
+    assert PRESETS[preset].min_regions == 1
+    assert run(build(4, 4, 0, regions=[None, "unknown", "", None]), preset).status == "consistent"
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_with_min_regions_raised_refuses_one_region(preset: str) -> None:
+    pol = PRESETS[preset].with_overrides(min_regions=2)
+    v = run(build(4, 4, 0, regions=["eu", "eu", "unknown", None]), pol)
+    assert v.status == "insufficient" and "span 1 region" in v.summary
+    assert run(build(4, 4, 0, regions=["eu", "us", "unknown", None]), pol).status == "consistent"
+    pol3 = PRESETS[preset].with_overrides(min_regions=3)
+    assert run(build(4, 4, 0, regions=["eu", "us", "us", None]), pol3).status == "insufficient"
 
 
 def test_mitm_needs_the_region_span_too() -> None:
     cv = client(MITM)
-    assert run(build(3, 0, 2, regions=[None, None, None]) , cview=cv).status == "mitm_suspected"
+    v = run(build(3, 0, 2, regions=[None, None, None]), cview=cv)
+    assert v.status == "insufficient" and "saw a different key" in v.summary
     ev = [saw(0, HONEST, region="eu"), saw(1, HONEST, region="eu"), failed(2, region="us")]
-    assert run(ev, cview=cv).status != "mitm_suspected"
+    assert run(ev, cview=cv).status == "insufficient"
     ev = [saw(0, HONEST, region="eu"), saw(1, HONEST, region="us"), failed(2, region="us")]
     assert run(ev, cview=cv).status == "mitm_suspected"
 
@@ -332,7 +393,7 @@ def test_silencing_notaries_never_gives_consistent(preset: str, n: int) -> None:
             if not full.ok:
                 assert not v.ok
             if v.ok:
-                assert v.agreeing >= PRESETS[preset].required(n)
+                assert v.agreeing >= need_for(preset, n)
 
 
 def test_duplicate_notary_key_is_excluded_and_not_double_counted() -> None:
@@ -435,9 +496,19 @@ def test_ipv6_target_is_bracketed_in_the_summary() -> None:
 
 # -- Hypothesis: f liars out of n >= 2f+1 never flip the verdict ----------------------------------
 
+#: How many of n perspectives may fail to corroborate under CA/B Forum Ballot SC-067 (the
+#: "allowed non-corroborations" table of BR 3.2.2.9), written out here rather than taken from
+#: ``Policy.required``, so that an off-by-one there fails the tests below (issue 8, item 17).
+MPIC_ALLOWED_FAILURES = {2: 1, 3: 1, 4: 1, 5: 1, 6: 2, 7: 2, 8: 2, 9: 2}
+
+
 def tolerance(n: int) -> int:
-    """How many notaries mpic lets disagree or fail and still reach a quorum: n - required(n)."""
-    return n - PRESETS["mpic"].required(n)
+    """How many notaries mpic lets disagree or fail and still reach a quorum (independent table)."""
+    return MPIC_ALLOWED_FAILURES[n]
+
+
+def mpic_needs(n: int) -> int:
+    return n - tolerance(n)
 
 
 @st.composite
@@ -482,9 +553,9 @@ def test_f_liars_never_flip_the_default_verdict(sc) -> None:
     assert v.asked == n
 
     honest_regions = {regions[i] for i in range(n) if i not in liars} - {None}
-    all_regions = set(regions) - {None}
-    honest_span_ok = len(honest_regions) >= min(2, len(all_regions))
-    within = f <= tolerance(n)  # n - f >= required(n)
+    honest_span_ok = len(honest_regions) >= 2  # mpic: 2 known regions, never waived
+    within = f <= tolerance(n)  # n - f reach the quorum
+    assert v.required == mpic_needs(n)
 
     if not intercepted:
         # The client sees the honest key: never mitm_suspected.
@@ -492,13 +563,16 @@ def test_f_liars_never_flip_the_default_verdict(sc) -> None:
         if within and honest_span_ok:
             assert v.status in ACCEPTING
             assert set(v.outliers) == {f"n{i}" for i, (a, _, _) in liars.items() if a in ("attacker_key", "random_key")}
+        elif within:
+            # A quorum by count whose notaries span fewer than 2 known regions: insufficient, saying why.
+            assert v.status == "insufficient" and "policy mpic needs 2" in v.summary
         else:
-            # f >= 2 with n <= 5, f >= 3, or an honest side in one region of several: the honest
-            # side falls short of the quorum (the liars never agree with the honest key), and the
-            # verdict says so: split_view when enough answered and some saw another key,
-            # insufficient when too few answered or nobody disagreed (nothing is split).
+            # f >= 2 with n <= 5, or f >= 3: the honest side falls short of the quorum (the
+            # liars never agree with the honest key), and the verdict says so: split_view when
+            # enough answered and some saw another key, insufficient when too few answered or
+            # nobody disagreed (nothing is split).
             liar_disagrees = sum(a in ("attacker_key", "random_key") for a, _, _ in liars.values())
-            enough = n - f + liar_disagrees >= PRESETS["mpic"].required(n)
+            enough = n - f + liar_disagrees >= mpic_needs(n)
             expected = "split_view" if enough and liar_disagrees else "insufficient"
             assert v.status == expected
     else:
