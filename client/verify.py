@@ -6,9 +6,14 @@ For each envelope a notary returned, in this order:
    payload bytes (else ``bad_signature``); only then is the payload parsed;
 2. the payload is a well-formed observation naming that notary (else ``invalid``);
 3. the nonce is this call's fresh nonce (else ``invalid``: replayed);
-4. the target (host, port and, when given, SNI) is the one asked for (else ``invalid``);
+4. the target (host, port and SNI) is the one asked for (else ``invalid``); the
+   SNI asked for defaults to the host's own (none for an IP literal), exactly
+   as :meth:`~notary.core.Target.parse` derives it, so an observation made with
+   another SNI (another virtual host) never counts;
 5. ``signed_at`` is within ``policy.max_skew`` of ``now`` (else ``stale``);
-6. ``observed_at`` is at most ``policy.max_age`` old and not after ``signed_at`` (else ``stale``/``invalid``).
+6. ``observed_at`` is at most ``policy.max_age`` old and not after ``signed_at``,
+   (else ``stale``/``invalid``).  A negative ``age`` is refused when the payload
+   is parsed (step 2, :meth:`~notary.core.Observation.from_payload`).
 
 One bad envelope rejects the notary's whole answer: a notary either answers
 correctly or does not count.  If an identity document was fetched, it must
@@ -20,8 +25,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from notary.core import OBSERVATION_TYPE, Observation, verify_envelope, verify_identity
-from notary.errors import VerificationError
+from notary.core import OBSERVATION_TYPE, Observation, Target, verify_envelope, verify_identity
+from notary.errors import InputError, VerificationError
 from client.bundle import BundleEntry
 from client.policy import Policy
 from client.verdict import Evidence
@@ -60,7 +65,16 @@ def check_answer(
     identity: Any = None,
     sni: str | None | object = ...,
 ) -> Evidence:
-    """Verify one notary's envelopes for one target; return its :class:`Evidence`."""
+    """Verify one notary's envelopes for one target; return its :class:`Evidence`.
+
+    ``sni`` is the SNI the caller asked for (``None``: none sent); left out, it is
+    the default SNI for ``host``.  ``now`` is unix seconds.
+    """
+    if sni is ...:
+        try:
+            sni = Target.parse(host, port).sni
+        except InputError as exc:
+            return _fail(entry, "invalid", f"bad target: {exc}")
     if identity is not None:
         why = check_identity(entry, identity)
         if why:
@@ -86,7 +100,7 @@ def check_answer(
             return _fail(entry, "invalid", "nonce does not match this request (replayed answer?)")
         if obs.target.host != host or obs.target.port != port:
             return _fail(entry, "invalid", f"observation is for {obs.target}, not {host}:{port}")
-        if sni is not ... and obs.target.sni != sni:
+        if obs.target.sni != sni:
             return _fail(entry, "invalid", f"observation used SNI {obs.target.sni!r}, not {sni!r}")
         if abs(obs.signed_at - now) > policy.max_skew:
             return _fail(entry, "stale", f"signed_at is {obs.signed_at - now:+d}s from now (max skew {policy.max_skew}s)")

@@ -57,9 +57,13 @@ def entry_for(key: SigningKey, i: int, region: str = "eu") -> BundleEntry:
     return BundleEntry(f"notary-{i}", f"http://127.0.0.1:{9100 + i}", region, key.key_id, key.verify_key.b64)
 
 
+_DEFAULT_SNI: Any = object()
+
+
 def make_obs(key: SigningKey, der: bytes, *, nonce: str = NONCE, host: str = HOST, port: int = PORT,
-             observed_at: int = NOW - 10, signed_at: int = NOW, notary: str | None = None) -> Observation:
-    probe = ProbeResult.success(Target(host, port, host), "192.0.2.1", observed_at, "TLSv1.3", (der,))
+             observed_at: int = NOW - 10, signed_at: int = NOW, notary: str | None = None,
+             sni: Any = _DEFAULT_SNI) -> Observation:
+    probe = ProbeResult.success(Target(host, port, host if sni is _DEFAULT_SNI else sni), "192.0.2.1", observed_at, "TLSv1.3", (der,))
     assert probe.status == "ok"
     obs = Observation.from_probe(probe, notary=key.key_id, nonce=nonce, signed_at=signed_at, source="fresh")
     if notary is not None:
@@ -92,8 +96,10 @@ def flip_b64(text: str, at: int = 5) -> str:
 
 
 def check(entry: BundleEntry, envelopes: Any, *, nonce: str = NONCE, host: str = HOST, port: int = PORT,
-          now: int = NOW, ident: Any = None) -> Evidence:
-    return check_answer(entry, envelopes, nonce=nonce, host=host, port=port, now=now, policy=POLICY, identity=ident)
+          now: int = NOW, ident: Any = None, **sni: Any) -> Evidence:
+    """check_answer as the client calls it; ``sni=...`` passes an SNI, left out it is the host's default."""
+    return check_answer(entry, envelopes, nonce=nonce, host=host, port=port, now=now, policy=POLICY,
+                        identity=ident, **sni)
 
 
 def counted_with(bad: Evidence, good: list[Evidence], client_spki: str) -> tuple[int, str, bool]:
@@ -211,6 +217,32 @@ def _wrong_port(keys, der):
     return [signed(keys[0], der, port=8443)], {}
 
 
+def _wrong_sni(keys, der):
+    # A genuine observation of the right host:port, but of another virtual host (SNI).
+    return [signed(keys[0], der, sni="other.example")], {}
+
+
+def _wrong_sni_explicit(keys, der):
+    return [signed(keys[0], der, sni="other.example")], {"sni": HOST}
+
+
+def _no_sni_sent(keys, der):
+    return [signed(keys[0], der, sni=None)], {}
+
+
+def _sni_sent_when_none_asked(keys, der):
+    return [signed(keys[0], der)], {"sni": None}
+
+
+def _default_sni_when_another_asked(keys, der):
+    # The client asked for SNI cdn.example on example.com; the notary probed with the default.
+    return [signed(keys[0], der)], {"sni": "cdn.example"}
+
+
+def _good_then_wrong_sni(keys, der):
+    return [signed(keys[0], der), signed(keys[0], der, sni="other.example")], {}
+
+
 def _names_other_notary(keys, der):
     obs = make_obs(keys[0], der, notary=keys[1].key_id)
     return [raw_signed(keys[0], obs.to_payload())], {}
@@ -285,6 +317,13 @@ CORPUS: dict[str, tuple[Case, str]] = {
     "observed after signed": (_observed_after_signed, "invalid"),
     "wrong host": (_wrong_host, "invalid"),
     "wrong port": (_wrong_port, "invalid"),
+    "wrong SNI (caller's default)": (_wrong_sni, "invalid"),
+    "wrong SNI (caller's explicit)": (_wrong_sni_explicit, "invalid"),
+    "no SNI sent, the host's asked": (_no_sni_sent, "invalid"),
+    "SNI sent, none asked": (_sni_sent_when_none_asked, "invalid"),
+    "default SNI, another asked": (_default_sni_when_another_asked, "invalid"),
+    "valid envelope then a wrong-SNI one": (_good_then_wrong_sni, "invalid"),
+    "negative age": (_malformed(_set("age", -5)), "invalid"),
     "observation names another notary": (_names_other_notary, "invalid"),
     "valid envelope then a replayed one": (_good_then_bad, "invalid"),
     "spki not matching the chain": (_malformed(_set("spki_sha256", "00" * 32)), "invalid"),
@@ -353,7 +392,26 @@ def test_nonce_target_and_clock_are_the_callers(keys, leaf_der) -> None:
     assert check(e, env, nonce="another-fresh-nonce-0000").failure == "invalid"
     assert check(e, env, host="example.org").failure == "invalid"
     assert check(e, env, port=444).failure == "invalid"
+    assert check(e, env, sni="www.example.com").failure == "invalid"
+    assert check(e, env, sni=HOST).failure is None
     assert check(e, env, now=NOW + POLICY.max_skew + 1).failure == "stale"
+
+
+def test_explicit_sni_observation_counts_only_for_that_sni(keys, leaf_der) -> None:
+    e = entry_for(keys[0], 0)
+    env = [signed(keys[0], leaf_der, sni="cdn.example")]
+    assert check(e, env, sni="cdn.example").failure is None
+    ev = check(e, env)
+    assert ev.failure == "invalid" and "SNI 'cdn.example'" in (ev.reason or "")
+
+
+def test_ip_literal_host_defaults_to_no_sni(keys, leaf_der) -> None:
+    e = entry_for(keys[0], 0)
+    env = [signed(keys[0], leaf_der, host="192.0.2.7", sni=None)]
+    assert check(e, env, host="192.0.2.7").failure is None
+    env = [signed(keys[0], leaf_der, host="192.0.2.7", sni=HOST)]
+    assert check(e, env, host="192.0.2.7").failure == "invalid"
+    assert check(e, env, host="192.0.2.7", sni=HOST).failure is None
 
 
 def test_identity_with_unknown_bundle_region_is_not_compared(keys, leaf_der) -> None:
@@ -393,5 +451,6 @@ def test_arbitrary_signed_payload_is_a_verdict_not_a_crash(keys, leaf_der, field
         assert o.notary == keys[0].key_id and o.nonce == NONCE
         assert (o.target.host, o.target.port) == (HOST, PORT)
         assert abs(o.signed_at - NOW) <= POLICY.max_skew and o.observed_at <= o.signed_at
+        assert o.age >= 0 and o.target.sni == HOST
     else:
         assert ev.failure in ("invalid", "stale") and ev.observations == ()

@@ -253,6 +253,19 @@ async def test_sni_selects_the_certificate() -> None:
     assert rab.target.sni == "b.test"
 
 
+async def test_underscore_host_is_probed_with_its_sni() -> None:
+    """Issue 8, item 12: a name with ``_`` labels is a valid target, sent as SNI unchanged."""
+    leaf = make_ca().issue_cert("cdn.test")  # trustme runs IDNA 2008 on SANs; the prober records any key
+    ctx = server_context(leaf)
+    seen: list[str | None] = []
+    ctx.sni_callback = lambda _obj, name, _ctx: seen.append(name)
+    async with serve_tls(ctx) as srv:
+        [r] = await prober_for("_acme.cdn.test", srv.port).probe(Target.parse("_ACME.cdn.test", srv.port))
+    assert r.status == "ok", r.detail
+    assert seen == ["_acme.cdn.test"]
+    assert r.target.sni == "_acme.cdn.test" and r.spki_sha256 == leaf_spki(leaf)
+
+
 async def test_ip_literal_sends_no_sni() -> None:
     leaf = make_ca().issue_cert("127.0.0.1")
     ctx = server_context(leaf)

@@ -386,6 +386,12 @@ def test_parse_legacy_ipv4_rejects(text: str) -> None:
         ("a\u3002test", "a.test"),  # ideographic full stop in a name
         ("[2001:DB8::1]", "2001:db8::1"),
         ("::ffff:10.0.0.1", "::ffff:a00:1"),
+        # Underscores: allowed in all-ASCII labels (one rule, notary.core.target._to_alabel).
+        ("_dmarc.Example.com", "_dmarc.example.com"),
+        ("_sip._tcp.example.com", "_sip._tcp.example.com"),
+        ("a_b.example", "a_b.example"),
+        ("\uff41_b.example", "a_b.example"),  # full-width letter mapped first, then all ASCII
+        ("b\u00fccher._x.example", "xn--bcher-kva._x.example"),
     ],
 )
 def test_normalize_host_names(host: str, canonical: str) -> None:
@@ -395,9 +401,19 @@ def test_normalize_host_names(host: str, canonical: str) -> None:
 @pytest.mark.parametrize(
     "host",
     ["", " 127.0.0.1", "127.0.0.1 ", "127.0.0.1..", "..", ".", "a..b", "fe80::1%eth0", "[::1", "1.2.3.256",
-     "256.1.1.1", "1.2.3.4.5", "\uff1a\uff1a1", "exa mple.com", "a" * 64 + ".test", "x" * 250 + ".test", "-a.test"],
+     "256.1.1.1", "1.2.3.4.5", "\uff1a\uff1a1", "exa mple.com", "a" * 64 + ".test", "x" * 250 + ".test", "-a.test",
+     "b\u00fc_cher.example", "_-.example", "a" * 63 + "_.test", "a_b-.test"],
 )
 def test_normalize_host_rejects(host: str) -> None:
     with pytest.raises(InputError) as info:
         normalize_host(host)
     assert info.value.code == "bad_host"
+
+
+@pytest.mark.parametrize("name", ["_dmarc.example.com", "a_b.example"])
+def test_underscore_names_pass_every_check_the_same_way(name: str) -> None:
+    """Issue 8, item 12: the label regex allowed ``_`` and IDNA then refused it.  One rule now."""
+    t = Target.parse(name, 443)
+    assert (t.host, t.sni) == (name, name)
+    assert Target.parse("example.com", 443, sni=name).sni == name
+    assert normalize_host(t.host) == t.host  # idempotent: a signed host re-normalises to itself

@@ -2,7 +2,8 @@
 
 A host is stored and signed as an IDNA 2008 A-label (UTS #46 mapping), lower
 case, with no trailing dot, at most 253 bytes; or as a canonical IP address
-literal.  IPv4 addresses written in the legacy forms that ``inet_aton`` and
+literal.  Underscores are allowed in all-ASCII labels (``_dmarc.example.com``),
+which IDNA 2008 alone would refuse; see :func:`_to_alabel`.  IPv4 addresses written in the legacy forms that ``inet_aton`` and
 resolvers accept (``2130706433``, ``0x7f.1``, ``0177.0.0.1``) are normalised to
 dotted quad first, so that the address policy sees the address they really name.
 """
@@ -113,17 +114,31 @@ def _normalize_host(host: str) -> str:
     if legacy is not None:
         return str(legacy)
     try:
-        alabel = idna.encode(mapped, uts46=True, transitional=False).decode("ascii").lower()
+        labels = [_to_alabel(lab) for lab in mapped.split(".")]
     except (idna.IDNAError, UnicodeError, ValueError):
         raise InputError(f"not a valid host name: {host!r}", "bad_host") from None
+    alabel = ".".join(labels)
     if len(alabel) > 253:
         raise InputError("host name longer than 253 bytes", "bad_host")
-    labels = alabel.split(".")
     if not all(_LABEL_RE.match(lab) for lab in labels):
         raise InputError(f"not a valid host name: {host!r}", "bad_host")
     if labels[-1].isdigit():
         raise InputError(f"not a valid host name: {host!r}", "bad_host")
     return alabel
+
+
+def _to_alabel(label: str) -> str:
+    """One label as an A-label, lower case.  The one rule for underscores lives here.
+
+    IDNA 2008 refuses ``_``, but DNS names use it (``_dmarc.example.com``, SRV-style
+    ``_sip._tcp`` labels, some CDN host names), so an all-ASCII label holding an
+    underscore skips IDNA and is checked by :data:`_LABEL_RE` alone (letters, digits,
+    ``-`` and ``_``; no leading or trailing ``-``; 1-63 bytes).  Every other label goes
+    through IDNA 2008, which refuses ``_`` in a label that is not all ASCII.
+    """
+    if "_" in label and label.isascii():
+        return label.lower()
+    return idna.encode(label, uts46=True, transitional=False).decode("ascii").lower()
 
 
 def validate_port(port: object) -> int:
