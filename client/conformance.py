@@ -12,19 +12,28 @@ The checks, in order (one ``PASS``/``FAIL``/``SKIP`` line each):
                         verify against the identity key, echo the nonce, name the
                         target asked for, and carry sane times;
 ``observe-get``         the same through ``GET /v1/observe/{host}/{port}``;
-``refuse 127.0.0.1:443``, ``refuse 10.0.0.1:443``
+``refuse loopback``, ``refuse ipv4-mapped``
                         a correct notary answers a signed ``blocked_by_policy``
-                        observation for private addresses (unless its operator
-                        allowed the network: ``--expect-allowed CIDR``);
+                        observation, without connecting, for ``127.0.0.1:P``
+                        and for the same address written IPv4-mapped,
+                        ``[::ffff:127.0.0.1]:P`` (unless its operator allowed
+                        the network: ``--expect-allowed CIDR``);
 ``limit ...``           too many targets (400), an oversized body (413), a bad
                         nonce (400) and malformed JSON (400), each with a JSON
                         ``{"error", "reason"}`` body.
 
-The tool talks only to ``URL``.  The notary is asked to observe only the
-``--target`` the operator chose (without it the observation checks are skipped)
-and the two private addresses of the refusal checks, which a correct notary
-refuses without connecting.  Exit codes: 0 every check passed (or was skipped),
-1 a check failed, 64 usage error.
+Which targets it uses.  The tool talks only to ``URL``.  The notary is asked to
+observe the ``--target`` the operator chose (without it the observation checks
+are skipped), and otherwise only ``127.0.0.1:P`` in the two spellings above,
+where ``P`` is the ephemeral port of a TCP listener this run opens on
+127.0.0.1 for its own duration (the refusal and limit checks use it).  It never
+names a private-range address or a well-known port, so a notary that wrongly
+connects reaches its own loopback on port ``P``: when it runs on this machine,
+that is this run's listener, which records the connection (a refusal check
+then fails even if the answer claimed ``blocked_by_policy``); a remote notary
+would reach whatever listens on its own loopback port ``P``, usually nothing.
+Redirects are never followed: a 3xx answer fails the check.  Exit codes: 0
+every check passed (or was skipped), 1 a check failed, 64 usage error.
 """
 
 from __future__ import annotations
@@ -58,8 +67,10 @@ from notary.errors import EncodingError, InputError, VerificationError
 
 __all__ = ["add_conformance_command", "run_conformance", "CheckResult", "REFUSAL_TARGETS"]
 
-#: Private addresses a notary is asked to observe; a correct notary refuses them.
-REFUSAL_TARGETS = ("127.0.0.1", "10.0.0.1")
+#: The refusal checks: (name, address).  Both name 127.0.0.1, so that a notary that
+#: wrongly connects reaches the run's own listener (when on this machine), never a
+#: private network or a service on a well-known port.
+REFUSAL_TARGETS = (("refuse loopback", "127.0.0.1"), ("refuse ipv4-mapped", "::ffff:127.0.0.1"))
 MAX_SKEW = 300
 MAX_RESPONSE = 4 << 20
 MAX_ENVELOPES = 16
@@ -101,6 +112,41 @@ class _Ctx:
     key: VerifyKey | None = None
     identity: Identity | None = None
     limits: dict[str, int] = field(default_factory=dict)
+    canary: "_Canary | None" = None
+
+    @property
+    def canary_port(self) -> int:
+        assert self.canary is not None
+        return self.canary.port
+
+
+class _Canary:
+    """A TCP listener on 127.0.0.1 (ephemeral port) that counts and closes every connection.
+
+    The only place a wrongly-connecting notary on this machine can reach.
+    """
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+
+    async def _on_connect(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        writer.close()
+
+    async def __aenter__(self) -> "_Canary":
+        self._server = await asyncio.start_server(self._on_connect, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+            except (TimeoutError, OSError):
+                pass
 
 
 async def _request(ctx: _Ctx, method: str, path: str, *, data: bytes | None = None,
@@ -109,6 +155,9 @@ async def _request(ctx: _Ctx, method: str, path: str, *, data: bytes | None = No
         async with asyncio.timeout(ctx.timeout):
             async with ctx.session.request(method, ctx.base + path, data=data, headers=headers,
                                            allow_redirects=False) as r:
+                if 300 <= r.status < 400:
+                    where = r.headers.get("Location", "")[:120]
+                    raise _Fail(f"{method} {path}: redirect (HTTP {r.status} to {where!r}); redirects are never followed")
                 try:
                     body = await read_capped(r.content, MAX_RESPONSE)
                 except BodyTooLarge:
@@ -271,25 +320,36 @@ async def _check_observe_get(ctx: _Ctx, target: Target) -> str:
     return f"{len(obs)} envelope(s) verify, nonce echoed, target {target}"
 
 
+def _covered(address: str, nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    ip = ipaddress.ip_address(address)
+    ips = [ip] + ([ip.ipv4_mapped] if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else [])
+    return any(a.version == n.version and a in n for a in ips for n in nets)
+
+
 async def _check_refusal(ctx: _Ctx, address: str, expect_allowed: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
-    target = Target.parse(address, 443)
+    target = Target.parse(address, ctx.canary_port)
     nonce = secrets.token_urlsafe(24)
+    before = ctx.canary.connections if ctx.canary else 0
     resp = await _request(ctx, "POST", "/v1/observe", data=_observe_body([target.to_json()], nonce),
                           headers={"Content-Type": "application/json"})
     _expect_200(resp, f"POST /v1/observe {target}")
     obs = _verify_answer(ctx, _json(resp, "POST /v1/observe", strict=True), target, nonce)
-    ip = ipaddress.ip_address(address)
-    allowed = any(ip.version == n.version and ip in n for n in expect_allowed)
+    touched = (ctx.canary.connections if ctx.canary else 0) - before
+    allowed = _covered(address, expect_allowed)
     statuses = sorted({o.status for o in obs})
     if statuses == ["blocked_by_policy"]:
         if any(o.chain or o.spki_sha256 or o.tls_version for o in obs):
             raise _Fail("blocked_by_policy observation carries TLS data")
+        if touched:
+            raise _Fail(f"answered blocked_by_policy for {target}, but connected to this run's listener there "
+                        f"({touched} connection(s))")
         note = " (although --expect-allowed covers it)" if allowed else ""
-        return f"signed blocked_by_policy: {obs[0].detail}{note}"
+        return f"{target}: signed blocked_by_policy without connecting: {obs[0].detail}{note}"
+    seen = f"; this run's listener saw {touched} connection(s)"
     if allowed:
-        return f"allowed by operator (--expect-allowed): signed observation, status {', '.join(statuses)}"
-    raise _Fail(f"the notary observed a private address (status {', '.join(statuses)}) instead of refusing it; "
-                "if its operator allowed this network on purpose, pass --expect-allowed CIDR")
+        return f"allowed by operator (--expect-allowed): {target}: signed observation, status {', '.join(statuses)}{seen}"
+    raise _Fail(f"the notary observed {target}, a loopback address, instead of refusing it (status "
+                f"{', '.join(statuses)}{seen}); if its operator allowed this network on purpose, pass --expect-allowed CIDR")
 
 
 async def _check_error(ctx: _Ctx, what: str, data: bytes, want: int, *, code: str | None = None) -> str:
@@ -304,9 +364,14 @@ async def _check_error(ctx: _Ctx, what: str, data: bytes, want: int, *, code: st
     return f"HTTP {want} {{\"error\": {body['error']!r}}}"
 
 
+def _refused_target(ctx: _Ctx) -> dict[str, Any]:
+    """The target of the limit checks (refused before any probe): this run's own listener."""
+    return {"host": "127.0.0.1", "port": ctx.canary_port}
+
+
 async def _check_too_many(ctx: _Ctx) -> str:
     n = ctx.limits.get("max_targets", DEFAULT_MAX_TARGETS)
-    body = _observe_body([{"host": "127.0.0.1", "port": 443}] * (n + 1), secrets.token_urlsafe(24))
+    body = _observe_body([_refused_target(ctx)] * (n + 1), secrets.token_urlsafe(24))
     max_body = ctx.limits.get("max_body_bytes", DEFAULT_MAX_BODY)
     if len(body) > max_body:
         raise _Skip(f"{n + 1} targets do not fit in the {max_body}-byte body limit")
@@ -316,12 +381,12 @@ async def _check_too_many(ctx: _Ctx) -> str:
 async def _check_too_large(ctx: _Ctx) -> str:
     max_body = ctx.limits.get("max_body_bytes", DEFAULT_MAX_BODY)
     pad = "x" * (max_body + 1024)
-    body = _observe_body([{"host": "127.0.0.1", "port": 443}], secrets.token_urlsafe(24), pad=pad)
+    body = _observe_body([_refused_target(ctx)], secrets.token_urlsafe(24), pad=pad)
     return f"{len(body)} bytes: " + await _check_error(ctx, "oversized body", body, 413)
 
 
 async def _check_bad_nonce(ctx: _Ctx) -> str:
-    body = _observe_body([{"host": "127.0.0.1", "port": 443}], "short")
+    body = _observe_body([_refused_target(ctx)], "short")
     return await _check_error(ctx, "bad nonce", body, 400, code="bad_nonce")
 
 
@@ -360,8 +425,10 @@ async def run_conformance(
         raise InputError("--public-key takes a base64 Ed25519 public key") from None
 
     own = session is None
+    canary = _Canary()
+    await canary.__aenter__()
     sess = session or aiohttp.ClientSession()
-    ctx = _Ctx(url.rstrip("/"), sess, timeout, clock)
+    ctx = _Ctx(url.rstrip("/"), sess, timeout, clock, canary=canary)
     out: list[CheckResult] = []
 
     async def run(name: str, coro: Any) -> bool:
@@ -393,8 +460,8 @@ async def run_conformance(
         else:
             await run("observe", _check_observe_post(ctx, target))
             await run("observe-get", _check_observe_get(ctx, target))
-        for address in REFUSAL_TARGETS:
-            await run(f"refuse {address}:443", _check_refusal(ctx, address, nets))
+        for name, address in REFUSAL_TARGETS:
+            await run(name, _check_refusal(ctx, address, nets))
         await run("limit too-many-targets", _check_too_many(ctx))
         await run("limit body-too-large", _check_too_large(ctx))
         await run("limit bad-nonce", _check_bad_nonce(ctx))
@@ -403,6 +470,7 @@ async def run_conformance(
     finally:
         if own:
             await sess.close()
+        await canary.__aexit__()
 
 
 def render(url: str, results: Sequence[CheckResult]) -> str:
@@ -445,13 +513,20 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
 
 def add_conformance_command(sub: Any) -> None:
     """Register ``parallax conformance``."""
-    p = sub.add_parser("conformance", help="check that a live notary speaks the protocol correctly")
+    p = sub.add_parser(
+        "conformance", help="check that a live notary speaks the protocol correctly",
+        description="Checks a live notary. It is asked to observe only --target and 127.0.0.1 (also written "
+                    "::ffff:127.0.0.1) on the ephemeral port of a TCP listener this run opens on 127.0.0.1, "
+                    "which a correct notary refuses without connecting; no private-range address and no "
+                    "well-known port. Redirects are never followed.")
     p.add_argument("url", metavar="URL", help="the notary's base URL, e.g. http://notary.example:8443")
     p.add_argument("--target", metavar="HOST:PORT",
                    help="a target you chose for the observation checks (skipped without it)")
     p.add_argument("--sni", help="SNI for --target (default: its host name)")
     p.add_argument("--expect-allowed", action="append", default=[], metavar="CIDR",
-                   help="the operator allowed this private network (--allow-network): probing it is not a failure")
+                   help="the operator allowed this network (--allow-network): the refusal checks ask for "
+                        "127.0.0.1 (and ::ffff:127.0.0.1) on the port of a listener this run opens on "
+                        "127.0.0.1, so probing it is not a failure if CIDR covers 127.0.0.1")
     p.add_argument("--public-key", help="the notary's expected base64 Ed25519 public key")
     p.add_argument("--key-id", help="the notary's expected key id (ed25519:...)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")

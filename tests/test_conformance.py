@@ -2,7 +2,8 @@
 
 The real notary is ``parallax serve`` in a subprocess on loopback; the target is
 a real TLS site on 127.0.0.2 (which the notary is allowed to probe, while
-127.0.0.1 and 10.0.0.1 stay refused).  The broken notaries are real notary apps
+127.0.0.1 stays refused: the refusal checks name 127.0.0.1 and ::ffff:127.0.0.1 on
+the port of a listener the conformance run opens itself; no private-range address).  The broken notaries are real notary apps
 behind an aiohttp middleware that breaks one thing each: unsigned answers,
 answers signed by the wrong key, a nonce not echoed, a 500 on bad input, a
 private address probed instead of refused.  Everything runs on loopback.
@@ -145,8 +146,8 @@ def test_real_notary_passes(real_notary: str, site: str) -> None:
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    for name in ("identity", "healthz", "openapi", "observe", "observe-get", "refuse 127.0.0.1:443",
-                 "refuse 10.0.0.1:443", "limit too-many-targets", "limit body-too-large", "limit bad-nonce",
+    for name in ("identity", "healthz", "openapi", "observe", "observe-get", "refuse loopback",
+                 "refuse ipv4-mapped", "limit too-many-targets", "limit body-too-large", "limit bad-nonce",
                  "limit bad-json"):
         assert any(line.startswith("PASS") and f" {name} " in line + " " for line in lines), (name, proc.stdout)
     assert "FAIL" not in proc.stdout
@@ -161,7 +162,7 @@ def test_without_target_the_observation_checks_are_skipped(real_notary: str, cap
     checks = _by_name(doc)
     assert checks["observe"]["status"] == "skip" and "--target" in checks["observe"]["detail"]
     assert checks["observe-get"]["status"] == "skip"
-    assert checks["refuse 10.0.0.1:443"]["status"] == "pass"
+    assert checks["refuse ipv4-mapped"]["status"] == "pass"
 
 
 def test_expected_key_pins_the_notary(real_notary: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -341,14 +342,14 @@ async def error_not_json(request: web.Request, resp: web.Response, key: SigningK
 
 
 BROKEN: list[tuple[Mutator, set[str]]] = [
-    (unsigned, {"identity", "observe", "observe-get", "refuse 127.0.0.1:443", "refuse 10.0.0.1:443"}),
-    (identity_wrong_key, {"identity", "observe", "refuse 10.0.0.1:443"}),
+    (unsigned, {"identity", "observe", "observe-get", "refuse loopback", "refuse ipv4-mapped"}),
+    (identity_wrong_key, {"identity", "observe", "refuse ipv4-mapped"}),
     (identity_key_id_mismatch, {"identity"}),
     (identity_old_protocol, {"identity"}),
-    (observations_wrong_key, {"observe", "observe-get", "refuse 127.0.0.1:443", "refuse 10.0.0.1:443"}),
-    (nonce_not_echoed, {"observe", "observe-get", "refuse 10.0.0.1:443"}),
-    (wrong_target, {"observe", "observe-get", "refuse 10.0.0.1:443"}),
-    (probes_private, {"refuse 127.0.0.1:443", "refuse 10.0.0.1:443"}),
+    (observations_wrong_key, {"observe", "observe-get", "refuse loopback", "refuse ipv4-mapped"}),
+    (nonce_not_echoed, {"observe", "observe-get", "refuse ipv4-mapped"}),
+    (wrong_target, {"observe", "observe-get", "refuse ipv4-mapped"}),
+    (probes_private, {"refuse loopback", "refuse ipv4-mapped"}),
     (error_500, {"limit too-many-targets", "limit body-too-large", "limit bad-nonce", "limit bad-json"}),
     (error_not_json, {"limit too-many-targets", "limit bad-nonce", "limit bad-json"}),
 ]
@@ -377,17 +378,60 @@ def test_same_app_unbroken_passes(bg: LoopThread, site: str, tmp_path: Path, cap
 
 
 def test_operator_allowed_network(bg: LoopThread, site: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A notary whose operator allowed 127.0.0.0/8 probes 127.0.0.1: a failure unless --expect-allowed says so."""
+    """A notary whose operator allowed 127.0.0.0/8 probes 127.0.0.1: a failure unless --expect-allowed says so.
+
+    It connects only to the conformance run's own listener (issue 8, item 14), which records it.
+    """
     with _serve(bg, _notary_app(tmp_path, SigningKey.generate(), allow=("127.0.0.0/8",))) as url:
         code, doc = _run_cli(capsys, url, "--target", site)
         assert code == 1
-        refusal = _by_name(doc)["refuse 127.0.0.1:443"]
-        assert refusal["status"] == "fail" and "--expect-allowed" in refusal["detail"]
-        assert _by_name(doc)["refuse 10.0.0.1:443"]["status"] == "pass"
+        for name in ("refuse loopback", "refuse ipv4-mapped"):
+            refusal = _by_name(doc)[name]
+            assert refusal["status"] == "fail" and "--expect-allowed" in refusal["detail"], refusal
+            assert "this run's listener saw 1 connection(s)" in refusal["detail"], refusal
+            assert ":443" not in refusal["detail"]
 
         code, doc = _run_cli(capsys, url, "--target", site, "--expect-allowed", "127.0.0.0/8")
         assert code == 0, doc
-        assert "allowed by operator" in _by_name(doc)["refuse 127.0.0.1:443"]["detail"]
+        assert "allowed by operator" in _by_name(doc)["refuse loopback"]["detail"]
+        assert "allowed by operator" in _by_name(doc)["refuse ipv4-mapped"]["detail"]
+
+
+async def claims_blocked(request: web.Request, resp: web.Response, key: SigningKey) -> web.StreamResponse:
+    """Connects (its operator allowed loopback) but signs blocked_by_policy: a lie only the listener can see."""
+    if not request.path.startswith("/v1/observe") or resp.status != 200:
+        return resp
+    doc = json.loads(resp.body)  # type: ignore[arg-type]
+
+    def block(e: dict[str, Any]) -> dict[str, Any]:
+        p = _decode(e)
+        if p["target"]["host"] in ("127.0.0.1", "::ffff:7f00:1"):
+            p.update(status="blocked_by_policy", detail="blocked (claimed)", chain=[], leaf=None, leaf_sha256=None,
+                     spki_sha256=None, pin=None, tls_version=None)
+        return _resign(e, p, key)
+    return _json_response(resp, _map_envelopes(doc, block))
+
+
+def test_notary_that_connects_but_claims_refusal_fails(bg: LoopThread, site: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    app = _notary_app(tmp_path, SigningKey.generate(), allow=("127.0.0.0/8",), mutate=claims_blocked)
+    with _serve(bg, app) as url:
+        code, doc = _run_cli(capsys, url, "--target", site)
+    assert code == 1
+    for name in ("refuse loopback", "refuse ipv4-mapped"):
+        c = _by_name(doc)[name]
+        assert c["status"] == "fail" and "connected to this run's listener" in c["detail"], c
+
+
+def test_conformance_targets_only_its_own_listener(real_notary: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """No private-range address and no well-known port in anything the run asks the notary to observe."""
+    code, doc = _run_cli(capsys, real_notary)
+    assert code == 0, doc
+    text = json.dumps(doc)
+    for bad in ("10.0.0.1", ":443", "192.168.", "172.16."):
+        assert bad not in text, bad
+    assert "127.0.0.1:" in _by_name(doc)["refuse loopback"]["detail"]
+    assert "[::ffff:7f00:1]:" in _by_name(doc)["refuse ipv4-mapped"]["detail"]
 
 
 async def test_library_call(bg: LoopThread, site: str, tmp_path: Path) -> None:

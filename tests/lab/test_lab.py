@@ -147,7 +147,7 @@ def test_conformance_of_every_lab_notary(lab: Lab) -> None:
         assert p.returncode == 0 and doc["ok"], (i, out, err)
         checks = {c["name"]: c for c in doc["checks"]}
         assert all(c["status"] == "pass" for c in checks.values()), (i, out)
-        assert "blocked_by_policy" in checks["refuse 10.0.0.1:443"]["detail"]
+        assert "blocked_by_policy" in checks["refuse ipv4-mapped"]["detail"]
         assert " ok sha256/" in checks["observe"]["detail"], checks["observe"]
 
 
