@@ -5,8 +5,19 @@ A bundle file is JSON, either plain::
     {"version": 1, "notaries": [ENTRY, ...]}
 
 or a DSSE envelope (payload type :data:`BUNDLE_TYPE`) whose payload is that
-object, signed by an operator key.  A signed bundle is verified against the
-operator key(s) the caller trusts *before* it is parsed, like an observation.
+object plus two fields, signed by an operator key::
+
+    {"version": 1, "bundle_version": N, "expires": T, "notaries": [ENTRY, ...]}
+
+``bundle_version`` is the operator's monotonic version of the bundle (an
+integer, 1 to 2**53-1) and ``expires`` the unix time (seconds) from which the
+bundle is no longer valid.  A signed bundle is verified against the operator
+key(s) the caller trusts *before* it is parsed, like an observation; then it is
+refused when ``now >= expires`` (``bundle_expired``) or when its
+``bundle_version`` is lower than the highest the client has accepted for that
+operator key (``bundle_rollback``; :mod:`client.bundle_state` keeps those).
+A signed payload without both fields is refused.  A plain bundle may carry
+them; nothing is enforced for it (the user built it).
 
 An entry is what ``parallax notary-info`` prints: ``name``, ``url``,
 ``region``, optional ``country`` and ``rir``, ``key_id`` and ``public_key``
@@ -21,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -33,12 +45,13 @@ from notary.errors import EncodingError, InputError, VerificationError
 
 __all__ = [
     "BUNDLE_TYPE", "BundleEntry", "Bundle", "find_bundle_path", "load_bundle", "merge_entries",
-    "sign_bundle", "default_bundle_path",
+    "sign_bundle", "default_bundle_path", "parse_bundle", "check_signed_bundle",
 ]
 
 BUNDLE_TYPE = "application/vnd.parallax.bundle+json; version=1"
 MAX_BUNDLE_BYTES = 1 << 20
 MAX_NOTARIES = 256
+MAX_INT = 2**53 - 1  # the largest integer canonical JSON carries exactly
 
 
 def _good_url(url: str) -> bool:
@@ -105,10 +118,27 @@ class BundleEntry:
         return d
 
 
+def _opt_int(d: Mapping[str, Any], key: str) -> int | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_INT:
+        raise InputError(f"bundle field {key!r} must be an integer from 1 to {MAX_INT}", "bad_bundle")
+    return v
+
+
+def _utc(t: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
 @dataclass(frozen=True, slots=True)
 class Bundle:
+    """A list of notaries.  ``bundle_version``/``expires`` (unix seconds) are set on signed bundles."""
+
     notaries: tuple[BundleEntry, ...]
     signed_by: str | None = None
+    bundle_version: int | None = None
+    expires: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.notaries) > MAX_NOTARIES:
@@ -122,23 +152,43 @@ class Bundle:
                 seen.add(v)
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": 1, "notaries": [e.to_json() for e in self.notaries]}
+        d: dict[str, Any] = {"version": 1, "notaries": [e.to_json() for e in self.notaries]}
+        if self.bundle_version is not None:
+            d["bundle_version"] = self.bundle_version
+        if self.expires is not None:
+            d["expires"] = self.expires
+        return d
 
     @classmethod
     def from_json(cls, d: Any, signed_by: str | None = None) -> "Bundle":
         if not isinstance(d, Mapping) or d.get("version") != 1 or not isinstance(d.get("notaries"), list):
             raise InputError('a bundle is {"version": 1, "notaries": [...]}', "bad_bundle")
-        return cls(tuple(BundleEntry.from_json(e) for e in d["notaries"]), signed_by)
+        return cls(tuple(BundleEntry.from_json(e) for e in d["notaries"]), signed_by,
+                   _opt_int(d, "bundle_version"), _opt_int(d, "expires"))
 
     def add(self, entry: BundleEntry) -> "Bundle":
+        """This bundle's notaries plus ``entry``, as a plain (unsigned, unversioned) bundle."""
         return Bundle(self.notaries + (entry,))
+
+    def describe_signature(self) -> str:
+        """One line: who signed it, its version and expiry (empty for a plain bundle)."""
+        if self.signed_by is None:
+            return ""
+        exp = _utc(self.expires) if self.expires is not None else "never"
+        return f"signed by {self.signed_by}, version {self.bundle_version}, expires {exp}"
 
     def by_key(self) -> dict[str, BundleEntry]:
         return {e.key_id: e for e in self.notaries}
 
 
-def parse_bundle(raw: bytes, operator_keys: Sequence[VerifyKey] = ()) -> Bundle:
-    """Parse bundle bytes.  A signed bundle must verify against one of ``operator_keys``."""
+def parse_bundle(raw: bytes, operator_keys: Sequence[VerifyKey] = (), *, now: int | None = None,
+                 highest: Mapping[str, int] | None = None) -> Bundle:
+    """Parse bundle bytes (pure).  A signed bundle must verify against one of ``operator_keys``.
+
+    With ``now`` (unix seconds), a signed bundle is also checked with
+    :func:`check_signed_bundle` against ``highest`` (operator key id -> highest
+    ``bundle_version`` accepted before).
+    """
     try:
         doc = canonical_decode(raw, max_bytes=MAX_BUNDLE_BYTES)
     except EncodingError as exc:
@@ -147,10 +197,34 @@ def parse_bundle(raw: bytes, operator_keys: Sequence[VerifyKey] = ()) -> Bundle:
         if not operator_keys:
             raise VerificationError("bundle is signed; give the operator's public key (--operator-key) to verify it")
         verified = verify_envelope(doc, {k.key_id: k for k in operator_keys}, BUNDLE_TYPE, max_payload_bytes=MAX_BUNDLE_BYTES)
-        return Bundle.from_json(verified.payload, signed_by=verified.key_id)
+        bundle = Bundle.from_json(verified.payload, signed_by=verified.key_id)
+        if bundle.bundle_version is None or bundle.expires is None:
+            raise InputError("signed bundle has no bundle_version and expires (signed by an older parallax?); "
+                             "ask its operator for a bundle signed with --version and --expires", "bad_bundle")
+        if now is not None:
+            check_signed_bundle(bundle, now=now, highest=(highest or {}).get(bundle.signed_by or ""))
+        return bundle
     if operator_keys:
         raise VerificationError("an operator key was given but the bundle is not signed")
     return Bundle.from_json(doc)
+
+
+def check_signed_bundle(bundle: Bundle, *, now: int, highest: int | None) -> None:
+    """Refuse an expired signed bundle, or one older than the ``highest`` version accepted (pure).
+
+    Raises :class:`InputError` with code ``bundle_expired`` (``now >= expires``) or
+    ``bundle_rollback`` (``bundle_version < highest``).  The same version again is accepted.
+    A plain bundle passes.
+    """
+    if bundle.signed_by is None:
+        return
+    assert bundle.bundle_version is not None and bundle.expires is not None
+    if now >= bundle.expires:
+        raise InputError(f"signed bundle version {bundle.bundle_version} expired at {_utc(bundle.expires)}; "
+                         "get a current one from its operator", "bundle_expired")
+    if highest is not None and bundle.bundle_version < highest:
+        raise InputError(f"signed bundle version {bundle.bundle_version} is older than version {highest}, already "
+                         f"accepted from operator key {bundle.signed_by} (a replayed old bundle?)", "bundle_rollback")
 
 
 def default_bundle_path() -> Path:
@@ -167,8 +241,15 @@ def find_bundle_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return default_bundle_path()
 
 
-def load_bundle(path: str | os.PathLike[str] | None = None, operator_keys: Sequence[VerifyKey] = ()) -> Bundle:
-    """Find and load a bundle (see :func:`find_bundle_path`).  Raises InputError/VerificationError."""
+def load_bundle(path: str | os.PathLike[str] | None = None, operator_keys: Sequence[VerifyKey] = (), *,
+                now: int | None = None, state_dir: str | os.PathLike[str] | None = None) -> Bundle:
+    """Find and load a bundle (see :func:`find_bundle_path`).  Raises InputError/VerificationError.
+
+    A signed bundle is checked for expiry at ``now`` (default: the clock) and against
+    the highest version accepted before for its operator key, which is then raised to
+    this bundle's version (:mod:`client.bundle_state`, in ``state_dir`` or the default
+    state directory).  An unusable state file raises :class:`~notary.errors.ConfigError`.
+    """
     p = find_bundle_path(path)
     try:
         with open(p, "rb") as f:
@@ -177,7 +258,15 @@ def load_bundle(path: str | os.PathLike[str] | None = None, operator_keys: Seque
         raise InputError(f"no bundle at {p} (use --bundle, PARALLAX_BUNDLE or 'parallax bundle add')", "no_bundle") from None
     except OSError as exc:
         raise InputError(f"cannot read bundle {p}: {exc.strerror}", "io_error") from None
-    return parse_bundle(raw, operator_keys)
+    bundle = parse_bundle(raw, operator_keys)
+    if bundle.signed_by is not None:
+        from client.bundle_state import BundleState
+
+        state = BundleState(state_dir)
+        check_signed_bundle(bundle, now=int(time.time()) if now is None else now, highest=state.highest(bundle.signed_by))
+        assert bundle.bundle_version is not None
+        state.accept(bundle.signed_by, bundle.bundle_version)
+    return bundle
 
 
 def merge_entries(entries: Iterable[Any]) -> Bundle:
@@ -191,9 +280,18 @@ def merge_entries(entries: Iterable[Any]) -> Bundle:
     return Bundle(tuple(out))
 
 
-def sign_bundle(bundle: Bundle, key: SigningKey) -> dict[str, Any]:
-    """A DSSE envelope of the bundle signed by an operator key."""
-    return sign_envelope(BUNDLE_TYPE, canonical_encode(bundle.to_json()), key)
+def sign_bundle(bundle: Bundle, key: SigningKey, *, version: int, expires: int) -> dict[str, Any]:
+    """A DSSE envelope of the bundle signed by an operator key.
+
+    Signed: the RFC 8785 bytes of ``{"version": 1, "bundle_version": version,
+    "expires": expires, "notaries": [...]}``.  ``version`` is the monotonic bundle
+    version, ``expires`` unix seconds; both 1 to 2**53-1.
+    """
+    from dataclasses import replace
+
+    signed = replace(bundle, signed_by=None, bundle_version=version, expires=expires)
+    Bundle.from_json(signed.to_json())  # validates version and expires
+    return sign_envelope(BUNDLE_TYPE, canonical_encode(signed.to_json()), key)
 
 
 def dumps(obj: Any) -> str:

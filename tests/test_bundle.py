@@ -28,6 +28,8 @@ from notary.core import SigningKey, canonical_encode
 from notary.errors import InputError, VerificationError
 from notary.keyfile import generate_key_file
 
+FUTURE = 4_102_444_800  # 2100-01-01T00:00:00Z: signed bundles in tests that are not about expiry
+
 PARALLAX = [sys.executable, "-c", "from client.cli import run_main; run_main()"]
 
 
@@ -164,7 +166,7 @@ def test_parse_bundle_refuses_non_json_and_oversize() -> None:
 def test_signed_bundle_verified_with_operator_key() -> None:
     op = SigningKey.generate()
     bundle = merge_entries([entry_dict(1), entry_dict(2)])
-    raw = canonical_encode(sign_bundle(bundle, op))
+    raw = canonical_encode(sign_bundle(bundle, op, version=1, expires=FUTURE))
     got = parse_bundle(raw, [op.verify_key])
     assert got.notaries == bundle.notaries and got.signed_by == op.key_id
     # One of several trusted operator keys is enough.
@@ -174,14 +176,14 @@ def test_signed_bundle_verified_with_operator_key() -> None:
 def test_signed_bundle_tampered_rejected() -> None:
     op = SigningKey.generate()
     bundle = merge_entries([entry_dict(1), entry_dict(2)])
-    env = sign_bundle(bundle, op)
+    env = sign_bundle(bundle, op, version=1, expires=FUTURE)
     payload = json.loads(base64.b64decode(env["payload"]))
     payload["notaries"][0]["url"] = "https://attacker.example"
     env["payload"] = base64.b64encode(canonical_encode(payload)).decode()
     with pytest.raises(VerificationError):
         parse_bundle(canonical_encode(env), [op.verify_key])
     # A notary slipped in by appending to the signed list, likewise.
-    env = sign_bundle(bundle, op)
+    env = sign_bundle(bundle, op, version=1, expires=FUTURE)
     payload = json.loads(base64.b64decode(env["payload"]))
     payload["notaries"].append(entry_dict(9))
     env["payload"] = base64.b64encode(canonical_encode(payload)).decode()
@@ -191,13 +193,13 @@ def test_signed_bundle_tampered_rejected() -> None:
 
 def test_signed_bundle_wrong_operator_key_rejected() -> None:
     bundle = merge_entries([entry_dict(1)])
-    raw = canonical_encode(sign_bundle(bundle, SigningKey.generate()))
+    raw = canonical_encode(sign_bundle(bundle, SigningKey.generate(), version=1, expires=FUTURE))
     with pytest.raises(VerificationError):
         parse_bundle(raw, [SigningKey.generate().verify_key])
 
 
 def test_signed_bundle_without_operator_key_refused() -> None:
-    raw = canonical_encode(sign_bundle(merge_entries([entry_dict(1)]), SigningKey.generate()))
+    raw = canonical_encode(sign_bundle(merge_entries([entry_dict(1)]), SigningKey.generate(), version=1, expires=FUTURE))
     with pytest.raises(VerificationError, match="operator"):
         parse_bundle(raw)
 
@@ -303,13 +305,13 @@ def test_cli_sign_then_show_with_operator_key(entries: list[Path], tmp_path: Pat
     op = generate_key_file(tmp_path / "operator")
     signed_path = tmp_path / "signed.json"
     code, out, _ = run_cli(["bundle", "sign", str(plain), "--key-dir", str(tmp_path / "operator"), "-o",
-                            str(signed_path)], capsys)
+                            str(signed_path), "--version", "1", "--valid-for", "30"], capsys)
     assert code == 0 and out.strip() == str(signed_path)
     assert "payloadType" in json.loads(signed_path.read_text())
 
     code, out, err = run_cli(["bundle", "show", str(signed_path), "--operator-key", op.verify_key.b64], capsys)
     assert code == 0, err
-    assert out.splitlines()[0] == f"signed by {op.key_id}"
+    assert out.splitlines()[0].startswith(f"signed by {op.key_id}, version 1, expires 20")
     assert len(out.splitlines()) == 4
     assert load_bundle(signed_path, [op.verify_key]).signed_by == op.key_id
 

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import nacl.signing
@@ -37,7 +38,8 @@ from notary.core import (
     verify_observation,
 )
 from notary.core.pins import summarize_leaf
-from notary.errors import VerificationError
+from notary.errors import InputError, VerificationError
+from client.bundle import BUNDLE_TYPE, parse_bundle
 
 VECTORS = Path(__file__).parent / "vectors"
 _spec = importlib.util.spec_from_file_location("parallax_make_vectors", VECTORS / "make_vectors.py")
@@ -46,7 +48,7 @@ mv = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mv)
 
 INDEX = json.loads((VECTORS / "vectors.json").read_text("utf-8"))
-SIGNED = ["observation_ok", "observation_timeout", "identity"]
+SIGNED = ["observation_ok", "observation_timeout", "identity", "bundle"]
 INPUT_FILES = {"make_vectors.py", "README.md", ".gitattributes", "leaf.der", "ca.der"}
 
 
@@ -109,7 +111,7 @@ def test_payload_pae_signature_and_envelope(name: str) -> None:
 
     # Canonical payload: the model's payload, RFC 8785 (ASCII keys sort the same under json).
     obj = json.loads(payload)
-    assert obj == model(name).to_payload()
+    assert obj == mv.payload_of(model(name))
     assert payload == json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     assert len(payload) == entry["payload_len"]
     assert hashlib.sha256(payload).hexdigest() == entry["payload_sha256"]
@@ -147,6 +149,12 @@ def test_stored_envelope_verifies_and_parses_back_to_the_model(name: str) -> Non
     assert verified.key_id == INDEX["key"]["key_id"]
     if entry["payload_type"] == OBSERVATION_TYPE:
         parsed = verify_observation(envb, trusted_key())
+    elif entry["payload_type"] == BUNDLE_TYPE:
+        # Signed by the test key as an operator key; parsed before its expiry (a pure parse).
+        parsed = parse_bundle(envb, [trusted_key()], now=mv.BUNDLE_EXPIRES - 1)
+        assert parsed.signed_by == INDEX["key"]["key_id"]
+        assert (parsed.bundle_version, parsed.expires) == (7, 1735689600)
+        parsed = replace(parsed, signed_by=None)
     else:
         assert entry["payload_type"] == IDENTITY_TYPE
         parsed = verify_identity(envb, trusted_key())
@@ -222,3 +230,18 @@ def test_the_prober_path_summarises_the_leaf_like_the_vector() -> None:
 
 def test_vectors_json_is_valid_strict_json() -> None:
     canonical_decode(stored("vectors.json"))
+
+
+def test_bundle_vector_expiry_and_rollback_are_enforced_on_the_signed_bytes() -> None:
+    """The signed bundle vector is refused at its ``expires`` and below a higher accepted version."""
+    envb = stored("bundle.envelope.json")
+    key_id = INDEX["key"]["key_id"]
+    assert parse_bundle(envb, [trusted_key()], now=mv.BUNDLE_EXPIRES - 1, highest={key_id: 7}).bundle_version == 7
+    with pytest.raises(InputError) as info:
+        parse_bundle(envb, [trusted_key()], now=mv.BUNDLE_EXPIRES)
+    assert info.value.code == "bundle_expired"
+    with pytest.raises(InputError) as info:
+        parse_bundle(envb, [trusted_key()], now=mv.BUNDLE_EXPIRES - 1, highest={key_id: 8})
+    assert info.value.code == "bundle_rollback"
+    payload = json.loads(stored("bundle.payload.json"))
+    assert (payload["bundle_version"], payload["expires"], payload["version"]) == (7, 1735689600, 1)

@@ -9,7 +9,8 @@ Exit codes (documented in the README; sysexits.h numbers for environment errors)
 1     ``check``: mitm_suspected
 2     ``check``: split_view, insufficient or unreachable
 64    usage error (bad flag, bad host or port)
-65    bad data (malformed bundle, certificate, JSON)
+65    bad data (malformed bundle, certificate, JSON; a signed bundle that is
+      expired or older than one already accepted)
 66    an input file does not exist
 69    a remote service is unavailable or answered badly
 70    internal error (a bug; reported in one line)
@@ -101,7 +102,7 @@ def exit_code(exc: BaseException) -> int:
             return EX_NOINPUT
         if exc.code == "io_error":
             return EX_IOERR
-        if exc.code in ("bad_bundle", "bad_certificate", "bad_pin"):
+        if exc.code in ("bad_bundle", "bad_certificate", "bad_pin", "bundle_expired", "bundle_rollback"):
             return EX_DATAERR
         return EX_USAGE
     if isinstance(exc, (EncodingError, VerificationError)):

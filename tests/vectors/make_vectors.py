@@ -29,6 +29,7 @@ from notary.core.keys import SigningKey
 from notary.core.observation import OBSERVATION_TYPE, KeySighting, Observation, sign_observation
 from notary.core.pins import LeafSummary, leaf_sha256, spki_sha256
 from notary.core.target import Target
+from client.bundle import BUNDLE_TYPE, Bundle, BundleEntry, sign_bundle
 
 HERE = Path(__file__).resolve().parent
 
@@ -131,14 +132,34 @@ def identity() -> Identity:
     )
 
 
+BUNDLE_VERSION = 7
+BUNDLE_EXPIRES = 1735689600  # 2025-01-01T00:00:00Z
+
+
+def bundle() -> Bundle:
+    """A two-notary bundle as signed (bundle_version and expires set; signed by the test key as operator)."""
+    k, other = key(), SigningKey(bytes(range(1, 33)))
+    return Bundle((
+        BundleEntry("Vector Notary Zürich", "https://notary.example", "eu-central", k.key_id, k.verify_key.b64,
+                    "CH", "RIPE"),
+        BundleEntry("vector-us", "https://us.notary.example:8443", "us-east", other.key_id, other.verify_key.b64),
+    ), bundle_version=BUNDLE_VERSION, expires=BUNDLE_EXPIRES)
+
+
+def payload_of(obj: Any) -> Any:
+    """The JSON object a model signs: ``to_payload()``, or a bundle's ``to_json()``."""
+    return obj.to_json() if isinstance(obj, Bundle) else obj.to_payload()
+
+
 def signed_vectors() -> dict[str, tuple[str, Any, dict[str, Any]]]:
     """name -> (payload type, model object, envelope dict)."""
     k = key()
-    ok, to, ident = observation_ok(), observation_timeout(), identity()
+    ok, to, ident, bun = observation_ok(), observation_timeout(), identity(), bundle()
     return {
         "observation_ok": (OBSERVATION_TYPE, ok, sign_observation(ok, k)),
         "observation_timeout": (OBSERVATION_TYPE, to, sign_observation(to, k)),
         "identity": (IDENTITY_TYPE, ident, sign_identity(ident, k)),
+        "bundle": (BUNDLE_TYPE, bun, sign_bundle(bun, k, version=BUNDLE_VERSION, expires=BUNDLE_EXPIRES)),
     }
 
 
@@ -217,7 +238,7 @@ def build() -> dict[str, bytes]:
             "spki_sha256": spki_sha256(der),
         }
     for name, (ptype, obj, env) in signed_vectors().items():
-        payload = canonical.encode(obj.to_payload())
+        payload = canonical.encode(payload_of(obj))
         signing_input = pae(ptype, payload)
         sig = base64.b64decode(env["signatures"][0]["sig"])
         envb = envelope_bytes(env)
