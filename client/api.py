@@ -68,7 +68,7 @@ async def client_probe(
 def _evidence(answer: RawAnswer, *, nonce: str, target: Target, now: int, policy: Policy) -> Evidence:
     e = answer.entry
     if answer.error is not None or answer.envelopes is None:
-        return Evidence(e.name, e.region, e.key_id, e.url, failure="unreachable", reason=answer.error or "no answer")
+        return Evidence(e.name, e.region, e.key_id, e.url, failure=answer.kind, reason=answer.error or "no answer")
     ev = check_answer(e, answer.envelopes, nonce=nonce, host=target.host, port=target.port, now=now,
                       policy=policy, identity=answer.identity, sni=target.sni)
     if answer.identity is not None and ev.failure is None:

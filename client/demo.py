@@ -43,7 +43,8 @@ async def run_demo(data_dir: Path) -> int:
         entry, key = cluster.bundle.notaries[0], cluster.keys[0].verify_key
         nonce = secrets.token_urlsafe(16)
         async with aiohttp.ClientSession() as s:
-            async with s.get(f"{entry.url}/v1/observe/{HOST}/{site.port}", params={"nonce": nonce}) as r:
+            async with s.get(f"{entry.url}/v1/observe/{HOST}/{site.port}", params={"nonce": nonce},
+                             allow_redirects=False) as r:
                 doc = await r.json()
         obs = verify_observation(doc["results"][0]["envelopes"][0], key)
         assert obs.nonce == nonce

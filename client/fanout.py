@@ -3,6 +3,12 @@
 Each notary gets its own timeout and its own task; a failure is a value
 (:class:`RawAnswer` with ``error``), never an exception that cancels the others.
 Nothing here verifies or counts anything: :mod:`client.verify` does that.
+
+Redirects are never followed (``allow_redirects=False`` on every request, so
+also on a session the caller passes in): a notary, or anyone on the path to an
+``http://`` notary, answering 3xx would otherwise make this machine send the
+request to another address.  A 3xx is a bad answer: ``error`` starts with
+``redirect`` and ``kind`` is ``invalid``.
 """
 
 from __future__ import annotations
@@ -31,10 +37,17 @@ class RawAnswer:
     envelopes: list[Any] | None = None
     identity: Any = None
     error: str | None = None
+    kind: str = "unreachable"  # the verdict result when ``error`` is set: unreachable | invalid
+
+
+class Redirected(Exception):
+    """The notary answered a redirect (3xx), which is never followed."""
 
 
 async def _get_json(session: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> Any:
-    async with session.request(method, url, json=body) as resp:
+    async with session.request(method, url, json=body, allow_redirects=False) as resp:
+        if 300 <= resp.status < 400:
+            raise Redirected(f"redirect: {method} {resp.url.path} answered HTTP {resp.status} (not followed)")
         raw = await read_capped(resp.content, MAX_RESPONSE_BYTES)
         if resp.status != 200:
             reason = ""
@@ -69,6 +82,8 @@ async def ask_notary(
             got = await asyncio.gather(*jobs)
     except TimeoutError:
         return RawAnswer(entry, error=f"no answer within {timeout:g}s")
+    except Redirected as exc:
+        return RawAnswer(entry, error=str(exc), kind="invalid")
     except (aiohttp.ClientError, OSError, ValueError, EncodingError) as exc:
         return RawAnswer(entry, error=f"{type(exc).__name__}: {exc}"[:300])
     doc = got[0]

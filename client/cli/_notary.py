@@ -115,7 +115,9 @@ async def fetch_entry(url: str, timeout: float) -> dict[str, Any]:
 
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
-            async with s.get(url.rstrip("/") + "/v1/notary") as r:
+            async with s.get(url.rstrip("/") + "/v1/notary", allow_redirects=False) as r:
+                if 300 <= r.status < 400:
+                    raise RemoteError(f"{url} answered a redirect (HTTP {r.status}); redirects are never followed")
                 if r.status != 200:
                     raise RemoteError(f"{url} answered HTTP {r.status}")
                 raw = await read_capped(r.content, 256 * 1024)
