@@ -106,6 +106,28 @@ class BiDi(JsonRpcSocket):
     async def navigate(self, context: str, url: str, wait: str = "complete") -> dict[str, Any]:
         return await self.send("browsingContext.navigate", {"context": context, "url": url, "wait": wait}, timeout=30)
 
+    async def url_of(self, context: str) -> str:
+        """The URL the top-level browsing context ``context`` shows now."""
+        tree = await self.send("browsingContext.getTree", {"root": context, "maxDepth": 0})
+        return tree["contexts"][0]["url"]
+
+    async def click(self, context: str, css: str) -> None:
+        """A real mouse click (input.performActions) in the middle of the first element matching ``css``."""
+        nodes = (await self.send("browsingContext.locateNodes",
+                                 {"context": context, "locator": {"type": "css", "value": css}}))["nodes"]
+        if not nodes:
+            raise BiDiError(f"no element matches {css!r}")
+        element = {"sharedId": nodes[0]["sharedId"]}
+        await self.send("input.performActions", {"context": context, "actions": [{
+            "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+            "actions": [
+                {"type": "pointerMove", "x": 0, "y": 0, "origin": {"type": "element", "element": element}},
+                {"type": "pointerDown", "button": 0},
+                {"type": "pointerUp", "button": 0},
+            ],
+        }]})
+        await self.send("input.releaseActions", {"context": context})
+
     async def evaluate(self, context: str, expression: str, timeout: float = 15.0) -> Any:
         """Evaluate ``expression`` in ``context`` (awaiting a promise) and return it as plain JSON."""
         r = await self.send("script.evaluate", {

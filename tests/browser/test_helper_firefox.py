@@ -14,6 +14,11 @@ compares that key with what the notaries see (``client.source == "supplied"``).
 * the native host manifest is installed by ``client.helper.install`` into the test's own
   ``$HOME/.mozilla/native-messaging-hosts``; Firefox launches the host itself.
 
+After the advisory checks the test turns blocking mode on (``blockOnMitm``, as the options
+page does): the intercepted navigation must end on the extension's warning page without the
+site's response ever loading, the origin must then be redirected before any connection, and a
+real mouse click on "Proceed anyway" must load the site for the session, still flagged.
+
 Both throw-away CAs are trusted in the profile's own NSS database (``certutil``, Debian's
 libnss3-tools), as if the user had installed the interceptor's CA: a certificate exception
 would load the pages but leave ``getSecurityInfo`` without certificates.  Driven over WebDriver
@@ -26,6 +31,7 @@ page (its DOM; screenshots go to ``test-artifacts/``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -39,8 +45,18 @@ import trustme
 
 from client.devtools import StaticResolver
 from client.helper.install import EXTENSION_DIR, FIREFOX_EXTENSION_ID, HOST_NAME, install
-from tests.browser.bidi import FIREFOX, BiDi, firefox
-from tests.browser.common import ARTIFACTS, ExtensionBrowser, badge_js, helper_env, logs_on_failure, notary_world, popup_js
+from tests.browser.bidi import FIREFOX, BiDi, BiDiError, firefox
+from tests.browser.common import (
+    ARTIFACTS,
+    ExtensionBrowser,
+    badge_js,
+    helper_env,
+    logs_on_failure,
+    notary_world,
+    popup_js,
+    save_png,
+    wait,
+)
 
 pytestmark = [
     pytest.mark.browser,
@@ -68,6 +84,21 @@ def _trust(profile: Path, cas: dict[str, trustme.CA]) -> None:
         pem = profile / f"{nick}.pem"
         ca.cert_pem.write_to_path(str(pem))
         subprocess.run([CERTUTIL, "-A", "-d", db, "-n", nick, "-t", "C,,", "-i", str(pem)], check=True, capture_output=True)
+
+
+WARNING_JS = """(() => {
+  const s = document.getElementById("summary"), site = document.getElementById("site");
+  if (!s || !s.textContent) return null;
+  return {site: site.textContent, summary: s.textContent, body: document.body.textContent};
+})()"""
+
+
+async def _at(bidi: BiDi, tab: str, url: str) -> bool:
+    return await bidi.url_of(tab) == url
+
+
+async def _save(bidi: BiDi, tab: str, shot: Path) -> None:
+    save_png(shot, (await bidi.send("browsingContext.captureScreenshot", {"context": tab}))["data"])
 
 
 BADGE_JS = badge_js("browser", 't.url || ""', ", sent: state && state.extra ? Object.keys(state.extra) : null")
@@ -175,3 +206,51 @@ async def test_extension_shows_verdicts_in_firefox(tmp_path: Path) -> None:
                 assert len(dom["rows"]) == 3 and dom["rows"].count("disagrees") >= 2 and "agrees" not in dom["rows"]
                 assert dom["summary"].startswith("MITM suspected")
                 assert bad["url"].startswith(mitm_url)  # advisory by default: the page stayed loaded
+
+                # 3. Blocking mode, switched on as the options page does: the intercepted response is
+                #    held until the verdict, cancelled, and the tab sent to the warning page; the
+                #    site's page is never shown.
+                assert await b.in_extension("browser.storage.local.set({blockOnMitm: true}).then(() => true)")
+                blocked_url = f"{b.base}blocked.html?host=mitm.test&port={site.port}"
+                before = mitm.connections
+                tab = await bidi.new_tab()
+                await bidi.send("session.subscribe", {"events": ["browsingContext.load", "browsingContext.navigationFailed"],
+                                                      "contexts": [tab]})
+                with contextlib.suppress(BiDiError):  # the navigation itself is cancelled
+                    await bidi.navigate(tab, mitm_url, wait="none")
+                await wait("the warning page", lambda: _at(bidi, tab, blocked_url))
+                assert mitm.connections > before  # the browser really went through the interceptor
+                # The intercepted response never loaded (the warning page alone would hide that).  Both the
+                # listener's {cancel: true} and the tab update to the warning page, made while the
+                # response is held, stop it; either alone passes this check, removing both fails it.
+                events = [(e["method"], e["params"]["url"]) for e in bidi.events
+                          if e.get("params", {}).get("context") == tab]
+                assert ("browsingContext.load", mitm_url) not in events, events
+                assert ("browsingContext.navigationFailed", mitm_url) in events, events
+                page = await wait("the warning page to render", lambda: bidi.evaluate(tab, WARNING_JS))
+                assert page["site"] == mitm_url and page["summary"].startswith("MITM suspected"), page
+                assert "hello from the site" not in page["body"]
+                await _save(bidi, tab, ARTIFACTS / "helper-blocked-firefox.png")
+                # The session rule now redirects the origin before any connection is made.
+                before = mitm.connections
+                again = await bidi.new_tab()
+                with contextlib.suppress(BiDiError):
+                    await bidi.navigate(again, mitm_url, wait="none")
+                await wait("the warning page again", lambda: _at(bidi, again, blocked_url))
+                assert mitm.connections == before
+                await bidi.send("browsingContext.close", {"context": again})
+                # The clean site is not blocked.
+                clean_tab = await bidi.new_tab(clean_url)
+                assert await bidi.url_of(clean_tab) == clean_url
+                assert "hello from the site" in (await bidi.evaluate(clean_tab, "document.body.textContent"))
+
+                # 4. "Proceed anyway (this session)", clicked for real: the page loads, still flagged.
+                await bidi.click(tab, "#proceed")
+                await wait("the site after proceeding", lambda: _at(bidi, tab, mitm_url))
+                body = await wait("the site's page", lambda: bidi.evaluate(tab, "document.body && document.body.textContent"))
+                assert "hello from the site" in body
+                key = f"bypass:mitm.test:{site.port}"
+                assert await b.in_extension(f"browser.storage.session.get({json.dumps(key)})") == {key: True}
+                assert await b.in_extension("browser.declarativeNetRequest.getSessionRules()") == []
+                after = await b.badge(mitm_url)
+                assert after["status"] == "mitm_suspected" and after["text"] == "!"  # advisory, not forgotten
