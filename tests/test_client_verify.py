@@ -63,7 +63,8 @@ _DEFAULT_SNI: Any = object()
 def make_obs(key: SigningKey, der: bytes, *, nonce: str = NONCE, host: str = HOST, port: int = PORT,
              observed_at: int = NOW - 10, signed_at: int = NOW, notary: str | None = None,
              sni: Any = _DEFAULT_SNI) -> Observation:
-    probe = ProbeResult.success(Target(host, port, host if sni is _DEFAULT_SNI else sni), "192.0.2.1", observed_at, "TLSv1.3", (der,))
+    target = Target(host, port, host if sni is _DEFAULT_SNI else sni)
+    probe = ProbeResult.success(target, "192.0.2.1", observed_at, "TLSv1.3", (der,))
     assert probe.status == "ok"
     obs = Observation.from_probe(probe, notary=key.key_id, nonce=nonce, signed_at=signed_at, source="fresh")
     if notary is not None:
