@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "KeyFileError",
     "InputError",
+    "OhttpError",
     "EncodingError",
     "VerificationError",
     "RemoteError",
@@ -42,6 +43,18 @@ class InputError(ParallaxError):
     def __init__(self, reason: str, code: str = "bad_request") -> None:
         super().__init__(reason)
         self.code = code
+
+
+class OhttpError(InputError):
+    """A Binary HTTP or Oblivious HTTP message is malformed, truncated, tampered with,
+    names an unknown key, or does not decrypt (RFC 9292, RFC 9458).
+
+    A gateway answers it with HTTP 400 (RFC 9458 section 5.2), never a 500; a
+    client treats it as an unusable answer from that notary.
+    """
+
+    def __init__(self, reason: str, code: str = "bad_ohttp") -> None:
+        super().__init__(reason, code)
 
 
 class EncodingError(ParallaxError):
