@@ -4,6 +4,17 @@ Payload type :data:`IDENTITY_TYPE`.  Coordinates are integers in micro-degrees
 (``lat_e6``, ``lon_e6``) because signed JSON carries no floats.  A client
 compares ``key_id`` and ``public_key`` with its bundle entry and excludes a
 notary whose document does not match.
+
+Two optional fields, present only when set (older documents and their golden
+vector are unchanged):
+
+* ``ohttp_keys``: the notary's Oblivious HTTP gateway key configurations, the
+  exact ``application/ohttp-keys`` bytes (RFC 9458 section 3.2) in standard
+  base64, current key first, then the next one.  Because they are signed, a
+  client authenticates them with the bundle's Ed25519 key and a relay cannot
+  substitute its own.
+* ``relay``: ``true`` when the notary also runs an Oblivious HTTP relay for its
+  bundle (``parallax serve --relay``) at ``<url>/v1/relay/<key_id>``.
 """
 
 from __future__ import annotations
@@ -39,12 +50,14 @@ class Identity:
     lon_e6: int | None = None
     limits: Mapping[str, int] = field(default_factory=dict)
     protocol: str = PROTOCOL
+    ohttp_keys: str | None = None
+    relay: bool = False
 
     def to_payload(self) -> dict[str, Any]:
         coords = None
         if self.lat_e6 is not None and self.lon_e6 is not None:
             coords = {"lat_e6": self.lat_e6, "lon_e6": self.lon_e6}
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "region": self.region,
             "country": self.country,
@@ -58,6 +71,11 @@ class Identity:
             "limits": dict(self.limits),
             "signed_at": self.signed_at,
         }
+        if self.ohttp_keys is not None:
+            out["ohttp_keys"] = self.ohttp_keys
+        if self.relay:
+            out["relay"] = True
+        return out
 
     @classmethod
     def from_payload(cls, d: Mapping[str, Any]) -> "Identity":
@@ -82,12 +100,18 @@ class Identity:
                 raise TypeError("url, country and rir are strings or null")
             if not _is_int(d["signed_at"]):
                 raise TypeError("signed_at must be an integer")
+            ohttp_keys = d.get("ohttp_keys")
+            if ohttp_keys is not None and not isinstance(ohttp_keys, str):
+                raise TypeError("ohttp_keys must be a base64 string")
+            relay = d.get("relay", False)
+            if not isinstance(relay, bool):
+                raise TypeError("relay must be a boolean")
             return cls(
                 name=strs["name"], region=strs["region"], key_id=strs["key_id"],
                 public_key=strs["public_key"], software=strs["software"],
                 signed_at=d["signed_at"], url=opts["url"], country=opts["country"],
                 rir=opts["rir"], lat_e6=lat, lon_e6=lon,
-                limits=limits, protocol=strs["protocol"],
+                limits=limits, protocol=strs["protocol"], ohttp_keys=ohttp_keys, relay=relay,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise VerificationError(f"malformed identity document: {exc}") from None

@@ -19,6 +19,7 @@ import base64
 import hashlib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -151,15 +152,28 @@ def payload_of(obj: Any) -> Any:
     return obj.to_json() if isinstance(obj, Bundle) else obj.to_payload()
 
 
+#: A fixed gateway key configuration (RFC 9458 Appendix A's: key id 1, X25519,
+#: HKDF-SHA256 with AES-128-GCM or ChaCha20-Poly1305) as ``application/ohttp-keys``.
+OHTTP_KEYS = bytes.fromhex(
+    "002d01002031e1f05a740102115220e9af918f738674aec95f54db6e04eb705aae8e79815500080001000100010003"
+)
+
+
+def identity_ohttp() -> Identity:
+    """The identity of a notary that is an Oblivious HTTP gateway and a relay."""
+    return replace(identity(), ohttp_keys=base64.b64encode(OHTTP_KEYS).decode("ascii"), relay=True)
+
+
 def signed_vectors() -> dict[str, tuple[str, Any, dict[str, Any]]]:
     """name -> (payload type, model object, envelope dict)."""
     k = key()
-    ok, to, ident, bun = observation_ok(), observation_timeout(), identity(), bundle()
+    ok, to, ident, bun, ident_o = observation_ok(), observation_timeout(), identity(), bundle(), identity_ohttp()
     return {
         "observation_ok": (OBSERVATION_TYPE, ok, sign_observation(ok, k)),
         "observation_timeout": (OBSERVATION_TYPE, to, sign_observation(to, k)),
         "identity": (IDENTITY_TYPE, ident, sign_identity(ident, k)),
         "bundle": (BUNDLE_TYPE, bun, sign_bundle(bun, k, version=BUNDLE_VERSION, expires=BUNDLE_EXPIRES)),
+        "identity_ohttp": (IDENTITY_TYPE, ident_o, sign_identity(ident_o, k)),
     }
 
 
