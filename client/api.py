@@ -25,6 +25,7 @@ from notary.errors import InputError
 from notary.prober import ProbeLimits, Prober
 from client.bundle import Bundle, BundleEntry, load_bundle
 from client.fanout import RawAnswer, ask_notary
+from client.ohttp import plan_relay
 from client.policy import Policy, get_policy
 from client.verdict import ClientView, Evidence, NotaryResult, Verdict, conclude, judge_all, outcome_class
 from client.verify import check_answer
@@ -95,6 +96,7 @@ async def verify_with_notaries(
     max_age: int | None = None,
     session: aiohttp.ClientSession | None = None,
     clock: Callable[[], float] = time.time,
+    relay: str | None = None,
 ) -> Verdict:
     """Ask the bundle's notaries about ``host:port`` and compare with what this client sees.
 
@@ -105,7 +107,10 @@ async def verify_with_notaries(
     ``k`` notaries only (privacy).  ``connect_to`` points only the client's own
     probe at ``(address, port)``.  ``max_age`` (seconds) is sent to the notaries
     as the oldest cached observation they may answer with (default: the
-    policy's ``max_age``, the age the client accepts).  Raises :class:`~notary.errors.InputError`
+    policy's ``max_age``, the age the client accepts).  ``relay`` (``"auto"``,
+    ``"none"``/None, or a relay URL) asks the notaries through an Oblivious HTTP
+    relay (:mod:`client.ohttp`); ``"auto"`` picks a relay-capable notary of the
+    bundle and does not ask it; the verdict's ``relays`` names the relays used.  Raises :class:`~notary.errors.InputError`
     for bad arguments; network trouble is reported in the verdict, never raised.
     """
     target = Target.parse(host, port, sni)
@@ -115,7 +120,8 @@ async def verify_with_notaries(
         raise InputError("subset must be at least 1", "bad_subset")
     pol = get_policy(policy)
     bun = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    entries: Sequence[BundleEntry] = bun.notaries
+    plan = plan_relay(bun, relay)
+    entries: Sequence[BundleEntry] = plan.entries if plan else bun.notaries
     if subset is not None and 0 < subset < len(entries):
         entries = random.SystemRandom().sample(list(entries), subset)
     nonce = secrets.token_urlsafe(24)
@@ -132,7 +138,7 @@ async def verify_with_notaries(
     probe_task: asyncio.Task[ClientView] | None = None
     try:
         for e in entries:
-            t = asyncio.create_task(ask_notary(sess, e, target, nonce, timeout=timeout,
+            t = asyncio.create_task((plan.ask if plan else ask_notary)(sess, e, target, nonce, timeout=timeout,
                                                all_addresses=pol.all_addresses,
                                                max_age=pol.max_age if max_age is None else max_age,
                                                fetch_identity=not _identity_fresh(e, clock())))
@@ -163,7 +169,8 @@ async def verify_with_notaries(
         ]
         complete = all(e.key_id + e.url in evidence for e in entries)
         results = judge_all(client_view, ordered, pol, now)
-        return conclude(client_view, results, pol, now, host=target.host, port=target.port, complete=complete)
+        verdict = conclude(client_view, results, pol, now, host=target.host, port=target.port, complete=complete)
+        return plan.annotate(verdict) if plan else verdict
     finally:
         for t in list(tasks) + ([probe_task] if probe_task else []):
             t.cancel()

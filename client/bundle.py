@@ -21,7 +21,9 @@ them; nothing is enforced for it (the user built it).
 
 An entry is what ``parallax notary-info`` prints: ``name``, ``url``,
 ``region``, optional ``country`` and ``rir``, ``key_id`` and ``public_key``
-(base64 Ed25519).  The key id must match the public key; duplicate keys,
+(base64 Ed25519), and optional ``relay`` (``true``: the notary runs an
+Oblivious HTTP relay for this bundle at ``<url>/v1/relay/<key_id>``, so
+``--relay auto`` may pick it).  The key id must match the public key; duplicate keys,
 duplicate names and duplicate URLs are refused.
 
 Lookup order: an explicit path, ``$PARALLAX_BUNDLE``, then
@@ -79,6 +81,7 @@ class BundleEntry:
     public_key: str
     country: str | None = None
     rir: str | None = None
+    relay: bool = False
 
     @property
     def verify_key(self) -> VerifyKey:
@@ -106,7 +109,11 @@ class BundleEntry:
         for k, v in opt.items():
             if v is not None and not isinstance(v, str):
                 raise InputError(f"bundle entry field {k!r} must be a string", "bad_bundle")
-        return cls(d["name"], d["url"].rstrip("/"), region, d["key_id"], d["public_key"], opt["country"], opt["rir"])
+        relay = d.get("relay", False)
+        if not isinstance(relay, bool):
+            raise InputError(f"bundle entry {d['name']!r}: relay must be true or false", "bad_bundle")
+        return cls(d["name"], d["url"].rstrip("/"), region, d["key_id"], d["public_key"], opt["country"], opt["rir"],
+                   relay)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "url": self.url, "region": self.region,
@@ -115,6 +122,8 @@ class BundleEntry:
             d["country"] = self.country
         if self.rir:
             d["rir"] = self.rir
+        if self.relay:
+            d["relay"] = True
         return d
 
 

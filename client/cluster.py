@@ -4,7 +4,8 @@
 AppRunner on 127.0.0.1, ephemeral or given ports) in this process, each with
 its own key and SQLite store under ``data_dir/notary-<i>``, allowed to observe
 loopback targets on any port (it is a development cluster), and writes their
-bundle to ``data_dir/bundle.json``.
+bundle to ``data_dir/bundle.json``.  Notaries whose index is in ``relays`` also
+run an Oblivious HTTP relay for the cluster's bundle (``relay: true`` entries).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from notary.config import NotaryConfig
 from notary.core import AddressPolicy, SigningKey, parse_networks
 from notary.keyfile import generate_key_file, key_path, load_key_file
 from notary.prober import ProbeLimits, Resolver
+from notary.relay import RelayConfig
 from notary.server import create_app
 from notary.service import ServiceLimits
 from client.bundle import Bundle, BundleEntry
@@ -63,6 +65,7 @@ async def local_cluster(
     per_notary_overrides: list[dict[tuple[str, int], tuple[str, int]]] | None = None,
     clock: Callable[[], int] | None = None,
     rate: float = 1000.0,
+    relays: tuple[int, ...] = (),
 ) -> AsyncIterator[LocalCluster]:
     """Run ``n`` notaries until the block ends.  Keys persist in ``data_dir`` across runs.
 
@@ -73,6 +76,8 @@ async def local_cluster(
     data.mkdir(parents=True, exist_ok=True)
     cluster = LocalCluster(Bundle(()), data / "bundle.json")
     entries: list[BundleEntry] = []
+    gateways: dict[str, str] = {}  # filled as notaries start; relays forward only once all have
+    policy = AddressPolicy(parse_networks(LOOPBACK_NETS), None)
     try:
         for i in range(n):
             d = data / f"notary-{i + 1}"
@@ -85,12 +90,14 @@ async def local_cluster(
             url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
             cfg = NotaryConfig(
                 data_dir=d, name=f"notary-{i + 1}", region=region, url=url,
-                policy=AddressPolicy(parse_networks(LOOPBACK_NETS), None),
+                policy=policy,
                 probe_limits=ProbeLimits(connect_timeout=timeout, handshake_timeout=timeout),
                 service_limits=ServiceLimits(ttl=ttl), rate_per_client=rate, burst_per_client=int(rate * 2),
                 connect_override={**(connect_override or {}), **(per_notary_overrides[i] if per_notary_overrides else {})},
             )
             kwargs = {"resolver": resolver}
+            if i in relays:
+                kwargs["relay"] = RelayConfig(gateways, policy, rate_per_client=rate, burst_per_client=int(rate * 2))  # type: ignore[assignment]
             if clock is not None:
                 kwargs["clock"] = clock  # type: ignore[assignment]
             app = create_app(cfg, key, **kwargs)  # type: ignore[arg-type]
@@ -100,7 +107,8 @@ async def local_cluster(
             await web.SockSite(runner, sock).start()
             cluster.apps.append(app)
             cluster.keys.append(key)
-            entries.append(BundleEntry(cfg.name, url, region, key.key_id, key.verify_key.b64))
+            entries.append(BundleEntry(cfg.name, url, region, key.key_id, key.verify_key.b64, relay=i in relays))
+            gateways[key.key_id] = url
         cluster.bundle = Bundle(tuple(entries))
         cluster.bundle_path.write_text(json.dumps(cluster.bundle.to_json(), indent=2) + "\n")
         yield cluster

@@ -24,7 +24,7 @@ from notary.errors import EncodingError
 from notary.httputil import read_capped
 from client.bundle import BundleEntry
 
-__all__ = ["RawAnswer", "ask_notary", "MAX_RESPONSE_BYTES"]
+__all__ = ["RawAnswer", "ask_notary", "observe_body", "MAX_RESPONSE_BYTES"]
 
 MAX_RESPONSE_BYTES = 4 << 20
 
@@ -59,6 +59,14 @@ async def _get_json(session: aiohttp.ClientSession, method: str, url: str, body:
         return canonical_decode(raw, max_bytes=MAX_RESPONSE_BYTES)
 
 
+def observe_body(target: Target, nonce: str, *, max_age: int | None, all_addresses: bool) -> dict[str, Any]:
+    """The ``POST /v1/observe`` body for one target (direct, or encrypted for a relay)."""
+    body: dict[str, Any] = {"targets": [target.to_json()], "nonce": nonce, "all_addresses": all_addresses}
+    if max_age is not None:
+        body["max_age"] = max_age
+    return body
+
+
 async def ask_notary(
     session: aiohttp.ClientSession,
     entry: BundleEntry,
@@ -71,9 +79,7 @@ async def ask_notary(
     fetch_identity: bool = True,
 ) -> RawAnswer:
     """POST /v1/observe (and GET /v1/notary alongside) within ``timeout`` seconds."""
-    body: dict[str, Any] = {"targets": [target.to_json()], "nonce": nonce, "all_addresses": all_addresses}
-    if max_age is not None:
-        body["max_age"] = max_age
+    body = observe_body(target, nonce, max_age=max_age, all_addresses=all_addresses)
     try:
         async with asyncio.timeout(timeout):
             jobs = [_get_json(session, "POST", entry.url + "/v1/observe", body)]

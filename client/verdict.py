@@ -148,6 +148,9 @@ class Verdict:
     checked_at: int
     complete: bool = True
     outliers: tuple[str, ...] = field(default=())
+    #: The Oblivious HTTP relays the notaries were asked through (names or URLs), in
+    #: order of use; empty when asked directly.  Listed in ``to_json`` only when used.
+    relays: tuple[str, ...] = field(default=())
 
     @property
     def count(self) -> str:
@@ -165,7 +168,7 @@ class Verdict:
         return self.client.to_json()["pin"] if self.ok else None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "status": self.status, "summary": self.summary, "host": self.host, "port": self.port,
             "client": self.client.to_json(), "quorum_pins": list(self.quorum_pins),
             "count": self.count, "agreeing": self.agreeing, "asked": self.asked,
@@ -173,6 +176,9 @@ class Verdict:
             "outliers": list(self.outliers), "policy": self.policy, "checked_at": self.checked_at,
             "complete": self.complete, "pin": self.pin, "results": [r.to_json() for r in self.results],
         }
+        if self.relays:
+            out["relays"] = list(self.relays)
+        return out
 
 
 def _judge(ev: Evidence, client: ClientView, policy: Policy, now: int) -> NotaryResult:

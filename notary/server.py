@@ -33,9 +33,11 @@ from notary.config import NotaryConfig
 from notary.core.addrpolicy import IPAddress, IPNetwork
 from notary.core import Identity, SigningKey, Target, canonical_decode, sign_identity, validate_nonce
 from notary.errors import EncodingError, InputError, ParallaxError
+from notary.ohttp_gateway import gateway_keys_b64, install_gateway
 from notary.openapi import openapi_document
 from notary.prober import Prober, Resolver
 from notary.ratelimit import RateLimiter
+from notary.relay import RelayConfig, install_relay, relay_enabled
 from notary.service import ObservationService
 from notary.store import SQLiteStore, Store
 
@@ -156,7 +158,7 @@ async def _identity(request: web.Request) -> web.Response:
         name=cfg.name, region=cfg.region, key_id=key.key_id, public_key=key.verify_key.b64,
         software=f"parallax-notary/{notary.__version__}", signed_at=now, url=cfg.url,
         country=cfg.country, rir=cfg.rir, lat_e6=cfg.lat_e6, lon_e6=cfg.lon_e6,
-        limits=cfg.limits_document(),
+        limits=cfg.limits_document(), ohttp_keys=gateway_keys_b64(app), relay=relay_enabled(app),
     )
     envelope = sign_identity(ident, key)
     cached[:] = [now, envelope]
@@ -280,8 +282,13 @@ def create_app(
     clock: Callable[[], int] = lambda: int(time.time()),
     resolver: Resolver | None = None,
     store: Store | None = None,
+    relay: RelayConfig | None = None,
 ) -> web.Application:
-    """Build a notary application.  The store opens in a cleanup context (``config.db_path``)."""
+    """Build a notary application.  The store opens in a cleanup context (``config.db_path``).
+
+    Every notary is an Oblivious HTTP gateway (:mod:`notary.ohttp_gateway`, keys in
+    ``config.data_dir``); with ``relay`` it also relays for a bundle (:mod:`notary.relay`).
+    """
     app = web.Application(middlewares=[_errors], client_max_size=config.max_body_bytes)
     registry = CollectorRegistry()
     metrics = _make_metrics(registry)
@@ -325,6 +332,9 @@ def create_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/v1/openapi.json", _openapi)
+    install_gateway(app, config.data_dir)
+    if relay is not None:
+        install_relay(app, relay, _client, resolver=resolver)
     return app
 
 
@@ -341,6 +351,6 @@ async def _rescan_loop(service: ObservationService, config: NotaryConfig) -> Non
         await asyncio.sleep(config.rescan_interval)
 
 
-def run(config: NotaryConfig, key: SigningKey, host: str, port: int) -> None:
-    """Serve until interrupted (the CLI's ``parallax serve``)."""
-    web.run_app(create_app(config, key), host=host, port=port, print=None, access_log=None)
+def run(config: NotaryConfig, key: SigningKey, host: str, port: int, *, relay: RelayConfig | None = None) -> None:
+    """Serve until interrupted (the CLI's ``parallax serve``).  No access log: client addresses are never logged."""
+    web.run_app(create_app(config, key, relay=relay), host=host, port=port, print=None, access_log=None)

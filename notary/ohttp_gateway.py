@@ -1,0 +1,276 @@
+"""Every notary is an Oblivious HTTP gateway (RFC 9458): keys on disk and two routes.
+
+* ``GET  /.well-known/ohttp-gateway``: the key configurations, as
+  ``application/ohttp-keys`` (RFC 9540): the current key, then the next one.
+* ``POST /.well-known/ohttp-gateway``: a ``message/ohttp-req`` whose Binary
+  HTTP request is ``POST /v1/observe`` or ``GET /v1/notary``; the answer is a
+  ``message/ohttp-res``.  The inner request runs through the application's
+  own router, middlewares and handlers (one implementation of observe: rate
+  limits, validation and signing are the same as for a direct request).
+  Decapsulation failures (unknown key id, tampered, truncated, wrong key) are
+  a 400 with a JSON reason; an inner error (a bad target, 429) is carried
+  encrypted inside the 200 ``message/ohttp-res``, as RFC 9458 section 5.2 says.
+
+Keys live in ``<data-dir>/ohttp-gateway.keys`` (JSON, mode 0600, created
+exclusively, refused when group- or world-accessible, never logged)::
+
+    {"version": 1, "previous": KEY|null, "current": KEY, "next": KEY}
+    KEY = {"key_id": 0..255, "private_key": base64 X25519 secret}
+
+``current`` and ``next`` are listed (in the identity document and at the
+well-known URL); ``previous`` is still accepted but no longer listed, so that
+clients holding a configuration fetched before a rotation keep working.
+:func:`rotate_gateway_keys` (``parallax ohttp-rotate``) shifts next -> current
+-> previous and makes a fresh next; a running notary picks the new file up
+on its next request (the file's mtime is checked), no restart needed.  Rotate
+no more often than clients re-fetch identities (10 minutes), e.g. daily.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from aiohttp import web
+
+from notary.core import bhttp, ohttp
+from notary.errors import InputError, KeyFileError, OhttpError
+
+__all__ = [
+    "GATEWAY_KEYS_FILE", "GATEWAY_PATH", "GatewayKeyring", "load_gateway_keys", "rotate_gateway_keys",
+    "install_gateway", "ALLOWED_INNER",
+]
+
+GATEWAY_KEYS_FILE = "ohttp-gateway.keys"
+GATEWAY_PATH = "/.well-known/ohttp-gateway"
+#: The inner requests a gateway serves: (method, path).
+ALLOWED_INNER = frozenset({("POST", "/v1/observe"), ("GET", "/v1/notary")})
+MAX_ENCAPSULATED_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class GatewayKeyring:
+    """The gateway keys: ``current`` and ``next`` listed, ``previous`` only accepted."""
+
+    current: ohttp.GatewayKey
+    next: ohttp.GatewayKey
+    previous: ohttp.GatewayKey | None = None
+
+    @property
+    def listed(self) -> tuple[ohttp.KeyConfig, ...]:
+        return (self.current.config, self.next.config)
+
+    @property
+    def accepted(self) -> dict[int, ohttp.GatewayKey]:
+        keys = [k for k in (self.previous, self.next, self.current) if k is not None]
+        return {k.config.key_id: k for k in keys}  # current wins a (theoretical) id clash
+
+    def keys_bytes(self) -> bytes:
+        """``application/ohttp-keys``: current, then next."""
+        return ohttp.encode_keys(self.listed)
+
+    def keys_b64(self) -> str:
+        """What the identity document's ``ohttp_keys`` holds."""
+        return base64.b64encode(self.keys_bytes()).decode("ascii")
+
+    def __repr__(self) -> str:
+        ids = [k.config.key_id if k else None for k in (self.previous, self.current, self.next)]
+        return f"GatewayKeyring(previous, current, next = {ids})"
+
+
+def _key_json(k: ohttp.GatewayKey | None) -> dict[str, Any] | None:
+    if k is None:
+        return None
+    return {"key_id": k.config.key_id, "private_key": base64.b64encode(k.private_key).decode("ascii")}
+
+
+def _key_from(d: Any, path: Path) -> ohttp.GatewayKey:
+    try:
+        key_id, raw = d["key_id"], base64.b64decode(d["private_key"], validate=True)
+        if not isinstance(key_id, int) or not 0 <= key_id <= 255 or len(raw) != 32:
+            raise ValueError
+        return ohttp.GatewayKey.generate(key_id, raw)
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise KeyFileError(f"{path} is not a Parallax gateway key file") from None
+
+
+def _write(path: Path, ring: GatewayKeyring, *, exclusive: bool) -> None:
+    body = json.dumps({"version": 1, "previous": _key_json(ring.previous), "current": _key_json(ring.current),
+                       "next": _key_json(ring.next)}).encode() + b"\n"
+    target = path if exclusive else path.with_name(path.name + ".new")
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    try:
+        fd = os.open(target, flags, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {target}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, body)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if not exclusive:
+        os.replace(target, path)
+
+
+def _read(path: Path) -> GatewayKeyring:
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyFileError(f"{path} is not a regular file")
+    if st.st_mode & 0o077:
+        raise KeyFileError(f"{path} has mode {stat.S_IMODE(st.st_mode):04o}; gateway keys must not be group- or "
+                           f"world-accessible (chmod 600 {path})")
+    try:
+        doc = json.loads(path.read_bytes())
+    except (ValueError, OSError):
+        raise KeyFileError(f"{path} is not a Parallax gateway key file") from None
+    if not isinstance(doc, dict) or doc.get("version") != 1:
+        raise KeyFileError(f"{path} is not a Parallax gateway key file")
+    prev = doc.get("previous")
+    return GatewayKeyring(_key_from(doc.get("current"), path), _key_from(doc.get("next"), path),
+                          _key_from(prev, path) if prev is not None else None)
+
+
+def _fresh_id(used: set[int], after: int) -> int:
+    for step in range(1, 257):
+        cand = (after + step) % 256
+        if cand not in used:
+            return cand
+    raise KeyFileError("no free gateway key id")  # pragma: no cover - at most three are used
+
+
+def load_gateway_keys(data_dir: str | Path, *, create: bool = True) -> GatewayKeyring:
+    """Load ``<data_dir>/ohttp-gateway.keys``, creating it (current id 0, next id 1) if absent."""
+    path = Path(data_dir) / GATEWAY_KEYS_FILE
+    try:
+        return _read(path)
+    except FileNotFoundError:
+        if not create:
+            raise KeyFileError(f"no gateway keys at {path}") from None
+    ring = GatewayKeyring(ohttp.GatewayKey.generate(0), ohttp.GatewayKey.generate(1))
+    try:
+        _write(path, ring, exclusive=True)
+    except KeyFileError:
+        return _read(path)  # another process created it first
+    return ring
+
+
+def rotate_gateway_keys(data_dir: str | Path) -> GatewayKeyring:
+    """next -> current -> previous, plus a fresh next; written atomically (0600)."""
+    path = Path(data_dir) / GATEWAY_KEYS_FILE
+    try:
+        old = _read(path)
+    except FileNotFoundError:
+        raise KeyFileError(f"no gateway keys at {path}; start the notary once to create them") from None
+    used = {old.current.config.key_id, old.next.config.key_id}
+    ring = GatewayKeyring(old.next, ohttp.GatewayKey.generate(_fresh_id(used, old.next.config.key_id)), old.current)
+    _write(path, ring, exclusive=False)
+    return ring
+
+
+class _Keys:
+    """The keyring of a running gateway, re-read when the file changes (rotation)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / GATEWAY_KEYS_FILE
+        self.ring = load_gateway_keys(data_dir)
+        self.mtime = self._mtime()
+
+    def _mtime(self) -> int:
+        try:
+            return self.path.stat().st_mtime_ns
+        except OSError:
+            return -1
+
+    def get(self) -> GatewayKeyring:
+        m = self._mtime()
+        if m != self.mtime and m != -1:
+            self.ring = _read(self.path)
+            self.mtime = m
+        return self.ring
+
+
+KEYS = web.AppKey("ohttp_keys", _Keys)
+
+
+def _inner_response(status: int, body: bytes, content_type: str | None, extra: dict[str, str]) -> bytes:
+    headers = [("content-type", content_type)] if content_type else []
+    headers += [(k.lower(), v) for k, v in extra.items()]
+    return bhttp.encode_response(bhttp.Response(status, tuple(headers), body))
+
+
+def _json_error(status: int, code: str, reason: str) -> bytes:
+    return _inner_response(status, json.dumps({"error": code, "reason": reason}).encode(), "application/json", {})
+
+
+async def _keys(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[KEYS].get().keys_bytes(), content_type=ohttp.KEYS_MEDIA_TYPE,
+                        headers={"Cache-Control": "max-age=600"})
+
+
+async def _gateway(request: web.Request) -> web.Response:
+    if request.content_type != ohttp.REQUEST_MEDIA_TYPE:
+        raise web.HTTPUnsupportedMediaType()
+    if request.content_length is not None and request.content_length > MAX_ENCAPSULATED_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_ENCAPSULATED_BYTES, actual_size=request.content_length)
+    template = request.clone()  # must be taken before the body is read
+    raw = await request.read()
+    if len(raw) > MAX_ENCAPSULATED_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_ENCAPSULATED_BYTES, actual_size=len(raw))
+    plain, ctx = ohttp.decapsulate_request(request.app[KEYS].get().accepted, raw)  # OhttpError -> 400
+    try:
+        inner = bhttp.decode_request(plain, max_bytes=MAX_ENCAPSULATED_BYTES)
+    except OhttpError as exc:
+        answer = _json_error(400, exc.code, str(exc))
+    else:
+        answer = await _dispatch(request.app, template, inner)
+    return web.Response(body=ohttp.encapsulate_response(ctx, answer), content_type=ohttp.RESPONSE_MEDIA_TYPE,
+                        headers={"Cache-Control": "private, no-store"})
+
+
+async def _dispatch(app: web.Application, template: web.BaseRequest, inner: bhttp.Request) -> bytes:
+    """Run the inner request through this application (router, middlewares, handler)."""
+    path = inner.path.split("?", 1)[0]
+    if (inner.method, path) not in ALLOWED_INNER:
+        return _json_error(404, "not_found", f"a gateway serves only {sorted(p for _, p in ALLOWED_INNER)}")
+    headers = {"Content-Length": str(len(inner.content))}
+    ctype = inner.header("content-type")
+    if ctype:
+        headers["Content-Type"] = ctype
+    clone = template.clone(method=inner.method, rel_url=inner.path, headers=headers)
+    clone._read_bytes = inner.content  # the inner body, already decrypted  # noqa: SLF001
+    # Application._handle is aiohttp's own entry point for a request: it resolves the
+    # route and runs the middlewares, exactly as for a request off the wire.
+    handle: Callable[[web.BaseRequest], Any] = app._handle  # noqa: SLF001
+    try:
+        resp = await handle(clone)
+    except web.HTTPException as exc:  # pragma: no cover - the error middleware answers these
+        return _json_error(exc.status, "error", exc.reason)
+    except InputError as exc:  # pragma: no cover - likewise
+        return _json_error(400, exc.code, str(exc))
+    body = resp.body if isinstance(resp, web.Response) else None
+    if not isinstance(body, (bytes, bytearray)):
+        return _json_error(500, "internal", "internal error")
+    keep = {k: v for k, v in resp.headers.items() if k.lower() in ("retry-after",)}
+    return _inner_response(resp.status, bytes(body), resp.content_type, keep)
+
+
+def install_gateway(app: web.Application, data_dir: str | Path) -> None:
+    """Load (or create) the gateway keys and add the two routes; the identity hook reads the keys."""
+    app[KEYS] = _Keys(Path(data_dir))
+    app.router.add_get(GATEWAY_PATH, _keys)
+    app.router.add_post(GATEWAY_PATH, _gateway)
+
+
+def gateway_keys_b64(app: web.Application) -> str | None:
+    """The identity document's ``ohttp_keys`` (None when the gateway is not installed)."""
+    keys = app.get(KEYS)
+    return keys.get().keys_b64() if keys is not None else None

@@ -1,0 +1,186 @@
+"""An Oblivious HTTP relay for the notaries of one bundle (``parallax serve --relay``).
+
+Routes (``KEY_ID`` is a bundle entry's Ed25519 key id, e.g. ``ed25519:ab12...``):
+
+* ``POST /v1/relay/KEY_ID``: a ``message/ohttp-req`` body, forwarded unchanged
+  to ``<that notary's url>/.well-known/ohttp-gateway``; the gateway's answer
+  (``message/ohttp-res``, or its error) comes back unchanged.
+* ``GET /v1/relay/KEY_ID/notary``: that notary's signed identity document
+  (which lists its gateway keys), fetched for the client so that the gateway
+  never sees the client's address.  The client verifies the signature with the
+  bundle key, so the relay cannot substitute keys.
+
+What a relay does not do: forward anywhere but the gateways of its bundle
+(no open proxy; the URL is never taken from the request); connect to an
+address its notary's address policy refuses (private and internal ranges,
+unless the operator's ``--allow-network`` opts in); add ``X-Forwarded-For``
+or any other header naming the client; read the plaintext (it has no keys);
+log, store or count the client's address or the gateway asked (the per-client
+token bucket is in memory only, bounded, and keyed like the notary's own).
+Limits: request bodies up to ``max_body_bytes``, answers up to
+``max_response_bytes``, ``timeout`` seconds per forwarded request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Mapping
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from notary.core import AddressPolicy
+from notary.core.ohttp import REQUEST_MEDIA_TYPE
+from notary.core.target import is_ip_literal
+from notary.httputil import BodyTooLarge, read_capped
+from notary.prober import Resolver, SystemResolver
+from notary.ratelimit import RateLimiter
+
+__all__ = ["RelayConfig", "install_relay", "RELAY_PREFIX", "relay_enabled"]
+
+RELAY_PREFIX = "/v1/relay"
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """``gateways`` maps bundle key ids to notary base URLs.  Bytes, seconds, requests per second."""
+
+    gateways: Mapping[str, str]
+    policy: AddressPolicy = field(default_factory=AddressPolicy)
+    max_body_bytes: int = 64 * 1024
+    max_response_bytes: int = 4 << 20
+    timeout: float = 15.0
+    rate_per_client: float = 20.0
+    burst_per_client: int = 40
+
+
+class PolicyResolver(AbstractResolver):
+    """Resolves a gateway's host and refuses it unless *every* address passes the policy.
+
+    The connection then goes to exactly the addresses checked (no second lookup
+    a hostile DNS server could steer inward).
+    """
+
+    def __init__(self, policy: AddressPolicy, resolver: Resolver | None = None) -> None:
+        self.policy = policy
+        self.resolver = resolver or SystemResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        ips = [host.strip("[]")] if is_ip_literal(host.strip("[]")) else await self.resolver.resolve(host, port)
+        if not ips:
+            raise OSError(f"{host} has no address")
+        for ip in ips:
+            why = self.policy.address_reason(ip)
+            if why:
+                raise OSError(why)
+        return [
+            ResolveResult(hostname=host, host=ip, port=port,
+                          family=socket.AF_INET6 if ":" in ip else socket.AF_INET, proto=0, flags=socket.AI_NUMERICHOST)
+            for ip in ips
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+RELAY = web.AppKey("relay_config", RelayConfig)
+RELAY_SESSION = web.AppKey("relay_session", aiohttp.ClientSession)
+RELAY_LIMITER = web.AppKey("relay_limiter", RateLimiter)
+
+
+def relay_enabled(app: web.Application) -> bool:
+    return app.get(RELAY) is not None
+
+
+def _json(status: int, code: str, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": code, "reason": reason}, status=status, headers=headers)
+
+
+def _gateway_url(request: web.Request) -> str:
+    cfg = request.app[RELAY]
+    url = cfg.gateways.get(request.match_info["key_id"])
+    if url is None:
+        raise web.HTTPNotFound(reason="Unknown Gateway")
+    return url.rstrip("/")
+
+
+def _limit(request: web.Request, client_of: Callable[[web.Request], str]) -> web.Response | None:
+    wait = request.app[RELAY_LIMITER].check(client_of(request), time.monotonic())
+    if wait > 0:
+        return _json(429, "too_many_requests", "Too Many Requests", {"Retry-After": str(max(1, math.ceil(wait)))})
+    return None
+
+
+async def _forward(request: web.Request, method: str, url: str, body: bytes | None,
+                   headers: dict[str, str]) -> web.Response:
+    cfg = request.app[RELAY]
+    host = (urlsplit(url).hostname or "").strip("[]")
+    if is_ip_literal(host) and cfg.policy.address_reason(host):
+        # aiohttp does not consult the resolver for an IP literal: check the policy here.
+        return _json(502, "bad_gateway", "the gateway could not be reached")
+    try:
+        async with asyncio.timeout(cfg.timeout):
+            async with request.app[RELAY_SESSION].request(method, url, data=body, headers=headers,
+                                                          allow_redirects=False) as resp:
+                raw = await read_capped(resp.content, cfg.max_response_bytes)
+                ctype = resp.headers.get("Content-Type", "application/octet-stream")
+                status = resp.status
+    except TimeoutError:
+        return _json(504, "gateway_timeout", f"the gateway did not answer within {cfg.timeout:g}s")
+    except BodyTooLarge:
+        return _json(502, "bad_gateway", f"the gateway's answer is larger than {cfg.max_response_bytes} bytes")
+    except (aiohttp.ClientError, OSError):
+        return _json(502, "bad_gateway", "the gateway could not be reached")
+    return web.Response(status=status, body=raw, headers={"Content-Type": ctype, "Cache-Control": "private, no-store"})
+
+
+def _handlers(client_of: Callable[[web.Request], str]) -> tuple[Any, Any]:
+    async def relay_post(request: web.Request) -> web.Response:
+        url = _gateway_url(request)
+        if request.content_type != REQUEST_MEDIA_TYPE:
+            return _json(415, "unsupported_media_type", f"a relay forwards only {REQUEST_MEDIA_TYPE}")
+        limited = _limit(request, client_of)
+        if limited is not None:
+            return limited
+        cfg = request.app[RELAY]
+        try:
+            body = await read_capped(request.content, cfg.max_body_bytes)
+        except BodyTooLarge:
+            return _json(413, "body_too_large", f"request body larger than {cfg.max_body_bytes} bytes")
+        return await _forward(request, "POST", url + "/.well-known/ohttp-gateway", body,
+                              {"Content-Type": REQUEST_MEDIA_TYPE})
+
+    async def relay_identity(request: web.Request) -> web.Response:
+        url = _gateway_url(request)
+        limited = _limit(request, client_of)
+        if limited is not None:
+            return limited
+        return await _forward(request, "GET", url + "/v1/notary", None, {"Accept": "application/json"})
+
+    return relay_post, relay_identity
+
+
+def install_relay(app: web.Application, config: RelayConfig, client_of: Callable[[web.Request], str], *,
+                  resolver: Resolver | None = None) -> None:
+    """Add the relay routes and its client session (closed in a cleanup context)."""
+    app[RELAY] = config
+    app[RELAY_LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
+
+    async def session(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(resolver=PolicyResolver(config.policy, resolver), limit=64,
+                                         ttl_dns_cache=None, use_dns_cache=False)
+        app[RELAY_SESSION] = aiohttp.ClientSession(connector=connector, trust_env=False,
+                                                   headers={"User-Agent": "parallax-relay"})
+        yield
+        await app[RELAY_SESSION].close()
+
+    app.cleanup_ctx.append(session)
+    post, ident = _handlers(client_of)
+    app.router.add_post(RELAY_PREFIX + "/{key_id}", post)
+    app.router.add_get(RELAY_PREFIX + "/{key_id}/notary", ident)
