@@ -6,7 +6,8 @@ Roles (all on loopback):
               certificate (make_cert_context, ECDSA) for ``names``; or, with
               ``acme``, a TLS-ALPN-01 challenge certificate (open-mpic benchmark).
 * ``cluster`` ``n`` real notaries (client.cluster.local_cluster: create_app +
-              AppRunner), StaticResolver ``table``, rate limit out of the way.
+              AppRunner), StaticResolver ``table``, rate limit out of the way;
+              the indices in ``relays`` also run an Oblivious HTTP relay.
 * ``static``  a bare aiohttp handler answering POST /v1/observe with fixed bytes.
 * ``mpic``    ``n`` open-mpic-core DCV perspectives behind aiohttp (POST /dcv).
 
@@ -113,7 +114,8 @@ async def role_cluster(spec: dict[str, Any], workdir: Path) -> None:
 
     resolver = StaticResolver(spec.get("table", {}))
     async with local_cluster(int(spec.get("n", 1)), workdir / "cluster", resolver=resolver,
-                             ttl=int(spec.get("ttl", 300)), rate=float(spec.get("rate", 1e6))) as cluster:
+                             ttl=int(spec.get("ttl", 300)), rate=float(spec.get("rate", 1e6)),
+                             relays=tuple(spec.get("relays", ()))) as cluster:
         _ready({"urls": cluster.urls, "bundle": str(cluster.bundle_path), "db_dir": str(workdir / "cluster")})
         await _wait_end(spec["lifetime"])
 

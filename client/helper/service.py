@@ -54,6 +54,7 @@ from notary.core import Target, VerifyKey, observed_spki
 from notary.core.pins import load_certificate, spki_hex_from_pin
 from notary.errors import InputError, ParallaxError, VerificationError
 from client.bundle import Bundle, find_bundle_path, load_bundle
+from client.ohttp import relay_capable
 from client.policy import Policy, get_policy
 
 __all__ = ["HelperConfig", "HelperService", "CheckRequest", "parse_check", "error", "helper_config_path", "VERSION"]
@@ -92,6 +93,9 @@ class HelperConfig:
     max_inflight: int = 8
     max_cache: int = 512
     operator_keys: tuple[str, ...] = field(default=())
+    #: ``auto`` (default): ask through an Oblivious HTTP relay when the bundle has a
+    #: relay-capable notary, else directly; ``none``; or a relay URL (client.ohttp).
+    relay: str = "auto"
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> "HelperConfig":
@@ -111,7 +115,8 @@ class HelperConfig:
                 raise InputError(f"helper config {p} is not JSON", "bad_config") from None
             if not isinstance(doc, dict):
                 raise InputError(f"helper config {p} must be a JSON object", "bad_config")
-            for k in ("bundle", "policy", "timeout", "cache_ttl", "negative_ttl", "max_inflight", "max_cache", "operator_keys"):
+            for k in ("bundle", "policy", "timeout", "cache_ttl", "negative_ttl", "max_inflight", "max_cache", "operator_keys",
+                      "relay"):
                 if k in doc:
                     values[k] = tuple(doc[k]) if k == "operator_keys" else doc[k]
         if os.environ.get("PARALLAX_POLICY"):
@@ -129,6 +134,8 @@ class HelperConfig:
                 raise InputError(f"helper config {name} must be a non-negative number", "bad_config")
         if not isinstance(self.max_inflight, int) or self.max_inflight < 1:
             raise InputError("helper config max_inflight must be a positive integer", "bad_config")
+        if not isinstance(self.relay, str) or not (self.relay in ("auto", "none") or self.relay.startswith(("http://", "https://"))):
+            raise InputError("helper config relay must be auto, none or an http(s) URL", "bad_config")
 
 
 @dataclass(frozen=True)
@@ -318,9 +325,12 @@ class HelperService:
 
                 self._session = aiohttp.ClientSession()
             connect_to = (req.ip, req.target.port) if req.ip and req.observed is None else None
+            relay: str | None = self.config.relay
+            if relay == "auto" and not relay_capable(bundle):
+                relay = None  # the bundle allows no relay: ask directly
             verdict = await verify_with_notaries(
                 req.target.host, req.target.port, bundle=bundle, policy=self.policy, observed=req.observed,
-                timeout=self.config.timeout, connect_to=connect_to, session=self._session,
+                timeout=self.config.timeout, connect_to=connect_to, session=self._session, relay=relay,
             )
             log.debug("check %s -> %s", req.target, verdict.status)
             return verdict.to_json()

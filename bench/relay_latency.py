@@ -1,0 +1,89 @@
+"""Benchmark: a check through an Oblivious HTTP relay vs the same check asked directly.
+
+Setup:    one local TLS site for ``localhost`` (own process); 5 real notaries
+          (client.cluster.local_cluster, own process), notary-1 of which also
+          runs a relay (``relays=(0,)``).  The client runs in this process.
+Subject:  ``verify_with_notaries(..., relay="auto")``: notary-1 relays, the
+          other 4 are asked through it (warm: their observation caches and the
+          client's gateway-key cache are filled once before timing).
+Baseline: ``verify_with_notaries(...)`` asking the same 4 notaries directly
+          (a bundle without notary-1), warm, in the same run.
+Runs:     ``--runs`` (30) of each, interleaved; medians; ``wait_all`` so both
+          wait for every answer.
+Goal:     relayed median / direct median <= 1.3 on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._common import busy_processes, median, save, serve, verdict_line  # noqa: E402
+
+NAME = "relay_latency"
+GOAL = 1.3
+HOST = "localhost"
+
+
+async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
+    from client.api import verify_with_notaries
+    from client.bundle import Bundle, load_bundle
+
+    with serve("sites", {"count": 1, "names": [HOST]}) as sites:
+        port = sites.info["ports"][0]
+        with serve("cluster", {"n": 5, "table": {HOST: ["127.0.0.1"]}, "relays": [0]}) as cluster:
+            bundle = load_bundle(cluster.info["bundle"])
+            direct_bundle = Bundle(tuple(e for e in bundle.notaries if not e.relay))
+            assert len(direct_bundle.notaries) == 4
+            print(f"[{NAME}] site {HOST}:{port}; 5 notaries {cluster.info['urls']}, relay {bundle.notaries[0].url}")
+
+            async def relayed() -> None:
+                v = await verify_with_notaries(HOST, port, bundle=bundle, timeout=10, relay="auto", wait_all=True)
+                assert v.status == "consistent" and v.relays == ("notary-1",) and v.asked == 4, v.summary
+
+            async def direct() -> None:
+                v = await verify_with_notaries(HOST, port, bundle=direct_bundle, timeout=10, wait_all=True)
+                assert v.status == "consistent" and v.asked == 4, v.summary
+
+            kinds = {"direct": direct, "relayed": relayed}
+            for fn in kinds.values():  # warm-up: notary caches, gateway keys, imports
+                await fn()
+            times: dict[str, list[float]] = {k: [] for k in kinds}
+            deadline = time.monotonic() + args.max_seconds
+            for i in range(args.runs):
+                for k in (list(kinds) if i % 2 == 0 else list(reversed(kinds))):
+                    t0 = time.perf_counter()
+                    await kinds[k]()
+                    times[k].append(time.perf_counter() - t0)
+                if time.monotonic() > deadline:
+                    print(f"[{NAME}] time bound reached after {i + 1} runs")
+                    break
+    return times
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--max-seconds", type=float, default=120.0)
+    args = ap.parse_args()
+    print(f"[{NAME}] busiest processes before the run: {busy_processes()}")
+    times = asyncio.run(measure(args))
+    med = {k: median(v) * 1000 for k, v in times.items()}
+    for k, v in times.items():
+        vs = sorted(x * 1000 for x in v)
+        print(f"[{NAME}] {k:8s} median {med[k]:7.2f} ms  min {vs[0]:7.2f}  max {vs[-1]:7.2f}  (n={len(vs)})")
+    ratio = med["relayed"] / med["direct"]
+    print(f"[{NAME}] relayed/direct = {ratio:.3f} (goal <= {GOAL}): {'MET' if ratio <= GOAL else 'MISSED'}")
+    lines = [verdict_line(NAME, f"{med['relayed']:.2f} ms (check via an OHTTP relay, 4 warm notaries, median)",
+                          f"{med['direct']:.2f} ms (the same 4 notaries asked directly, median)", ratio,
+                          f"goal <= {GOAL}", ratio <= GOAL)]
+    save(NAME, {"times_s": times, "medians_ms": med, "ratio": ratio}, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
