@@ -25,13 +25,18 @@ IDENTITY_FILE = "identity.json"
 
 
 def bundle_entry(name: str, url: str | None, region: str, key_id: str, public_key: str,
-                 country: str | None = None, rir: str | None = None) -> dict[str, Any]:
-    """A bundle entry: what ``parallax notary-info`` prints and ``parallax bundle`` merges."""
+                 country: str | None = None, rir: str | None = None, relay: bool = False) -> dict[str, Any]:
+    """A bundle entry: what ``parallax notary-info`` prints and ``parallax bundle`` merges.
+
+    ``relay`` true: the notary runs an Oblivious HTTP relay for its bundle (``serve --relay``).
+    """
     entry: dict[str, Any] = {"name": name, "url": url, "region": region, "key_id": key_id, "public_key": public_key}
     if country:
         entry["country"] = country
     if rir:
         entry["rir"] = rir
+    if relay:
+        entry["relay"] = True
     return entry
 
 
@@ -63,4 +68,4 @@ def local_entry(data_dir: Path) -> dict[str, Any]:
     if not isinstance(saved, dict):
         raise EncodingError(f"{data_dir / IDENTITY_FILE} is not a JSON object")
     return bundle_entry(saved.get("name", "notary"), saved.get("url"), saved.get("region", "unknown"),
-                        key.key_id, key.b64, saved.get("country"), saved.get("rir"))
+                        key.key_id, key.b64, saved.get("country"), saved.get("rir"), saved.get("relay") is True)

@@ -46,6 +46,8 @@ def render_table(v: Verdict) -> str:
     for r in v.results:
         if r.result not in ("agrees", "disagrees"):
             lines.append(f"  {r.name}: {r.reason}")
+    if v.relays:
+        lines.append(f"relay: {', '.join(v.relays)} (Oblivious HTTP: the notaries did not see your address)")
     lines.append(f"verdict: {v.status} ({v.count}, policy {v.policy}, {v.required} needed)")
     lines.append(v.summary)
     return "\n".join(lines)
@@ -88,7 +90,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         policy = policy.with_overrides(name=f"{policy.name}+custom", **custom)
     verdict = asyncio.run(verify_with_notaries(
         host, port, bundle=bundle, policy=policy, observed=observed, timeout=args.timeout,
-        wait_all=args.wait_all, subset=args.subset, connect_to=connect_to, sni=args.sni,
+        wait_all=args.wait_all, subset=args.subset, connect_to=connect_to, sni=args.sni, relay=args.relay,
     ))
     if args.json:
         print(json.dumps(verdict.to_json(), indent=2))
@@ -116,6 +118,8 @@ def add_check_command(sub: Any) -> None:
                    help="point only this client's own probe at ADDR:PORT (like curl)")
     p.add_argument("--observed", metavar="PIN|CERTFILE", help="what you already saw: a sha256/ pin or a PEM/DER file")
     p.add_argument("--sni")
+    p.add_argument("--relay", default="none", metavar="auto|URL|none",
+                   help="ask through an Oblivious HTTP relay: auto picks a relay notary of the bundle (default none)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per notary and for your own probe")
     p.add_argument("--max-age", type=int, help="accept notary observations up to this many seconds old")
     p.add_argument("--quorum-fraction", type=float, metavar="F",

@@ -1,4 +1,4 @@
-"""Notary commands: ``keygen``, ``serve``, ``notary-info``.
+"""Notary commands: ``keygen``, ``serve``, ``notary-info``, ``ohttp-rotate``.
 
 The logic lives in :mod:`notary` (keys, config, server, identity file); this
 module only turns flags into calls.  ``notary-info URL`` fetches and checks a
@@ -79,13 +79,43 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not args.url and host in ("0.0.0.0", "::", ""):
         print(f"parallax serve: warning: advertising {url}, which clients cannot reach; pass --url", file=sys.stderr)
     config = build_config(args, url=url)
-    entry = bundle_entry(config.name, url, config.region, key.key_id, key.verify_key.b64, config.country, config.rir)
+    relay = _relay_config(args, config)
+    entry = bundle_entry(config.name, url, config.region, key.key_id, key.verify_key.b64, config.country, config.rir,
+                         relay=relay is not None)
     write_identity(Path(args.data_dir), entry)
     if args.export_entry:
         Path(args.export_entry).parent.mkdir(parents=True, exist_ok=True)
         Path(args.export_entry).write_text(json.dumps(entry, indent=2) + "\n")
     print(json.dumps({"serving": url, "key_id": key.key_id, "region": config.region}), flush=True)
-    run(config, key, host, port)
+    run(config, key, host, port, relay=relay)
+    return 0
+
+
+def _relay_config(args: argparse.Namespace, config: Any) -> Any:
+    """``--relay``: relay for the gateways of ``--bundle`` (the notary's own address policy applies)."""
+    if not args.relay:
+        if args.bundle:
+            raise InputError("--bundle is the bundle a relay relays for: give it with --relay")
+        return None
+    from client.bundle import load_bundle
+    from client.cli._common import operator_keys
+    from notary.relay import RelayConfig
+
+    if not args.bundle:
+        raise InputError("--relay needs --bundle FILE (the notaries it relays for)")
+    bundle = load_bundle(args.bundle, operator_keys(args))
+    if not bundle.notaries:
+        raise InputError(f"the bundle {args.bundle} names no notary to relay for")
+    return RelayConfig({e.key_id: e.url for e in bundle.notaries}, config.policy,
+                       rate_per_client=config.rate_per_client, burst_per_client=config.burst_per_client)
+
+
+def _cmd_ohttp_rotate(args: argparse.Namespace) -> int:
+    from notary.ohttp_gateway import rotate_gateway_keys
+
+    ring = rotate_gateway_keys(args.data_dir)
+    print(json.dumps({"previous": ring.previous.config.key_id if ring.previous else None,
+                      "current": ring.current.config.key_id, "next": ring.next.config.key_id}))
     return 0
 
 
@@ -132,7 +162,8 @@ async def fetch_entry(url: str, timeout: float) -> dict[str, Any]:
         ident = verify_identity(doc, claimed)
     except (EncodingError, VerificationError, KeyError, TypeError, ValueError) as exc:
         raise RemoteError(f"{url} sent an invalid identity document: {exc}") from None
-    return bundle_entry(ident.name, ident.url or url, ident.region, ident.key_id, ident.public_key, ident.country, ident.rir)
+    return bundle_entry(ident.name, ident.url or url, ident.region, ident.key_id, ident.public_key, ident.country, ident.rir,
+                        relay=ident.relay)
 
 
 def add_notary_commands(sub: Any) -> None:
@@ -164,7 +195,15 @@ def add_notary_commands(sub: Any) -> None:
     p.add_argument("--rescan-interval", type=int, default=3600)
     p.add_argument("--init", action="store_true", help="generate a key on first start if none exists")
     p.add_argument("--export-entry", metavar="PATH", help="write this notary's bundle entry to PATH")
+    p.add_argument("--relay", action="store_true",
+                   help="also be an Oblivious HTTP relay for the notaries of --bundle (docs/protocol.md section 12)")
+    p.add_argument("--bundle", metavar="FILE", help="with --relay: the bundle whose gateways this notary relays to")
+    p.add_argument("--operator-key", action="append", help="with --relay: the key that signed --bundle (repeatable)")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("ohttp-rotate", help="rotate the Oblivious HTTP gateway keys in --data-dir (next becomes current)")
+    p.add_argument("--data-dir", required=True)
+    p.set_defaults(func=_cmd_ohttp_rotate)
 
     p = sub.add_parser("notary-info", help="print a notary's bundle entry as JSON")
     src = p.add_mutually_exclusive_group(required=True)

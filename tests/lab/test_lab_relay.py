@@ -107,7 +107,7 @@ def _restart_as_relay(lab: Lab) -> None:
             "--export-entry", str(data / "entry.json"), "--relay", "--bundle", str(lab.bundle_path)]
     lab.notaries[RELAY] = lab.spawn(f"n{RELAY}", argv, name=f"notary-{RELAY}-relay", listen_port=NOTARY_PORT)
     entries = [str(lab.workdir / f"notary-{i}" / "entry.json") for i in range(1, RELAY + 1)]
-    subprocess.run([lab.parallax, "bundle", "merge", *entries, "-o", str(lab.bundle_path), "--force"],
+    subprocess.run([lab.parallax, "bundle", "merge", *entries, "-o", str(lab.bundle_path)],
                    check=True, capture_output=True, timeout=60)
 
 
