@@ -6,8 +6,9 @@ Roles (all on loopback):
               certificate (make_cert_context, ECDSA) for ``names``; or, with
               ``acme``, a TLS-ALPN-01 challenge certificate (open-mpic benchmark).
 * ``cluster`` ``n`` real notaries (client.cluster.local_cluster: create_app +
-              AppRunner), StaticResolver ``table``, rate limit out of the way;
-              the indices in ``relays`` also run an Oblivious HTTP relay.
+              AppRunner), StaticResolver ``table``, rate limit out of the way.
+* ``relay``   one more notary, in its own process, that is also an Oblivious
+              HTTP relay for the bundle at ``bundle`` (loopback allowed).
 * ``static``  a bare aiohttp handler answering POST /v1/observe with fixed bytes.
 * ``mpic``    ``n`` open-mpic-core DCV perspectives behind aiohttp (POST /dcv).
 
@@ -114,10 +115,37 @@ async def role_cluster(spec: dict[str, Any], workdir: Path) -> None:
 
     resolver = StaticResolver(spec.get("table", {}))
     async with local_cluster(int(spec.get("n", 1)), workdir / "cluster", resolver=resolver,
-                             ttl=int(spec.get("ttl", 300)), rate=float(spec.get("rate", 1e6)),
-                             relays=tuple(spec.get("relays", ()))) as cluster:
+                             ttl=int(spec.get("ttl", 300)), rate=float(spec.get("rate", 1e6))) as cluster:
         _ready({"urls": cluster.urls, "bundle": str(cluster.bundle_path), "db_dir": str(workdir / "cluster")})
         await _wait_end(spec["lifetime"])
+
+
+async def role_relay(spec: dict[str, Any], workdir: Path) -> None:
+    from aiohttp import web
+
+    from client.bundle import load_bundle
+    from notary.config import NotaryConfig
+    from notary.core import AddressPolicy, SigningKey, parse_networks
+    from notary.relay import RelayConfig
+    from notary.server import create_app
+
+    bundle = load_bundle(spec["bundle"])
+    policy = AddressPolicy(parse_networks(["127.0.0.0/8"]), None)
+    key = SigningKey.generate()
+    relay = RelayConfig({e.key_id: e.url for e in bundle.notaries}, policy, rate_per_client=1e6, burst_per_client=10**6)
+    app = create_app(NotaryConfig(data_dir=workdir, name="relay", region="local-relay", policy=policy,
+                                  rate_per_client=1e6, burst_per_client=10**6), key, relay=relay)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        _ready({"url": url, "entry": {"name": "relay", "url": url, "region": "local-relay", "key_id": key.key_id,
+                                      "public_key": key.verify_key.b64, "relay": True}})
+        await _wait_end(spec["lifetime"])
+    finally:
+        await runner.cleanup()
 
 
 async def role_static(spec: dict[str, Any], workdir: Path) -> None:
@@ -174,7 +202,7 @@ async def role_mpic(spec: dict[str, Any], workdir: Path) -> None:
             await r.cleanup()
 
 
-ROLES = {"sites": role_sites, "cluster": role_cluster, "static": role_static, "mpic": role_mpic}
+ROLES = {"sites": role_sites, "cluster": role_cluster, "static": role_static, "mpic": role_mpic, "relay": role_relay}
 
 
 def main() -> None:

@@ -1,13 +1,15 @@
 """Benchmark: a check through an Oblivious HTTP relay vs the same check asked directly.
 
-Setup:    one local TLS site for ``localhost`` (own process); 5 real notaries
-          (client.cluster.local_cluster, own process), notary-1 of which also
-          runs a relay (``relays=(0,)``).  The client runs in this process.
-Subject:  ``verify_with_notaries(..., relay="auto")``: notary-1 relays, the
-          other 4 are asked through it (warm: their observation caches and the
-          client's gateway-key cache are filled once before timing).
-Baseline: ``verify_with_notaries(...)`` asking the same 4 notaries directly
-          (a bundle without notary-1), warm, in the same run.
+Setup:    one local TLS site for ``localhost`` (own process); 4 real notaries
+          (client.cluster.local_cluster, own process); a fifth notary that is
+          also a relay for them, in its own process, as a deployed relay is.
+          The client runs in this process.
+Subject:  ``verify_with_notaries(..., relay="auto")`` over the bundle of all
+          5: the relay notary is picked and not asked, the other 4 are asked
+          through it (warm: their observation caches and the client's
+          gateway-key cache are filled once before timing).
+Baseline: ``verify_with_notaries(...)`` asking the same 4 notaries directly,
+          warm, in the same run.
 Runs:     ``--runs`` (30) of each, interleaved; medians; ``wait_all`` so both
           wait for every answer.
 Goal:     relayed median / direct median <= 1.3 on loopback.
@@ -31,19 +33,20 @@ HOST = "localhost"
 
 async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     from client.api import verify_with_notaries
-    from client.bundle import Bundle, load_bundle
+    from client.bundle import Bundle, BundleEntry, load_bundle
 
     with serve("sites", {"count": 1, "names": [HOST]}) as sites:
         port = sites.info["ports"][0]
-        with serve("cluster", {"n": 5, "table": {HOST: ["127.0.0.1"]}, "relays": [0]}) as cluster:
-            bundle = load_bundle(cluster.info["bundle"])
-            direct_bundle = Bundle(tuple(e for e in bundle.notaries if not e.relay))
-            assert len(direct_bundle.notaries) == 4
-            print(f"[{NAME}] site {HOST}:{port}; 5 notaries {cluster.info['urls']}, relay {bundle.notaries[0].url}")
+        with serve("cluster", {"n": 4, "table": {HOST: ["127.0.0.1"]}}) as cluster, \
+                serve("relay", {"bundle": cluster.info["bundle"]}) as relay_proc:
+            direct_bundle = load_bundle(cluster.info["bundle"])
+            bundle = Bundle((BundleEntry.from_json(relay_proc.info["entry"]), *direct_bundle.notaries))
+            print(f"[{NAME}] site {HOST}:{port}; 4 notaries {cluster.info['urls']}; relay {relay_proc.info['url']} "
+                  f"(pids {cluster.pid}, {relay_proc.pid})")
 
             async def relayed() -> None:
                 v = await verify_with_notaries(HOST, port, bundle=bundle, timeout=10, relay="auto", wait_all=True)
-                assert v.status == "consistent" and v.relays == ("notary-1",) and v.asked == 4, v.summary
+                assert v.status == "consistent" and v.relays == ("relay",) and v.asked == 4, v.summary
 
             async def direct() -> None:
                 v = await verify_with_notaries(HOST, port, bundle=direct_bundle, timeout=10, wait_all=True)
