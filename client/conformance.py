@@ -20,7 +20,14 @@ The checks, in order (one ``PASS``/``FAIL``/``SKIP`` line each):
                         the network: ``--expect-allowed CIDR``);
 ``limit ...``           too many targets (400), an oversized body (413), a bad
                         nonce (400) and malformed JSON (400), each with a JSON
-                        ``{"error", "reason"}`` body.
+                        ``{"error", "reason"}`` body;
+``ohttp-keys``          ``GET /.well-known/ohttp-gateway`` serves, as
+                        ``application/ohttp-keys``, exactly the key configurations
+                        the signed identity lists (``ohttp_keys``), with a usable one;
+``ohttp-gateway``       an encapsulated ``GET /v1/notary`` through ``POST
+                        /.well-known/ohttp-gateway`` decrypts to the signed identity,
+                        and a tampered encapsulation is a 400 with a JSON reason.
+                        Both are skipped for a notary whose identity lists no keys.
 
 Which targets it uses.  The tool talks only to ``URL``.  The notary is asked to
 observe the ``--target`` the operator chose (without it the observation checks
@@ -53,6 +60,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from notary.httputil import BodyTooLarge, read_capped
+from notary.core import bhttp, ohttp
 from notary.core import (
     IDENTITY_TYPE,
     PROTOCOL,
@@ -63,7 +71,7 @@ from notary.core import (
     verify_identity,
     verify_observation,
 )
-from notary.errors import EncodingError, InputError, VerificationError
+from notary.errors import EncodingError, InputError, OhttpError, VerificationError
 
 __all__ = ["add_conformance_command", "run_conformance", "CheckResult", "REFUSAL_TARGETS"]
 
@@ -243,6 +251,71 @@ async def _check_openapi(ctx: _Ctx) -> str:
     if missing:
         raise _Fail(f"the document does not list {', '.join(missing)}")
     return f"OpenAPI {doc['openapi']}, {len(paths)} paths"
+
+
+# -- Oblivious HTTP ----------------------------------------------------------------
+
+def _signed_ohttp_keys(ctx: _Ctx) -> bytes:
+    if ctx.identity is None:
+        raise _Skip("the identity check failed")
+    if not ctx.identity.ohttp_keys:
+        raise _Skip("the identity lists no ohttp_keys: not an Oblivious HTTP gateway")
+    try:
+        return base64.b64decode(ctx.identity.ohttp_keys, validate=True)
+    except ValueError:
+        raise _Fail("the identity's ohttp_keys is not base64") from None
+
+
+async def _check_ohttp_keys(ctx: _Ctx) -> str:
+    signed = _signed_ohttp_keys(ctx)
+    resp = await _request(ctx, "GET", "/.well-known/ohttp-gateway")
+    _expect_200(resp, "GET /.well-known/ohttp-gateway")
+    if not resp.content_type.startswith(ohttp.KEYS_MEDIA_TYPE):
+        raise _Fail(f"Content-Type is {resp.content_type!r}, not {ohttp.KEYS_MEDIA_TYPE}")
+    if resp.body != signed:
+        raise _Fail("the served key configurations differ from the ones the signed identity lists")
+    try:
+        configs = ohttp.decode_keys(signed)
+    except OhttpError as exc:
+        raise _Fail(f"ohttp_keys is not application/ohttp-keys: {exc}") from None
+    usable = [c for c in configs if _usable(c)]
+    if not usable:
+        raise _Fail("no key configuration with X25519, HKDF-SHA256 and a supported AEAD")
+    return f"{len(configs)} key configurations (ids {', '.join(str(c.key_id) for c in configs)}), as signed"
+
+
+def _usable(config: ohttp.KeyConfig) -> bool:
+    try:
+        config.choose_suite()
+    except OhttpError:
+        return False
+    return True
+
+
+async def _check_ohttp_gateway(ctx: _Ctx) -> str:
+    configs = [c for c in ohttp.decode_keys(_signed_ohttp_keys(ctx)) if _usable(c)]
+    if not configs:
+        raise _Skip("no usable key configuration (see ohttp-keys)")
+    inner = bhttp.encode_request(bhttp.Request("GET", "https", urlsplit(ctx.base).netloc, "/v1/notary"))
+    enc, client = ohttp.encapsulate_request(configs[0], inner)
+    headers = {"Content-Type": ohttp.REQUEST_MEDIA_TYPE}
+    resp = await _request(ctx, "POST", "/.well-known/ohttp-gateway", data=enc, headers=headers)
+    _expect_200(resp, "POST /.well-known/ohttp-gateway")
+    if not resp.content_type.startswith(ohttp.RESPONSE_MEDIA_TYPE):
+        raise _Fail(f"Content-Type is {resp.content_type!r}, not {ohttp.RESPONSE_MEDIA_TYPE}")
+    try:
+        answer = bhttp.decode_response(ohttp.decapsulate_response(client, resp.body))
+        ident = verify_identity(json.loads(answer.content), ctx.key) if ctx.key else None
+    except (OhttpError, VerificationError, ValueError) as exc:
+        raise _Fail(f"the encapsulated answer is unusable: {exc}"[:300]) from None
+    if answer.status != 200 or ident is None:
+        raise _Fail(f"the encapsulated GET /v1/notary answered {answer.status}")
+    tampered = enc[:-1] + bytes([enc[-1] ^ 1])
+    bad = await _request(ctx, "POST", "/.well-known/ohttp-gateway", data=tampered, headers=headers)
+    if bad.status != 400:
+        raise _Fail(f"a tampered encapsulation got HTTP {bad.status}, not 400")
+    _json(bad, "tampered encapsulation")
+    return f"key {configs[0].key_id}: the encrypted identity verifies; a tampered request is a 400"
 
 
 # -- observations ---------------------------------------------------------------
@@ -466,6 +539,8 @@ async def run_conformance(
         await run("limit body-too-large", _check_too_large(ctx))
         await run("limit bad-nonce", _check_bad_nonce(ctx))
         await run("limit bad-json", _check_bad_json(ctx))
+        await run("ohttp-keys", _check_ohttp_keys(ctx))
+        await run("ohttp-gateway", _check_ohttp_gateway(ctx))
         return out
     finally:
         if own:

@@ -148,10 +148,10 @@ def test_real_notary_passes(real_notary: str, site: str) -> None:
     lines = proc.stdout.splitlines()
     for name in ("identity", "healthz", "openapi", "observe", "observe-get", "refuse loopback",
                  "refuse ipv4-mapped", "limit too-many-targets", "limit body-too-large", "limit bad-nonce",
-                 "limit bad-json"):
+                 "limit bad-json", "ohttp-keys", "ohttp-gateway"):
         assert any(line.startswith("PASS") and f" {name} " in line + " " for line in lines), (name, proc.stdout)
     assert "FAIL" not in proc.stdout
-    assert "11 passed, 0 failed, 0 skipped" in proc.stdout
+    assert "13 passed, 0 failed, 0 skipped" in proc.stdout
     # The site was really observed: a certificate, not an error status.
     assert any(line.startswith("PASS  observe ") and " ok sha256/" in line for line in lines), proc.stdout
 
@@ -341,6 +341,22 @@ async def error_not_json(request: web.Request, resp: web.Response, key: SigningK
     return resp
 
 
+async def ohttp_keys_substituted(request: web.Request, resp: web.Response, key: SigningKey) -> web.StreamResponse:
+    """Serves gateway keys other than the signed ones (what a substituting relay would do)."""
+    if request.method == "GET" and request.path == "/.well-known/ohttp-gateway":
+        from notary.core import ohttp
+        return web.Response(body=ohttp.encode_keys([ohttp.GatewayKey.generate(0).config]),
+                            content_type="application/ohttp-keys")
+    return resp
+
+
+async def ohttp_tamper_accepted(request: web.Request, resp: web.Response, key: SigningKey) -> web.StreamResponse:
+    """Answers a failed decapsulation with 200, as if it had been fine."""
+    if request.path == "/.well-known/ohttp-gateway" and resp.status == 400:
+        return web.Response(status=200, body=b"", content_type="message/ohttp-res")
+    return resp
+
+
 BROKEN: list[tuple[Mutator, set[str]]] = [
     (unsigned, {"identity", "observe", "observe-get", "refuse loopback", "refuse ipv4-mapped"}),
     (identity_wrong_key, {"identity", "observe", "refuse ipv4-mapped"}),
@@ -350,8 +366,11 @@ BROKEN: list[tuple[Mutator, set[str]]] = [
     (nonce_not_echoed, {"observe", "observe-get", "refuse ipv4-mapped"}),
     (wrong_target, {"observe", "observe-get", "refuse ipv4-mapped"}),
     (probes_private, {"refuse loopback", "refuse ipv4-mapped"}),
-    (error_500, {"limit too-many-targets", "limit body-too-large", "limit bad-nonce", "limit bad-json"}),
-    (error_not_json, {"limit too-many-targets", "limit bad-nonce", "limit bad-json"}),
+    # These two break every 400, the gateway's answer to a tampered encapsulation too.
+    (error_500, {"limit too-many-targets", "limit body-too-large", "limit bad-nonce", "limit bad-json", "ohttp-gateway"}),
+    (error_not_json, {"limit too-many-targets", "limit bad-nonce", "limit bad-json", "ohttp-gateway"}),
+    (ohttp_keys_substituted, {"ohttp-keys"}),
+    (ohttp_tamper_accepted, {"ohttp-gateway"}),
 ]
 
 
@@ -439,4 +458,4 @@ async def test_library_call(bg: LoopThread, site: str, tmp_path: Path) -> None:
     with _serve(bg, _notary_app(tmp_path, SigningKey.generate())) as url:
         host, port = site.split(":")
         results = await run_conformance(url, target=Target.parse(host, int(port)))
-    assert [r.status for r in results] == ["pass"] * 11
+    assert [r.status for r in results] == ["pass"] * 13
