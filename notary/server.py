@@ -351,6 +351,12 @@ async def _rescan_loop(service: ObservationService, config: NotaryConfig) -> Non
         await asyncio.sleep(config.rescan_interval)
 
 
-def run(config: NotaryConfig, key: SigningKey, host: str, port: int, *, relay: RelayConfig | None = None) -> None:
-    """Serve until interrupted (the CLI's ``parallax serve``).  No access log: client addresses are never logged."""
-    web.run_app(create_app(config, key, relay=relay), host=host, port=port, print=None, access_log=None)
+def run(config: NotaryConfig, key: SigningKey, host: str, port: int, *, relay: RelayConfig | None = None,
+        access_log: bool = False) -> None:
+    """Serve until interrupted (the CLI's ``parallax serve``).
+
+    No access log by default, so no client address is ever logged; ``access_log``
+    (``--access-log``, an operator's explicit opt-in) turns aiohttp's on, which does.
+    """
+    web.run_app(create_app(config, key, relay=relay), host=host, port=port, print=None,
+                access_log=logging.getLogger("aiohttp.access") if access_log else None)

@@ -74,3 +74,16 @@ def test_table_names_the_relay() -> None:
                 (), (), "summary", "mpic", 0, relays=("notary-4",))
     assert "relay: notary-4" in render_table(v)
     assert "relay:" not in render_table(replace(v, relays=()))
+
+
+def test_no_access_log_unless_the_operator_opts_in(tmp_path: Path) -> None:
+    """By default nothing logs a request line with the client's address; --access-log does."""
+    assert run("keygen", "--data-dir", str(tmp_path / "n")).returncode == 0
+    with serving(tmp_path / "n", tmp_path / "quiet.log"):
+        pass  # serving() waited for /healthz: at least one request was served
+    quiet = (tmp_path / "quiet.log").read_text()
+    assert "GET /healthz" not in quiet
+    with serving(tmp_path / "n", tmp_path / "loud.log", "--access-log"):
+        pass
+    loud = (tmp_path / "loud.log").read_text()
+    assert any("GET /healthz" in line and "127.0.0.1" in line for line in loud.splitlines()), loud[-2000:]

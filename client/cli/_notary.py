@@ -87,7 +87,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         Path(args.export_entry).parent.mkdir(parents=True, exist_ok=True)
         Path(args.export_entry).write_text(json.dumps(entry, indent=2) + "\n")
     print(json.dumps({"serving": url, "key_id": key.key_id, "region": config.region}), flush=True)
-    run(config, key, host, port, relay=relay)
+    run(config, key, host, port, relay=relay, access_log=args.access_log)
     return 0
 
 
@@ -195,6 +195,8 @@ def add_notary_commands(sub: Any) -> None:
     p.add_argument("--rescan-interval", type=int, default=3600)
     p.add_argument("--init", action="store_true", help="generate a key on first start if none exists")
     p.add_argument("--export-entry", metavar="PATH", help="write this notary's bundle entry to PATH")
+    p.add_argument("--access-log", action="store_true",
+                   help="log every request with the client's address (off by default: notaries log no client addresses)")
     p.add_argument("--relay", action="store_true",
                    help="also be an Oblivious HTTP relay for the notaries of --bundle (docs/protocol.md section 12)")
     p.add_argument("--bundle", metavar="FILE", help="with --relay: the bundle whose gateways this notary relays to")
