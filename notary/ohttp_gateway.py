@@ -35,7 +35,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -249,7 +249,7 @@ async def _dispatch(app: web.Application, template: web.BaseRequest, inner: bhtt
     clone._read_bytes = inner.content  # the inner body, already decrypted  # noqa: SLF001
     # Application._handle is aiohttp's own entry point for a request: it resolves the
     # route and runs the middlewares, exactly as for a request off the wire.
-    handle: Callable[[web.BaseRequest], Any] = app._handle  # noqa: SLF001
+    handle: Callable[[Any], Awaitable[web.StreamResponse]] = app._handle  # noqa: SLF001
     try:
         resp = await handle(clone)
     except web.HTTPException as exc:  # pragma: no cover - the error middleware answers these
