@@ -37,7 +37,7 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -99,6 +99,11 @@ async def _get(session: aiohttp.ClientSession, method: str, url: str, *, relay_h
     return status, ctype, body
 
 
+def _fill(template: str, entry: BundleEntry) -> str:
+    """The relay resource for one notary: ``{key_id}`` replaced (nothing else in the URL is touched)."""
+    return template.replace("{key_id}", quote(entry.key_id, safe=":"))
+
+
 def _reason(status: int, body: bytes) -> str:
     try:
         doc = canonical_decode(body)
@@ -118,7 +123,7 @@ async def _gateway_key(session: aiohttp.ClientSession, entry: BundleEntry, route
     if cached is not None and now - cached[0] < KEYS_TTL:
         return cached[1], None
     if route.identity_template is not None:
-        status, _, body = await _get(session, "GET", route.identity_template.format(key_id=entry.key_id), relay_hop=True)
+        status, _, body = await _get(session, "GET", _fill(route.identity_template, entry), relay_hop=True)
     else:  # a third-party relay forwards only message/ohttp-req: ask the notary itself
         status, _, body = await _get(session, "GET", entry.url + "/v1/notary", relay_hop=False)
     if status != 200:
@@ -163,7 +168,7 @@ async def _ask_once(session: aiohttp.ClientSession, entry: BundleEntry, route: R
     inner = bhttp.encode_request(bhttp.Request(
         "POST", "https", authority, "/v1/observe", (("content-type", "application/json"),), canonical_encode(body)))
     enc, ctx = ohttp.encapsulate_request(config, inner)
-    status, ctype, raw = await _get(session, "POST", route.template.format(key_id=entry.key_id), relay_hop=True,
+    status, ctype, raw = await _get(session, "POST", _fill(route.template, entry), relay_hop=True,
                                     data=enc, headers={"Content-Type": ohttp.REQUEST_MEDIA_TYPE})
     if status != 200 or ctype != ohttp.RESPONSE_MEDIA_TYPE:
         if status == 400:

@@ -220,6 +220,11 @@ async def test_a_standard_third_party_relay_works(site, cluster) -> None:
                                        wait_all=True, timeout=10, relay=base + "/relay/{key_id}")
     assert v.status == "consistent", v.summary
     assert v.relays == (base,) and len(v.results) == 4
+    # Other braces in a relay URL are left alone (only {key_id} is a placeholder).
+    async with standard_relay(targets) as base:
+        v = await verify_with_notaries(HOST, site.port, bundle=cluster.bundle, connect_to=("127.0.0.1", site.port),
+                                       wait_all=True, timeout=10, relay=base + "/relay/{key_id}?x={y}")
+    assert v.status == "consistent", v.summary
 
 
 async def test_relay_falls_back_to_the_next_relay(site, cluster, session, unused_tcp_port) -> None:
