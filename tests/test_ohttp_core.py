@@ -280,3 +280,15 @@ def test_rfc9292_size_and_field_count_limits() -> None:
     many = tuple((f"x-{i}", "v") for i in range(bhttp.MAX_FIELDS + 1))
     with pytest.raises(OhttpError):
         bhttp.decode_request(bhttp.encode_request(bhttp.Request("GET", "https", "", "/", many)))
+
+
+@pytest.mark.parametrize("aead", [ohttp.AEAD_AES_128_GCM, ohttp.AEAD_AES_256_GCM, ohttp.AEAD_CHACHA20_POLY1305])
+def test_every_supported_aead_round_trips(aead: int) -> None:
+    key = ohttp.GatewayKey.generate(9, suites=((ohttp.KDF_HKDF_SHA256, aead),))
+    enc, client = ohttp.encapsulate_request(key.config, b"request")
+    assert enc[5:7] == aead.to_bytes(2, "big")
+    plain, server = ohttp.decapsulate_request({9: key}, enc)
+    assert plain == b"request"
+    resp = ohttp.encapsulate_response(server, b"response")
+    assert len(resp) == max(16 if aead == ohttp.AEAD_AES_128_GCM else 32, 12) + len(b"response") + 16
+    assert ohttp.decapsulate_response(client, resp) == b"response"
