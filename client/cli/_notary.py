@@ -198,7 +198,7 @@ def add_notary_commands(sub: Any) -> None:
     p.add_argument("--access-log", action="store_true",
                    help="log every request with the client's address (off by default: notaries log no client addresses)")
     p.add_argument("--relay", action="store_true",
-                   help="also be an Oblivious HTTP relay for the notaries of --bundle (docs/protocol.md section 12)")
+                   help="also be an Oblivious HTTP relay for the notaries of --bundle (docs/protocol.md section 13)")
     p.add_argument("--bundle", metavar="FILE", help="with --relay: the bundle whose gateways this notary relays to")
     p.add_argument("--operator-key", action="append", help="with --relay: the key that signed --bundle (repeatable)")
     p.set_defaults(func=_cmd_serve)
