@@ -21,12 +21,17 @@ from typing import Callable, Sequence
 import aiohttp
 
 from notary.core import AddressPolicy, Target, observed_spki, parse_networks
+from notary.core.pins import load_certificate, spki_hex_from_pin, spki_sha256
 from notary.errors import InputError
 from notary.prober import ProbeLimits, Prober
 from client.bundle import Bundle, BundleEntry, load_bundle
 from client.fanout import RawAnswer, ask_notary
 from client.ohttp import plan_relay
+from client.evidence import CheckContext, Expectation, ProxyView
+from client.interception import proven_keys
+from client.keymemory import KeyStore
 from client.policy import Policy, get_policy
+from client.socks import ProxySpec, parse_via, probe_all_via
 from client.verdict import ClientView, Evidence, NotaryResult, Verdict, conclude, judge_all, outcome_class
 from client.verify import check_answer
 
@@ -57,13 +62,18 @@ async def client_probe(
     timeout: float = 5.0,
     connect_to: tuple[str, int] | None = None,
     clock: Callable[[], float] = time.time,
+    extra_cas: Sequence[bytes] = (),
 ) -> ClientView:
-    """Probe the target from this machine with the notary's own prober (any address allowed)."""
+    """Probe the target from this machine with the notary's own prober (any address allowed).
+
+    ``extra_cas`` (DER): CA certificates a declared interceptor issues from; see :mod:`client.interception`.
+    """
     override = {(target.host, target.port): connect_to} if connect_to else None
     prober = Prober(_ANY, clock=lambda: int(clock()), limits=ProbeLimits(connect_timeout=timeout, handshake_timeout=timeout),
                     connect_override=override)
     result = (await prober.probe(target))[0]
-    return ClientView(result.status, result.spki_sha256, result.ip, result.detail, "probe")
+    return ClientView(result.status, result.spki_sha256, result.ip, result.detail, "probe",
+                      proven_keys=proven_keys(result.chain, extra_cas))
 
 
 def _evidence(answer: RawAnswer, *, nonce: str, target: Target, now: int, policy: Policy) -> Evidence:
@@ -97,6 +107,10 @@ async def verify_with_notaries(
     session: aiohttp.ClientSession | None = None,
     clock: Callable[[], float] = time.time,
     relay: str | None = None,
+    via: Sequence[str | ProxySpec] = (),
+    isolate: bool = True,
+    expect_interceptor: Sequence[str | bytes] = (),
+    memory: KeyStore | None = None,
 ) -> Verdict:
     """Ask the bundle's notaries about ``host:port`` and compare with what this client sees.
 
@@ -119,6 +133,8 @@ async def verify_with_notaries(
     if subset is not None and subset < 1:
         raise InputError("subset must be at least 1", "bad_subset")
     pol = get_policy(policy)
+    specs = [parse_via(v) for v in via]
+    expected, extra_cas = _expectation(expect_interceptor)
     bun = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     plan = plan_relay(bun, relay)
     entries: Sequence[BundleEntry] = plan.entries if plan else bun.notaries
@@ -136,6 +152,7 @@ async def verify_with_notaries(
     sess = session or aiohttp.ClientSession()
     tasks: dict[asyncio.Task[RawAnswer], BundleEntry] = {}
     probe_task: asyncio.Task[ClientView] | None = None
+    proxy_task = asyncio.create_task(probe_all_via(target, specs, timeout=timeout, isolate=isolate, clock=clock))
     try:
         for e in entries:
             t = asyncio.create_task((plan.ask if plan else ask_notary)(sess, e, target, nonce, timeout=timeout,
@@ -144,20 +161,24 @@ async def verify_with_notaries(
                                                fetch_identity=not _identity_fresh(e, clock())))
             tasks[t] = e
         if client_view is None:
-            probe_task = asyncio.create_task(client_probe(target, timeout=timeout, connect_to=connect_to, clock=clock))
+            probe_task = asyncio.create_task(client_probe(target, timeout=timeout, connect_to=connect_to, clock=clock,
+                                                          extra_cas=extra_cas))
         evidence: dict[str, Evidence] = {}
         pending: set[asyncio.Task[object]] = set(tasks) | ({probe_task} if probe_task else set())  # type: ignore[arg-type]
+        pending.add(proxy_task)  # type: ignore[arg-type]
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             now = int(clock())
             for t in done:
                 if t is probe_task:
                     client_view = probe_task.result()
+                elif t is proxy_task:
+                    pass
                 else:
                     entry = tasks[t]  # type: ignore[index]
                     evidence[entry.key_id + entry.url] = _evidence(t.result(), nonce=nonce, target=target, now=now, policy=pol)  # type: ignore[arg-type]
-            if wait_all or client_view is None or not pending:
-                continue
+            if wait_all or client_view is None or not pending or not proxy_task.done() or (specs and pol.proxies == "count"):
+                continue  # counted proxies are not in _settled's arithmetic: wait for every notary
             if _settled(client_view, entries, evidence, pol, now, target):
                 break
         now = int(clock())
@@ -169,15 +190,34 @@ async def verify_with_notaries(
         ]
         complete = all(e.key_id + e.url in evidence for e in entries)
         results = judge_all(client_view, ordered, pol, now)
-        verdict = conclude(client_view, results, pol, now, host=target.host, port=target.port, complete=complete)
+        mem = await asyncio.to_thread(memory.memory, target) if memory is not None else None
+        ctx = CheckContext(tuple(proxy_task.result()), Expectation(expected), mem)
+        verdict = conclude(client_view, results, pol, now, host=target.host, port=target.port, complete=complete,
+                           context=ctx)
+        if memory is not None and client_view.spki_sha256:
+            await asyncio.to_thread(memory.record, target, client_view.spki_sha256, verdict.status, now)
         return plan.annotate(verdict) if plan else verdict
     finally:
-        for t in list(tasks) + ([probe_task] if probe_task else []):
+        for t in list(tasks) + ([probe_task] if probe_task else []) + [proxy_task]:
             t.cancel()
         with contextlib.suppress(BaseException):
-            await asyncio.gather(*tasks, *([probe_task] if probe_task else []), return_exceptions=True)
+            await asyncio.gather(*tasks, *([probe_task] if probe_task else []), proxy_task, return_exceptions=True)
         if own_session:
             await sess.close()
+
+
+def _expectation(declared: Sequence[str | bytes]) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
+    """Declared interceptors -> (SPKI hex keys, CA certificates DER).  Raises InputError for a bad pin or certificate."""
+    keys: list[str] = []
+    cas: list[bytes] = []
+    for item in declared:
+        if isinstance(item, str) and item.startswith("sha256/"):
+            keys.append(spki_hex_from_pin(item))
+        else:
+            der = load_certificate(item)
+            cas.append(der)
+            keys.append(spki_sha256(der))
+    return tuple(keys), tuple(cas)
 
 
 def _settled(client: ClientView, entries: Sequence[BundleEntry], evidence: dict[str, Evidence],

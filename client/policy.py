@@ -26,6 +26,12 @@ Presets
                 key is *any* key it saw for the site within ``history_window``
                 (multi-certificate sites).
 
+``proxies``     for ``--via`` SOCKS5 proxy vantages without notaries (or with
+                them): every vantage asked, notary or proxy, must have seen the
+                client's key (``rule="all"``, ``proxies="count"``); at least one.
+                Every notary preset keeps proxies ``advisory`` (shown, never
+                counted).  The mixing rules are in :mod:`client.evidence`.
+
 ``min_regions`` is the number of distinct known regions the deciding side must
 span; 1 (the value of every preset but ``mpic``) means no region requirement.
 
@@ -63,6 +69,7 @@ class Policy:
     weak_consistency: bool = False
     history_window: int = 30 * 86400
     all_addresses: bool = True
+    proxies: str = "advisory"  # advisory | count: how SOCKS proxy vantages weigh (client.evidence)
 
     def required(self, n: int) -> int:
         """How many of ``n`` notaries asked must agree (always at least 1)."""
@@ -87,6 +94,8 @@ class Policy:
             raise InputError(f"unknown quorum rule {p.rule!r}")
         if not 0 < p.quorum_fraction <= 1:
             raise InputError("quorum_fraction must be in (0, 1]")
+        if p.proxies not in ("advisory", "count"):
+            raise InputError(f"proxies must be advisory or count, not {p.proxies!r}")
         if p.min_notaries < 1 or p.min_regions < 1 or min(p.max_age, p.max_skew, p.quorum_duration) < 0:
             raise InputError("policy values must be positive")
         return p
@@ -98,6 +107,7 @@ class Policy:
             "max_age": self.max_age, "max_skew": self.max_skew,
             "quorum_duration": self.quorum_duration, "weak_consistency": self.weak_consistency,
             "history_window": self.history_window, "all_addresses": self.all_addresses,
+            "proxies": self.proxies,
         }
 
 
@@ -110,6 +120,7 @@ PRESETS: dict[str, Policy] = {
         name="perspectives", rule="fraction", quorum_fraction=0.75, min_notaries=1, min_regions=1,
         quorum_duration=0, weak_consistency=True, max_age=86400,
     ),
+    "proxies": Policy(name="proxies", rule="all", min_notaries=1, min_regions=1, proxies="count"),
 }
 
 

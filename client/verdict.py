@@ -40,14 +40,24 @@ that cannot be met gives ``insufficient``, with the summary saying why.
 
 Every failure lowers ``A`` and ``D`` and never raises either, so an attacker who
 can only silence notaries gets ``insufficient``, never ``consistent``.
+
+Then the other evidence of a :class:`~client.evidence.CheckContext` is weighed
+(:mod:`client.evidence` states those rules): SOCKS proxy vantages (unsigned;
+counted only under a policy with ``proxies="count"``, and never able to silence
+a notary quorum for another key), a declared interceptor (``mitm_suspected``
+-> ``intercepted_as_expected``), and the keys this client remembers
+(``key_changed``, ``pin_mismatch``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from notary.core import Observation, pin_from_spki_hex
+from client.evidence import (
+    CheckContext, InterceptionNote, MemoryNote, VantageResult, judge_proxy, match_interceptor, remember_note,
+)
 from client.policy import Policy
 
 __all__ = [
@@ -64,7 +74,8 @@ __all__ = [
     "conclude",
 ]
 
-STATUSES = ("consistent", "consistent_with_outliers", "mitm_suspected", "split_view", "insufficient", "unreachable")
+STATUSES = ("consistent", "consistent_with_outliers", "mitm_suspected", "split_view", "insufficient", "unreachable",
+            "intercepted_as_expected", "key_changed", "pin_mismatch")
 RESULTS = ("agrees", "disagrees", "unreachable", "bad_signature", "invalid", "stale", "excluded", "not_waited")
 ACCEPTING = frozenset({"consistent", "consistent_with_outliers"})
 _UNKNOWN_REGIONS = {"", "unknown", None}
@@ -86,6 +97,9 @@ class ClientView:
     ip: str | None = None
     detail: str | None = None
     source: str = "probe"  # probe | supplied
+    #: SPKI SHA-256 (hex) of the leaf key and of every key shown to have signed the leaf's chain
+    #: (signatures checked by client.interception); used to match a declared interceptor.
+    proven_keys: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -151,6 +165,9 @@ class Verdict:
     #: The Oblivious HTTP relays the notaries were asked through (names or URLs), in
     #: order of use; empty when asked directly.  Listed in ``to_json`` only when used.
     relays: tuple[str, ...] = field(default=())
+    vantages: tuple[VantageResult, ...] = ()  # SOCKS proxy vantages: unsigned
+    interception: InterceptionNote | None = None  # set only when an interceptor was declared
+    memory: MemoryNote | None = None  # set only when the key memory was consulted
 
     @property
     def count(self) -> str:
@@ -175,6 +192,9 @@ class Verdict:
             "required": self.required, "regions_agreeing": list(self.regions_agreeing),
             "outliers": list(self.outliers), "policy": self.policy, "checked_at": self.checked_at,
             "complete": self.complete, "pin": self.pin, "results": [r.to_json() for r in self.results],
+            "vantages": [v.to_json() for v in self.vantages],
+            "interception": self.interception.to_json() if self.interception else None,
+            "memory": self.memory.to_json() if self.memory else None,
         }
         if self.relays:
             out["relays"] = list(self.relays)
@@ -249,12 +269,84 @@ def decide(
     host: str,
     port: int,
     complete: bool = True,
+    context: CheckContext | None = None,
 ) -> Verdict:
     """Reach a verdict.  Pure: no I/O, no clock.  ``evidence`` holds one entry per notary asked."""
-    return conclude(client, judge_all(client, evidence, policy, now), policy, now, host=host, port=port, complete=complete)
+    return conclude(client, judge_all(client, evidence, policy, now), policy, now, host=host, port=port,
+                    complete=complete, context=context)
 
 
 def conclude(
+    client: ClientView,
+    results: Sequence[NotaryResult],
+    policy: Policy,
+    now: int,
+    *,
+    host: str,
+    port: int,
+    complete: bool = True,
+    context: CheckContext | None = None,
+) -> Verdict:
+    """The verdict from per-notary results (one per notary asked) and the other evidence of ``context``."""
+    v = _conclude_notaries(client, results, policy, now, host=host, port=port, complete=complete)
+    if context is None:
+        return v
+    return _weigh_context(v, client, results, policy, now, context)
+
+
+def _weigh_context(v: Verdict, client: ClientView, results: Sequence[NotaryResult], policy: Policy, now: int,
+                   ctx: CheckContext) -> Verdict:
+    """Proxies, then a declared interceptor, then the key memory (rules in :mod:`client.evidence`)."""
+    count = policy.proxies == "count"
+    vantages = tuple(judge_proxy(p, client.spki_sha256, counted=count) for p in ctx.proxies)
+    target = f"[{v.host}]:{v.port}" if ":" in v.host else f"{v.host}:{v.port}"
+    if vantages and count:
+        as_results = [NotaryResult(x.name, None, "proxy:" + x.name, x.result, x.reason, counted=x.counted, pins=x.pins)
+                      for x in vantages]
+        both = _conclude_notaries(client, [*results, *as_results], policy, now, host=v.host, port=v.port,
+                                  complete=v.complete)
+        if v.status == "mitm_suspected" and both.status != "mitm_suspected":
+            v = replace(v, summary=v.summary + " (unsigned proxies are counted too, but cannot overrule signed notaries)")
+        else:
+            v = replace(both, results=tuple(results),
+                        summary=both.summary.replace(" notaries", " vantages (notaries and unsigned proxies)", 1))
+    elif vantages:
+        agree = sum(x.result == "agrees" for x in vantages)
+        dis = [x for x in vantages if x.result == "disagrees"]
+        if v.ok and dis:
+            names = ", ".join(x.name for x in dis)
+            v = replace(v, status="consistent_with_outliers", outliers=v.outliers + tuple(x.name for x in dis),
+                        summary=v.summary + f"; unsigned proxy vantage(s) {names} saw a different key (their path may be intercepted)")
+        elif not v.ok and v.status != "unreachable":
+            v = replace(v, summary=v.summary + (f"; proxies (unsigned, not counted under policy {policy.name}): {agree} saw "
+                                                f"your key, {len(dis)} saw a different key, {len(vantages) - agree - len(dis)} failed"))
+    v = replace(v, vantages=vantages)
+    note = match_interceptor(ctx.expect, client.proven_keys or ((client.spki_sha256,) if client.spki_sha256 else ()))
+    if note is not None:
+        v = replace(v, interception=note)
+        if note.matched and v.status == "mitm_suspected":
+            v = replace(v, status="intercepted_as_expected",
+                        summary=f"intercepted as expected: for {target} you see a key of your declared interceptor "
+                                f"({note.matched}), and the other vantages see a different key. " + v.summary)
+        elif note.matched:
+            v = replace(v, summary=v.summary + f"; your key for {target} is your declared interceptor's ({note.matched})")
+        elif v.status == "mitm_suspected":
+            v = replace(v, summary=v.summary + "; this is NOT your declared interceptor")
+    if ctx.memory is not None:
+        status, mem = remember_note(ctx.memory, client.spki_sha256, v.status, now)
+        summary = v.summary
+        if status == "key_changed":
+            summary = (f"key changed: for {target} you see {client.to_json()['pin']}, not the key(s) you saw before "
+                       f"({', '.join(mem.previous)}), and no quorum of vantages confirms it. " + summary)
+        elif status == "pin_mismatch":
+            summary = (f"pin mismatch: for {target} you see {client.to_json()['pin']}, not the key you pinned. " + summary)
+        elif mem.change in ("rotation", "changed"):
+            summary = summary + f"; memory: {mem.detail}"
+        v = replace(v, status=status, memory=mem, summary=summary)
+    return v
+
+
+def _conclude_notaries(
     client: ClientView,
     results: Sequence[NotaryResult],
     policy: Policy,

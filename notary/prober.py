@@ -29,7 +29,7 @@ from typing import Awaitable, Callable, Protocol
 from notary.core import AddressPolicy, ProbeResult, Target
 from notary.core.target import is_ip_literal
 
-__all__ = ["Resolver", "SystemResolver", "ProbeLimits", "Prober", "unverified_chain"]
+__all__ = ["Resolver", "SystemResolver", "ProbeLimits", "Prober", "Tunnel", "unverified_chain"]
 
 
 class Resolver(Protocol):
@@ -67,6 +67,23 @@ class SystemResolver:
             if ip not in out:
                 out.append(ip)
         return out
+
+
+class Tunnel(Protocol):
+    """A proxy the prober connects through (the client's SOCKS vantages; a notary never uses one).
+
+    ``open(host, port)`` returns a stream to ``host:port`` *through* the proxy.
+    With ``remote_dns`` the prober hands it the target's name unresolved (the
+    proxy resolves it, SOCKS5h); otherwise the name is resolved here first and
+    ``open`` gets an address.  The socket's own peer is the proxy, so the
+    prober reports the address it asked for (or none, with ``remote_dns``) and
+    does not apply the address policy to the peer: only a client, whose policy
+    allows every address, may use a tunnel.
+    """
+
+    remote_dns: bool
+
+    async def open(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +150,7 @@ class Prober:
     an IP and port (tests inject one only at the seam where a real connection
     is impossible).  ``connect_override`` maps ``(host, port)`` to ``(ip, port)``
     like curl's ``--connect-to``; it bypasses resolution but not the policy.
+    ``tunnel`` (client only, see :class:`Tunnel`) connects through a proxy.
     """
 
     def __init__(
@@ -144,12 +162,14 @@ class Prober:
         limits: ProbeLimits = ProbeLimits(),
         connector: Connector = _open,
         connect_override: dict[tuple[str, int], tuple[str, int]] | None = None,
+        tunnel: Tunnel | None = None,
     ) -> None:
         self.policy = policy
         self.clock = clock
         self.resolver = resolver or SystemResolver()
         self.limits = limits
-        self.connector = connector
+        self.tunnel = tunnel
+        self.connector = tunnel.open if tunnel is not None else connector
         self.connect_override = dict(connect_override or {})
         self._ctx = _client_context()
 
@@ -168,6 +188,9 @@ class Prober:
             ips, port = [override[0]], override[1]
         elif is_ip_literal(target.host):
             ips = [target.host]
+        elif self.tunnel is not None and self.tunnel.remote_dns:
+            # The proxy resolves the name (SOCKS5h): no local lookup, and no address to judge here.
+            return [await self._probe_ip(target, target.host, port)]
         else:
             try:
                 async with asyncio.timeout(self.limits.resolve_timeout):
@@ -199,7 +222,8 @@ class Prober:
         try:
             version, chain, peer = await self._handshake(target, ip, port)
         except _Failed as f:
-            return ProbeResult.failure(target, ip, started, f.status, f.detail)
+            shown = ip if self.tunnel is None or is_ip_literal(ip) else None  # a name the proxy was to resolve
+            return ProbeResult.failure(target, shown, started, f.status, f.detail)
         return ProbeResult.success(target, peer, started, version, chain)
 
     async def _handshake(self, target: Target, ip: str, port: int) -> tuple[str, tuple[bytes, ...], str]:
@@ -215,11 +239,15 @@ class Prober:
             status = "unreachable" if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) else "refused"
             raise _Failed(status, f"connect failed: {exc.strerror or exc}") from None
         try:
-            peer = writer.get_extra_info("peername")
-            peer_ip = str(peer[0]) if peer else ip
-            why = self.policy.address_reason(peer_ip)
-            if why:
-                raise _Failed("blocked_by_policy", why)
+            if self.tunnel is not None:
+                # The socket's peer is the proxy: report what was asked for (None: a name the proxy resolved).
+                peer_ip: str = ip if is_ip_literal(ip) else None  # type: ignore[assignment]
+            else:
+                peer = writer.get_extra_info("peername")
+                peer_ip = str(peer[0]) if peer else ip
+                why = self.policy.address_reason(peer_ip)
+                if why:
+                    raise _Failed("blocked_by_policy", why)
             try:
                 async with asyncio.timeout(lim.handshake_timeout):
                     version, chain = await self._tls(target, reader, writer)
