@@ -43,6 +43,7 @@ def make_parser() -> argparse.ArgumentParser:
     from client.cli._check import add_check_command
     from client.cli._local import add_local_commands
     from client.cli._notary import add_notary_commands
+    from client.cli._pins import add_pins_commands
     from client.conformance import add_conformance_command
     from client.helper.cli import add_helper_commands
 
@@ -51,6 +52,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_notary_commands(sub)
     add_check_command(sub)
+    add_pins_commands(sub)
     add_bundle_commands(sub)
     add_local_commands(sub)
     add_conformance_command(sub)

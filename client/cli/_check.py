@@ -1,7 +1,8 @@
-"""``parallax check``: ask the notaries whether they see the key you see.
+"""``parallax check``: ask the notaries (and any ``--via`` proxies) whether they see the key you see.
 
 Exit codes: 0 consistent (with or without outliers), 1 mitm_suspected,
-2 split_view, insufficient or unreachable; 64+ as in :mod:`client.cli._common`.
+key_changed or pin_mismatch, 2 split_view, insufficient or unreachable,
+3 intercepted_as_expected; 64+ as in :mod:`client.cli._common`.
 """
 
 from __future__ import annotations
@@ -12,19 +13,25 @@ import json
 import sys
 from typing import Any
 
-from client.bundle import load_bundle
-from client.cli._common import EX_USAGE, Exit, host_port, operator_keys, read_file
+from client.bundle import Bundle, find_bundle_path, load_bundle
+from client.cli._common import EX_EXPECTED_INTERCEPTION, EX_USAGE, Exit, host_port, operator_keys, read_file
 from client.policy import PRESETS, get_policy
 from client.verdict import Verdict
 
 __all__ = ["add_check_command", "exit_code_for", "render_table"]
 
 
+_ALARMS = frozenset({"mitm_suspected", "key_changed", "pin_mismatch"})
+
+
 def exit_code_for(verdict: Verdict) -> int:
-    """0 consistent (with or without outliers), 1 mitm_suspected, 2 otherwise."""
+    """0 consistent (with or without outliers); 1 an alarm (mitm_suspected, key_changed, pin_mismatch);
+    3 intercepted_as_expected (never 0: the key is not the one others see); 2 otherwise."""
     if verdict.ok:
         return 0
-    return 1 if verdict.status == "mitm_suspected" else 2
+    if verdict.status == "intercepted_as_expected":
+        return EX_EXPECTED_INTERCEPTION
+    return 1 if verdict.status in _ALARMS else 2
 
 
 def _short(pin: str) -> str:
@@ -48,6 +55,20 @@ def render_table(v: Verdict) -> str:
             lines.append(f"  {r.name}: {r.reason}")
     if v.relays:
         lines.append(f"relay: {', '.join(v.relays)} (Oblivious HTTP: the notaries did not see your address)")
+    if v.vantages:
+        lines.append("proxy vantages (UNSIGNED: trusted only as far as you trust each proxy and the path to it; "
+                     + ("counted" if any(x.counted for x in v.vantages) else "advisory, not counted") + "):")
+        for x in v.vantages:
+            saw = ", ".join(_short(p) for p in x.pins) or "-"
+            dns = "dns at proxy" if x.remote_dns else "local dns"
+            lines.append(f"  {x.name}  ({dns})  saw {saw}  {x.result}" + ("" if x.result in ("agrees", "disagrees") else f": {x.reason}"))
+    if v.interception is not None:
+        i = v.interception
+        lines.append(f"expected interceptor declared: {', '.join(i.expected)}; "
+                     + (f"your key matches {i.matched}" if i.matched else "your key does not match it"))
+    if v.memory is not None:
+        lines.append(f"memory: {v.memory.change}: {v.memory.detail}"
+                     + (f"; pinned key: {v.memory.pinned}" if v.memory.pinned else ""))
     lines.append(f"verdict: {v.status} ({v.count}, policy {v.policy}, {v.required} needed)")
     lines.append(v.summary)
     return "\n".join(lines)
@@ -69,7 +90,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
         host, port = host_port(args.target, 443)
     except argparse.ArgumentTypeError as exc:
         raise Exit(EX_USAGE, f"parallax check: {exc}") from None
-    bundle = load_bundle(args.bundle, operator_keys(args))
+    if args.via and not args.bundle and not find_bundle_path(None).exists():
+        bundle = Bundle(())  # proxies only: no notary network needed (the policy decides what they can conclude)
+    else:
+        bundle = load_bundle(args.bundle, operator_keys(args))
     connect_to = None
     if args.connect_to:
         h, p, addr, aport = args.connect_to
@@ -86,11 +110,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
     }
     if args.quorum_fraction is not None:
         custom["rule"] = "fraction"
+    if args.proxies is not None:
+        custom["proxies"] = args.proxies
     if any(v is not None for v in custom.values()):
         policy = policy.with_overrides(name=f"{policy.name}+custom", **custom)
+    expect: list[str | bytes] = [e if e.startswith("sha256/") else read_file(e) for e in args.expect_interceptor or ()]
+    memory = None
+    if not args.no_memory:
+        from client.keymemory import KeyStore
+
+        memory = KeyStore()
     verdict = asyncio.run(verify_with_notaries(
         host, port, bundle=bundle, policy=policy, observed=observed, timeout=args.timeout,
         wait_all=args.wait_all, subset=args.subset, connect_to=connect_to, sni=args.sni, relay=args.relay,
+        via=args.via or (), isolate=not args.no_isolate, expect_interceptor=expect, memory=memory,
     ))
     if args.json:
         print(json.dumps(verdict.to_json(), indent=2))
@@ -129,4 +162,17 @@ def add_check_command(sub: Any) -> None:
     p.add_argument("--min-regions", type=int, metavar="N", help="custom: agreeing notaries must span N regions")
     p.add_argument("--wait-all", action="store_true", help="wait for every notary (complete log)")
     p.add_argument("--subset", type=int, metavar="K", help="ask a random K notaries only")
+    p.add_argument("--via", action="append", metavar="socks5[h]://HOST:PORT",
+                   help="also probe through this SOCKS5 proxy (repeatable; socks5h: the proxy resolves the name); "
+                        "an unsigned vantage, see --proxies")
+    p.add_argument("--proxies", choices=("advisory", "count"),
+                   help="how --via proxies weigh: advisory (shown, not counted; the default of notary policies) "
+                        "or count (each is one more vantage in the quorum; the 'proxies' policy)")
+    p.add_argument("--no-isolate", action="store_true",
+                   help="do not send fresh SOCKS credentials per proxy (Tor stream isolation is on by default)")
+    p.add_argument("--expect-interceptor", action="append", metavar="PIN|CAFILE",
+                   help="a declared interceptor: its key (sha256/...) or issuing CA certificate (PEM/DER file); "
+                        "a match reads intercepted_as_expected (exit 3), not mitm_suspected")
+    p.add_argument("--no-memory", action="store_true",
+                   help="neither consult nor update the memory of keys seen ($PARALLAX_STATE_DIR or the user state dir)")
     p.set_defaults(func=_cmd_check)

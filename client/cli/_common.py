@@ -6,8 +6,9 @@ Exit codes (documented in the README; sysexits.h numbers for environment errors)
 
 ====  ==========================================================
 0     success; for ``check``: consistent (with or without outliers)
-1     ``check``: mitm_suspected
+1     ``check``: mitm_suspected, key_changed or pin_mismatch (alarms)
 2     ``check``: split_view, insufficient or unreachable
+3     ``check``: intercepted_as_expected (your declared interceptor; not 0 on purpose)
 64    usage error (bad flag, bad host or port)
 65    bad data (malformed bundle, certificate, JSON; a signed bundle that is
       expired or older than one already accepted)
@@ -40,7 +41,7 @@ from notary.errors import (
 )
 
 __all__ = [
-    "EX_OK", "EX_MITM", "EX_NOT_CONSISTENT",
+    "EX_OK", "EX_MITM", "EX_NOT_CONSISTENT", "EX_EXPECTED_INTERCEPTION",
     "EX_USAGE", "EX_DATAERR", "EX_NOINPUT", "EX_UNAVAILABLE", "EX_SOFTWARE", "EX_CANTCREAT", "EX_IOERR",
     "EX_CONFIG", "Exit", "Parser", "host_port", "exit_code", "read_file", "load_json", "write_or_print",
     "operator_keys",
@@ -49,6 +50,7 @@ __all__ = [
 EX_OK = 0
 EX_MITM = 1
 EX_NOT_CONSISTENT = 2
+EX_EXPECTED_INTERCEPTION = 3
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOINPUT = 66

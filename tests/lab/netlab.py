@@ -214,6 +214,7 @@ class Lab:
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                     "PYTHONDONTWRITEBYTECODE": "1"}
         self.env.pop("PARALLAX_BUNDLE", None)
+        self.env["PARALLAX_STATE_DIR"] = str(workdir / "state")  # the lab client's own key memory, never the user's
 
     # -- names and commands -------------------------------------------------------------
     def ns(self, role: str) -> str:
