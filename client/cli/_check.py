@@ -83,6 +83,16 @@ def _parse_connect_to(text: str) -> tuple[str, int, str, int]:
     return parts[0].strip("[]"), int(parts[1]), parts[2].strip("[]"), int(parts[3])
 
 
+def _via(text: str) -> Any:
+    from client.socks import parse_via
+    from notary.errors import InputError
+
+    try:
+        return parse_via(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from client.api import verify_with_notaries
 
@@ -162,7 +172,7 @@ def add_check_command(sub: Any) -> None:
     p.add_argument("--min-regions", type=int, metavar="N", help="custom: agreeing notaries must span N regions")
     p.add_argument("--wait-all", action="store_true", help="wait for every notary (complete log)")
     p.add_argument("--subset", type=int, metavar="K", help="ask a random K notaries only")
-    p.add_argument("--via", action="append", metavar="socks5[h]://HOST:PORT",
+    p.add_argument("--via", action="append", type=_via, metavar="socks5[h]://HOST:PORT",
                    help="also probe through this SOCKS5 proxy (repeatable; socks5h: the proxy resolves the name); "
                         "an unsigned vantage, see --proxies")
     p.add_argument("--proxies", choices=("advisory", "count"),
