@@ -377,9 +377,10 @@ class Lab:
     # -- the client ---------------------------------------------------------------------------
     def check(self, *extra: str, target: str = f"{SITE_NAME}:{SITE_PORT}", timeout: float = 5.0,
               wait_all: bool = True) -> CheckRun:
-        """``parallax check --json`` run in the client's namespace (``--wait-all``: every notary's result is known)."""
+        """``parallax check --json`` run in the client's namespace (``--wait-all``: every notary's result is known;
+        ``--no-memory``: scenarios do not depend on one another through the key memory)."""
         argv = [self.parallax, "check", target, "--bundle", str(self.bundle_path), "--json", "--timeout", f"{timeout:g}",
-                *(["--wait-all"] if wait_all else []), *extra]
+                "--no-memory", *(["--wait-all"] if wait_all else []), *extra]
         return self._client_json(argv, timeout)
 
     def verify(self, *extra: str, target: str = f"{SITE_NAME}:{SITE_PORT}", timeout: float = 5.0) -> CheckRun:
