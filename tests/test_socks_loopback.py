@@ -364,3 +364,38 @@ async def test_each_vantage_gets_its_own_credentials_and_socks5h_sends_the_name(
         # Credentials in the URL are used as given.
         await probe_via(target, parse_via(f"socks5h://alice:s3cret@127.0.0.1:{rec.port}"), timeout=2)
         assert rec.creds[-1] == (b"alice", b"s3cret")
+
+
+# -- the browser helper takes the same vantages from its configuration -----------------------------------
+
+async def test_helper_config_vantages(dante: Dante, site, cluster3, tmp_path: Path, corp_ca) -> None:
+    from client.helper.service import HelperConfig, HelperService
+
+    ca_file = tmp_path / "corp.pem"
+    ca_file.write_bytes(corp_ca.cert_pem.bytes())
+    cfg_file = tmp_path / "helper.json"
+    cfg_file.write_text(json.dumps({"bundle": str(cluster3.bundle_path), "timeout": 5, "via": [dante.url],
+                                    "expect_interceptor": [str(ca_file)]}))
+    svc = HelperService(HelperConfig.load(cfg_file))
+    try:
+        pong = await svc.handle({"type": "ping", "id": 1})
+        assert pong["vantages"] == [dante.url]
+        resp = await svc.handle({"type": "check", "id": 2, "host": HOST, "port": site.port, "ip": "127.0.0.1"})
+        v = resp["verdict"]
+        assert v["status"] == "consistent", v["summary"]
+        assert [(x["name"], x["result"], x["signed"]) for x in v["vantages"]] == [(dante.url, "agrees", False)]
+        assert v["interception"]["matched"] is None and len(v["interception"]["expected"]) == 1
+    finally:
+        await svc.close()
+
+
+def test_helper_config_rejects_bad_vantages(tmp_path: Path) -> None:
+    from client.helper.service import HelperConfig
+
+    for doc in ({"via": ["http://127.0.0.1:8080"]}, {"via": "socks5://127.0.0.1:1080"}, {"isolate": "yes"},
+                {"expect_interceptor": ["sha256/nope"]}, {"expect_interceptor": [str(tmp_path / "missing.pem")]}):
+        p = tmp_path / "helper.json"
+        p.write_text(json.dumps(doc))
+        with pytest.raises(InputError) as exc:
+            HelperConfig.load(p)
+        assert exc.value.code == "bad_config", doc

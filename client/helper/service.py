@@ -24,8 +24,14 @@ Configuration is found the way the client finds it: the bundle from the
 explicit path, else ``$PARALLAX_BUNDLE``, else ``<user config dir>/parallax/bundle.json``;
 helper settings from ``$PARALLAX_HELPER_CONFIG`` or
 ``<user config dir>/parallax/helper.json`` (``policy``, ``timeout``,
-``cache_ttl``, ``negative_ttl``, ``max_inflight``, ``operator_keys``, ``bundle``),
-and ``$PARALLAX_POLICY`` overrides the policy.
+``cache_ttl``, ``negative_ttl``, ``max_inflight``, ``operator_keys``, ``bundle``,
+``via``, ``isolate``, ``expect_interceptor``), and ``$PARALLAX_POLICY`` overrides the policy.
+
+``via`` is a list of SOCKS5 proxy URLs (``socks5://`` or ``socks5h://``), the
+same vantages as ``parallax check --via`` (unsigned; how they weigh is the
+policy's, see :mod:`client.evidence`); with ``via`` and no bundle file, the
+helper asks the proxies only.  ``expect_interceptor`` is a list of ``sha256/``
+pins or paths of issuing CA certificates (PEM/DER) of a declared interceptor.
 
 Several checks run at once (at most ``max_inflight`` verifications; identical
 concurrent checks share one).  Verdicts are cached for ``cache_ttl`` seconds,
@@ -96,6 +102,9 @@ class HelperConfig:
     #: ``auto`` (default): ask through an Oblivious HTTP relay when the bundle has a
     #: relay-capable notary, else directly; ``none``; or a relay URL (client.ohttp).
     relay: str = "auto"
+    via: tuple[str, ...] = field(default=())
+    isolate: bool = True
+    expect_interceptor: tuple[str, ...] = field(default=())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> "HelperConfig":
@@ -116,9 +125,12 @@ class HelperConfig:
             if not isinstance(doc, dict):
                 raise InputError(f"helper config {p} must be a JSON object", "bad_config")
             for k in ("bundle", "policy", "timeout", "cache_ttl", "negative_ttl", "max_inflight", "max_cache", "operator_keys",
-                      "relay"):
+                      "relay", "via", "isolate", "expect_interceptor"):
                 if k in doc:
-                    values[k] = tuple(doc[k]) if k == "operator_keys" else doc[k]
+                    listed = k in ("operator_keys", "via", "expect_interceptor")
+                    if listed and not (isinstance(doc[k], list) and all(isinstance(x, str) for x in doc[k])):
+                        raise InputError(f"helper config {k} must be a list of strings", "bad_config")
+                    values[k] = tuple(doc[k]) if listed else doc[k]
         if os.environ.get("PARALLAX_POLICY"):
             values["policy"] = os.environ["PARALLAX_POLICY"]
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -136,6 +148,35 @@ class HelperConfig:
             raise InputError("helper config max_inflight must be a positive integer", "bad_config")
         if not isinstance(self.relay, str) or not (self.relay in ("auto", "none") or self.relay.startswith(("http://", "https://"))):
             raise InputError("helper config relay must be auto, none or an http(s) URL", "bad_config")
+        if not isinstance(self.isolate, bool):
+            raise InputError("helper config isolate must be true or false", "bad_config")
+        from client.socks import MAX_VIAS, parse_via
+
+        if len(self.via) > MAX_VIAS:
+            raise InputError(f"helper config via holds more than {MAX_VIAS} proxies", "bad_config")
+        for v in self.via:
+            try:
+                parse_via(v)
+            except InputError as exc:
+                raise InputError(f"helper config via: {exc}", "bad_config") from None
+        self.interceptors()
+
+    def interceptors(self) -> tuple[list[str | bytes], list[bytes]]:
+        """``expect_interceptor`` resolved: (pins and CA certificates, the CA certificates as DER)."""
+        out: list[str | bytes] = []
+        cas: list[bytes] = []
+        for e in self.expect_interceptor:
+            try:
+                if e.startswith("sha256/"):
+                    spki_hex_from_pin(e)
+                    out.append(e)
+                else:
+                    der = load_certificate(Path(e).read_bytes()[: 1 << 20])
+                    out.append(der)
+                    cas.append(der)
+            except (InputError, OSError) as exc:
+                raise InputError(f"helper config expect_interceptor {e!r}: {exc}", "bad_config") from None
+        return out, cas
 
 
 @dataclass(frozen=True)
@@ -208,6 +249,7 @@ class HelperService:
     ) -> None:
         self.config = config or HelperConfig()
         self.policy: Policy = get_policy(self.config.policy)
+        self._expect, self._cas = self.config.interceptors()
         self._verify = verify
         self._clock = clock
         self._sem = asyncio.Semaphore(self.config.max_inflight)
@@ -225,6 +267,8 @@ class HelperService:
                 keys.append(VerifyKey.from_b64(k))
             except VerificationError:
                 raise InputError("helper config operator_keys holds a bad key", "bad_config") from None
+        if self.config.via and not find_bundle_path(self.config.bundle).exists():
+            return Bundle(())  # proxies only
         return load_bundle(self.config.bundle, keys)
 
     # -- requests ---------------------------------------------------------------
@@ -260,7 +304,10 @@ class HelperService:
             bundle.update(notaries=len(b.notaries), signed_by=b.signed_by)
         except ParallaxError as exc:
             bundle["error"] = str(exc)
-        return {"type": "pong", "id": rid, "version": VERSION, "policy": self.policy.name, "bundle": bundle}
+        from client.socks import parse_via
+
+        return {"type": "pong", "id": rid, "version": VERSION, "policy": self.policy.name, "bundle": bundle,
+                "vantages": [parse_via(v).label for v in self.config.via]}
 
     async def check(self, req: CheckRequest, rid: Any = None) -> dict[str, Any]:
         if req.observed is None and self._verify is None:
@@ -290,7 +337,7 @@ class HelperService:
         from client.api import client_probe
 
         connect_to = (req.ip, req.target.port) if req.ip else None
-        view = await client_probe(req.target, timeout=self.config.timeout, connect_to=connect_to)
+        view = await client_probe(req.target, timeout=self.config.timeout, connect_to=connect_to, extra_cas=self._cas)
         if view.status != "ok" or not view.spki_sha256:
             return req  # verify_with_notaries probes again and reports "unreachable"
         return replace(req, observed=view, observed_spki=view.spki_sha256)
@@ -331,6 +378,7 @@ class HelperService:
             verdict = await verify_with_notaries(
                 req.target.host, req.target.port, bundle=bundle, policy=self.policy, observed=req.observed,
                 timeout=self.config.timeout, connect_to=connect_to, session=self._session, relay=relay,
+                via=self.config.via, isolate=self.config.isolate, expect_interceptor=self._expect,
             )
             log.debug("check %s -> %s", req.target, verdict.status)
             return verdict.to_json()
