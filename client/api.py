@@ -143,8 +143,11 @@ async def verify_with_notaries(
     nonce = secrets.token_urlsafe(24)
     if isinstance(observed, ClientView):
         client_view: ClientView | None = observed
-    elif observed is not None:
+    elif isinstance(observed, str) and observed.startswith("sha256/"):
         client_view = ClientView("ok", observed_spki(observed), None, None, "supplied")
+    elif observed is not None:
+        der = load_certificate(observed)
+        client_view = ClientView("ok", spki_sha256(der), None, None, "supplied", proven_keys=proven_keys([der], extra_cas))
     else:
         client_view = None
 

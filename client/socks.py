@@ -125,8 +125,8 @@ class SocksTunnel:
         try:
             sock = await self._proxy.connect(host, port, timeout=self.timeout)
         except ProxyTimeoutError:
-            raise OSError(errno.ETIMEDOUT, f"no answer through the proxy within {self.timeout:g}s "
-                                           f"(the proxy, or the target from there, is slow or unreachable)") from None
+            # The proxy, or the target from there, is slow or silent: a timeout of this vantage's probe.
+            raise TimeoutError(f"no answer through the proxy within {self.timeout:g}s") from None
         except ProxyConnectionError as exc:
             self.proxy_failure = f"cannot connect to the proxy: {exc.strerror or exc}"
             raise OSError(errno.ECONNREFUSED, self.proxy_failure) from None
@@ -136,6 +136,8 @@ class SocksTunnel:
                 status, err = _TARGET_REPLIES[code]
                 if status == "refused":
                     raise ConnectionRefusedError(err, f"the proxy says: {exc}") from None
+                if status == "timeout":
+                    raise TimeoutError(f"the proxy says: {exc}") from None
                 raise OSError(err, f"the proxy could not reach the target: {exc}") from None
             self.proxy_failure = f"the proxy refused the request: {exc}"
             raise OSError(errno.ECONNREFUSED, self.proxy_failure) from None

@@ -106,6 +106,7 @@ class ClientView:
             "status": self.status, "spki_sha256": self.spki_sha256,
             "pin": pin_from_spki_hex(self.spki_sha256) if self.spki_sha256 else None,
             "ip": self.ip, "detail": self.detail, "source": self.source,
+            "proven_pins": [pin_from_spki_hex(k) for k in self.proven_keys],
         }
 
 

@@ -65,3 +65,20 @@ def test_garbage_is_not_an_error() -> None:
     ca = trustme.CA()
     leaf = chain_of(ca.issue_cert("a.example"))[0]
     assert proven_keys([leaf, b"junk"], [b"junk"]) == (spki_sha256(leaf),)
+
+
+async def test_supplied_certificate_is_matched_against_a_declared_ca() -> None:
+    """verify_with_notaries(observed=cert, expect_interceptor=[CA]) with no notaries: the match is stated."""
+    from client.api import verify_with_notaries
+    from client.bundle import Bundle
+
+    corp = trustme.CA(organization_name="Corp proxy CA")
+    leaf_pem = corp.issue_cert("site.example").cert_chain_pems[0].bytes()
+    v = await verify_with_notaries("site.example", bundle=Bundle(()), observed=leaf_pem,
+                                   expect_interceptor=[corp.cert_pem.bytes()])
+    assert v.status == "insufficient" and v.interception is not None
+    assert v.interception.matched == v.interception.expected[0]
+    assert "declared interceptor" in v.summary
+    other = await verify_with_notaries("site.example", bundle=Bundle(()), observed=leaf_pem,
+                                       expect_interceptor=[trustme.CA().cert_pem.bytes()])
+    assert other.interception is not None and other.interception.matched is None

@@ -399,3 +399,23 @@ def test_helper_config_rejects_bad_vantages(tmp_path: Path) -> None:
         with pytest.raises(InputError) as exc:
             HelperConfig.load(p)
         assert exc.value.code == "bad_config", doc
+
+
+async def test_silent_proxy_times_out_as_data(site) -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)  # accepts, never says a SOCKS word
+        with contextlib.suppress(Exception):
+            await r.read()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        v = await probe_via(Target.parse(HOST, site.port), parse_via(f"socks5h://127.0.0.1:{port}"), timeout=0.5)
+    finally:
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()
+    assert v.status == "timeout" and v.spki_sha256 is None, v
