@@ -16,7 +16,7 @@ import math
 import random
 import secrets
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import aiohttp
 
@@ -27,7 +27,7 @@ from notary.prober import ProbeLimits, Prober
 from client.bundle import Bundle, BundleEntry, load_bundle
 from client.fanout import RawAnswer, ask_notary
 from client.ohttp import plan_relay
-from client.evidence import CheckContext, Expectation, ProxyView
+from client.evidence import CheckContext, Expectation
 from client.interception import proven_keys
 from client.keymemory import KeyStore
 from client.policy import Policy, get_policy
@@ -201,7 +201,8 @@ async def verify_with_notaries(
             await asyncio.to_thread(memory.record, target, client_view.spki_sha256, verdict.status, now)
         return plan.annotate(verdict) if plan else verdict
     finally:
-        for t in list(tasks) + ([probe_task] if probe_task else []) + [proxy_task]:
+        every: list[asyncio.Task[Any]] = [*tasks, *([probe_task] if probe_task else []), proxy_task]
+        for t in every:
             t.cancel()
         with contextlib.suppress(BaseException):
             await asyncio.gather(*tasks, *([probe_task] if probe_task else []), proxy_task, return_exceptions=True)

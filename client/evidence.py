@@ -109,17 +109,18 @@ class VantageResult:
 
 def judge_proxy(view: ProxyView, client_spki: str | None, *, counted: bool) -> VantageResult:
     """Compare one proxy's view with the client's key (``counted``: the policy counts proxies)."""
-    base = dict(name=view.label, ip=view.ip, remote_dns=view.remote_dns)
+    def result(result: str, reason: str, counted: bool = False, pins: tuple[str, ...] = ()) -> VantageResult:
+        return VantageResult(view.label, result, reason, counted, pins, view.ip, view.remote_dns)
+
     if view.status == "proxy_failed":
-        return VantageResult(**base, result="proxy_failed", reason=f"proxy failed: {view.detail or 'no detail'}", counted=False)
+        return result("proxy_failed", f"proxy failed: {view.detail or 'no detail'}")
     if view.status != "ok" or not view.spki_sha256:
         why = f"{view.status}: {view.detail}" if view.detail else view.status
-        return VantageResult(**base, result="unreachable", reason=f"could not reach the target through the proxy ({why})",
-                             counted=False)
+        return result("unreachable", f"could not reach the target through the proxy ({why})")
     pins = (pin_from_spki_hex(view.spki_sha256),)
     if client_spki and view.spki_sha256 == client_spki:
-        return VantageResult(**base, result="agrees", reason="saw the same key (unsigned)", counted=counted, pins=pins)
-    return VantageResult(**base, result="disagrees", reason="saw a different key (unsigned)", counted=counted, pins=pins)
+        return result("agrees", "saw the same key (unsigned)", counted, pins)
+    return result("disagrees", "saw a different key (unsigned)", counted, pins)
 
 
 # -- expected interception -----------------------------------------------------------------

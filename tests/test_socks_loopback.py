@@ -34,7 +34,7 @@ from client.cluster import local_cluster
 from client.devtools import StaticResolver, interceptor, make_cert_context, tls_site
 from client.keymemory import KeyStore
 from client.socks import parse_via, probe_via
-from notary.core import Target, pin_from_spki_hex, spki_sha256
+from notary.core import Target, pin_from_spki_hex
 from notary.errors import InputError
 from tests.support.dante import dante_config, danted_unavailable_reason, free_port
 
