@@ -209,8 +209,8 @@ def remember_note(memory: KeyMemory, client_spki: str | None, status: str, now: 
     if mine is not None and mine.vouched:
         note = MemoryNote("known", f"you have seen this key since {_ago(now, mine.first_seen)}", previous, mine.first_seen, pinned)
     elif not vouched:
-        extra = " (seen before only in alarms)" if mine is not None else ""
-        note = MemoryNote("first_use", f"first check of this key remembered{extra}; nothing to compare with", previous,
+        extra = " (this key was seen before, but only in alarms)" if mine is not None else ""
+        note = MemoryNote("first_use", f"no key remembered for this host yet{extra}; this one is from now on", previous,
                           pinned=pinned)
     elif status in ("consistent", "consistent_with_outliers"):
         note = MemoryNote("rotation", "the key differs from the one(s) you saw before, and the vantages see the new key "

@@ -48,6 +48,8 @@ def render_table(v: Verdict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     mine = v.client.to_json()["pin"]
+    if not v.results:
+        lines = ["(no notaries asked)"]
     lines.insert(0, f"target  {v.host}:{v.port}   you saw: {mine or v.client.status}" + (f" at {v.client.ip}" if v.client.ip else ""))
     lines.append("")
     for r in v.results:
@@ -61,7 +63,7 @@ def render_table(v: Verdict) -> str:
         for x in v.vantages:
             saw = ", ".join(_short(p) for p in x.pins) or "-"
             dns = "dns at proxy" if x.remote_dns else "local dns"
-            lines.append(f"  {x.name}  ({dns})  saw {saw}  {x.result}" + ("" if x.result in ("agrees", "disagrees") else f": {x.reason}"))
+            lines.append(f"  {x.name}  ({dns})  saw {saw}  " + (x.result if x.result in ("agrees", "disagrees") else x.reason))
     if v.interception is not None:
         i = v.interception
         lines.append(f"expected interceptor declared: {', '.join(i.expected)}; "
