@@ -8,7 +8,8 @@
 //   * Firefox: the certificate chain the browser actually received
 //     (webRequest.getSecurityInfo in a blocking onHeadersReceived listener).
 // The toolbar badge shows the result per tab: green "OK" (consistent), red
-// "!" (mitm_suspected), grey otherwise.  Advisory by default; with the
+// "!" (mitm_suspected, key_changed, pin_mismatch), amber "i"
+// (intercepted_as_expected: the interceptor the user declared), grey otherwise.  Advisory by default; with the
 // "block" option a tab whose verdict is mitm_suspected is sent to a warning
 // page and later navigations to that origin are redirected there.
 "use strict";
@@ -17,7 +18,7 @@ const api = globalThis.browser ?? globalThis.chrome;
 const HELPER = "org.parallax.helper";
 const IS_FIREFOX = typeof api.webRequest?.getSecurityInfo === "function";
 const REQUEST_TIMEOUT_MS = 45000;
-const COLORS = { green: "#1a7f37", red: "#cf222e", grey: "#6e7781" };
+const COLORS = { green: "#1a7f37", red: "#cf222e", amber: "#9a6700", grey: "#6e7781" };
 const HTTPS = { urls: ["https://*/*"], types: ["main_frame"] };
 const OWN_PAGES = api.runtime.getURL("");
 
@@ -108,7 +109,11 @@ function look(s) {
     case "consistent_with_outliers":
       return { text: "OK", color: COLORS.green, title: `Parallax: ${summary}` };
     case "mitm_suspected":
+    case "key_changed":
+    case "pin_mismatch":
       return { text: "!", color: COLORS.red, title: `Parallax WARNING: ${summary}` };
+    case "intercepted_as_expected":
+      return { text: "i", color: COLORS.amber, title: `Parallax: ${summary}` };
     case "error":
       return { text: "?", color: COLORS.grey, title: `Parallax: no verdict (${s.error})` };
     default:
