@@ -31,7 +31,7 @@ from client.evidence import CheckContext, Expectation
 from client.interception import proven_keys
 from client.keymemory import KeyStore
 from client.policy import Policy, get_policy
-from client.socks import ProxySpec, parse_via, probe_all_via
+from client.socks import MAX_VIAS, ProxySpec, parse_via, probe_all_via
 from client.verdict import ClientView, Evidence, NotaryResult, Verdict, conclude, judge_all, outcome_class
 from client.verify import check_answer
 
@@ -134,6 +134,8 @@ async def verify_with_notaries(
         raise InputError("subset must be at least 1", "bad_subset")
     pol = get_policy(policy)
     specs = [parse_via(v) for v in via]
+    if len(specs) > MAX_VIAS:
+        raise InputError(f"at most {MAX_VIAS} proxies per check", "bad_via")
     expected, extra_cas = _expectation(expect_interceptor)
     bun = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     plan = plan_relay(bun, relay)

@@ -285,6 +285,13 @@ def test_cli_bad_via_is_a_usage_error(capsys) -> None:
     assert err.count("\n") == 4 and "Traceback" not in err
 
 
+async def test_too_many_proxies_is_refused_before_any_probe() -> None:
+    from client.socks import MAX_VIAS
+
+    with pytest.raises(InputError, match="at most"):
+        await verify_with_notaries(HOST, 443, bundle=Bundle(()), via=["socks5h://127.0.0.1:1"] * (MAX_VIAS + 1))
+
+
 def test_parse_via() -> None:
     s = parse_via("socks5h://user:p%40ss@127.0.0.1:9050")
     assert (s.scheme, s.host, s.port, s.username, s.password) == ("socks5h", "127.0.0.1", 9050, "user", "p@ss")
