@@ -22,22 +22,20 @@ import os
 import tempfile
 from pathlib import Path
 
-import platformdirs
 
 from notary.errors import ConfigError
+from client.state import STATE_ENV, state_dir
 
 __all__ = ["BundleState", "STATE_ENV", "STATE_FILE", "default_state_dir"]
 
-STATE_ENV = "PARALLAX_STATE_DIR"
 STATE_FILE = "bundle-versions.json"
 MAX_STATE_BYTES = 1 << 20
 MAX_OPERATORS = 4096
 
 
 def default_state_dir() -> Path:
-    """``$PARALLAX_STATE_DIR``, else the platform's user state directory for parallax."""
-    env = os.environ.get(STATE_ENV)
-    return Path(env) if env else Path(platformdirs.user_state_dir("parallax"))
+    """``$PARALLAX_STATE_DIR``, else the platform's user state directory for parallax (:func:`client.state.state_dir`)."""
+    return state_dir(create=False)
 
 
 class BundleState:

@@ -25,7 +25,6 @@ Presets
                 with the weak-consistency rule: a notary agrees if the client's
                 key is *any* key it saw for the site within ``history_window``
                 (multi-certificate sites).
-
 ``proxies``     for ``--via`` SOCKS5 proxy vantages without notaries (or with
                 them): every vantage asked, notary or proxy, must have seen the
                 client's key (``rule="all"``, ``proxies="count"``); at least one.

@@ -1,4 +1,4 @@
-"""The per-user state directory (remembered keys, and other small client state).
+"""The per-user state directory (remembered keys, signed-bundle versions: small client state).
 
 ``$PARALLAX_STATE_DIR`` when set (tests point it at a temporary directory),
 else platformdirs' ``user_state_dir("parallax")`` (``~/.local/state/parallax``
@@ -15,12 +15,18 @@ import platformdirs
 
 from notary.errors import ConfigError
 
-__all__ = ["state_dir"]
+__all__ = ["STATE_ENV", "state_dir"]
+
+STATE_ENV = "PARALLAX_STATE_DIR"
 
 
 def state_dir(create: bool = True) -> Path:
-    """The state directory (created 0700 when ``create``).  Raises :class:`ConfigError` if it cannot be made."""
-    env = os.environ.get("PARALLAX_STATE_DIR")
+    """The state directory (created 0700 when ``create``).  Raises :class:`ConfigError` if it cannot be made.
+
+    The one definition of where client state lives: the key memory
+    (:mod:`client.keymemory`) and the signed-bundle versions (:mod:`client.bundle_state`).
+    """
+    env = os.environ.get(STATE_ENV)
     path = Path(env) if env else Path(platformdirs.user_state_dir("parallax"))
     if create:
         try:
