@@ -246,3 +246,34 @@ def test_without_context_the_verdict_is_unchanged() -> None:
     plain = decide(cv, notaries(HONEST,) * 1 + notaries(HONEST, HONEST)[1:], get_policy("mpic"), NOW, host=HOST, port=PORT)
     doc = plain.to_json()
     assert doc["vantages"] == [] and doc["interception"] is None and doc["memory"] is None
+
+
+# -- properties ------------------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from client.verdict import outcome_class  # noqa: E402
+
+KEYS = st.sampled_from([HONEST, MITM, None])
+
+
+@settings(max_examples=300, deadline=None)
+@given(mine=st.sampled_from([HONEST, MITM]), nkeys=st.lists(KEYS, max_size=7), pkeys=st.lists(KEYS, max_size=6),
+       policy=st.sampled_from(["mpic", "consensus", "majority", "minority", "perspectives"]))
+def test_advisory_proxies_never_change_the_outcome_class(mine, nkeys, pkeys, policy) -> None:
+    without = verdict(mine, tuple(nkeys), (), policy)
+    with_proxies = verdict(mine, tuple(nkeys), tuple(pkeys), policy)
+    assert outcome_class(with_proxies.status) == outcome_class(without.status)
+    assert (with_proxies.agreeing, with_proxies.asked) == (without.agreeing, without.asked)
+
+
+@settings(max_examples=300, deadline=None)
+@given(mine=st.sampled_from([HONEST, MITM]), nkeys=st.lists(KEYS, max_size=7), pkeys=st.lists(KEYS, max_size=8),
+       policy=st.sampled_from(["mpic", "consensus", "majority", "minority", "perspectives", "proxies"]))
+def test_counted_proxies_never_silence_a_signed_mitm_verdict(mine, nkeys, pkeys, policy) -> None:
+    over = {"proxies": "count"}
+    without = verdict(mine, tuple(nkeys), (), policy, overrides=over)
+    with_proxies = verdict(mine, tuple(nkeys), tuple(pkeys), policy, overrides=over)
+    if without.status == "mitm_suspected":
+        assert with_proxies.status == "mitm_suspected", with_proxies.summary
