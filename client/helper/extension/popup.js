@@ -74,6 +74,27 @@ function render(s) {
     tr.dataset.result = r.result;
     body.appendChild(tr);
   }
+  // SOCKS proxy vantages from the helper's "via" configuration: unsigned, labelled so.
+  for (const x of v.vantages || []) {
+    const tr = document.createElement("tr");
+    const cells = [x.name, x.counted ? "proxy (unsigned)" : "proxy (unsigned, not counted)",
+      (x.pins || []).map(shortPin).join(", ") || "-", x.result, "-"];
+    cells.forEach((text, i) => {
+      const td = document.createElement("td");
+      td.textContent = text;
+      if (i === 2) td.className = "pin";
+      if (i === 3) td.className = x.result === "agrees" || x.result === "disagrees" ? `result-${x.result}` : "result-other";
+      if (i === 3 || i === 0) td.title = x.reason || "";
+      tr.appendChild(td);
+    });
+    tr.dataset.result = x.result;
+    tr.dataset.kind = "proxy";
+    body.appendChild(tr);
+  }
+  if (v.interception) {
+    const i = v.interception;
+    $("summary").textContent += ` Declared interceptor: ${i.matched ? `matched ${shortPin(i.matched)}` : "not matched"}.`;
+  }
 }
 
 async function main() {
