@@ -27,7 +27,7 @@ from notary.prober import ProbeLimits, Prober
 from client.bundle import Bundle, BundleEntry, load_bundle
 from client.fanout import RawAnswer, ask_notary
 from client.ohttp import plan_relay
-from client.evidence import CheckContext, Expectation
+from client.evidence import CheckContext, Expectation, judgement
 from client.interception import proven_keys
 from client.keymemory import KeyStore
 from client.policy import Policy, get_policy
@@ -200,7 +200,8 @@ async def verify_with_notaries(
         verdict = conclude(client_view, results, pol, now, host=target.host, port=target.port, complete=complete,
                            context=ctx)
         if memory is not None and client_view.spki_sha256:
-            await asyncio.to_thread(memory.record, target, client_view.spki_sha256, verdict.status, now)
+            disputed = sum(r.result == "disagrees" for r in (*verdict.results, *verdict.vantages))
+            await asyncio.to_thread(memory.record, target, client_view.spki_sha256, judgement(verdict.status, disputed), now)
         return plan.annotate(verdict) if plan else verdict
     finally:
         every: list[asyncio.Task[Any]] = [*tasks, *([probe_task] if probe_task else []), proxy_task]

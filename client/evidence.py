@@ -33,7 +33,8 @@ status is kept and the match is stated.  Off unless declared, always shown.
 **Remembered keys** (:class:`KeyMemory`, from :mod:`client.keymemory`): the
 keys this client saw before for the same host, port and SNI (trust on first
 use with a second opinion).  A key is *vouched* when some earlier check judged
-it anything but an alarm.  With the client's key:
+it anything but an alarm (an undecided check in which some vantage saw another
+key is recorded as ``disputed`` and does not vouch either).  With the client's key:
 
 * nothing remembered                      -> ``first_use`` (information);
 * a vouched key                           -> ``known``;
@@ -69,12 +70,14 @@ __all__ = [
     "MemoryNote",
     "remember_note",
     "ALARMS",
+    "judgement",
     "CheckContext",
 ]
 
 PROXY_MODES = ("advisory", "count")
-#: Statuses that are alarms: a key judged only so is not vouched for by the memory.
-ALARMS = frozenset({"mitm_suspected", "key_changed", "pin_mismatch", "unreachable"})
+#: Judgements that do not vouch for a key in the memory: alarms, and undecided checks in which
+#: some vantage saw another key (``disputed``, see :func:`judgement`).
+ALARMS = frozenset({"mitm_suspected", "key_changed", "pin_mismatch", "unreachable", "disputed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +197,15 @@ class MemoryNote:
 def _ago(now: int, t: int) -> str:
     d = max(0, now - t)
     return f"{d // 86400}d ago" if d >= 86400 else f"{d // 3600}h ago" if d >= 3600 else f"{d}s ago"
+
+
+def judgement(status: str, disagreements: int) -> str:
+    """What the memory records for a check: its status, or ``disputed`` when it reached no decision
+    (``insufficient``/``split_view``) and some vantage saw another key (never vouched: trust on first
+    use does not extend to a key that a second opinion contradicted)."""
+    if status in ("insufficient", "split_view") and disagreements > 0:
+        return "disputed"
+    return status
 
 
 def remember_note(memory: KeyMemory, client_spki: str | None, status: str, now: int) -> tuple[str, MemoryNote]:

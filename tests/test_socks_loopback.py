@@ -231,6 +231,17 @@ async def test_memory_through_the_library(dante: Dante, site, mitm, tmp_path: Pa
     assert sorted(judged.values(), key=str) == [{"consistent": 2}, {"key_changed": 1}]
 
 
+async def test_first_use_does_not_vouch_a_key_a_proxy_contradicted(dante: Dante, site, mitm, tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.sqlite3")
+    kw = dict(bundle=Bundle(()), via=[dante.url], timeout=5, memory=store)  # advisory proxy, no notaries
+    attacked = await verify_with_notaries(HOST, site.port, connect_to=("127.0.0.1", mitm.port), **kw)
+    assert attacked.status == "insufficient" and attacked.vantages[0].result == "disagrees"
+    assert [dict(k.statuses) for k in store.memory(Target.parse(HOST, site.port)).keys] == [{"disputed": 1}]
+    # The attack ends: the real key is not reported as a change away from the attacker's key.
+    clean = await verify_with_notaries(HOST, site.port, connect_to=("127.0.0.1", site.port), **kw)
+    assert clean.status == "insufficient" and clean.memory is not None and clean.memory.change == "first_use"
+
+
 # -- the CLI ----------------------------------------------------------------------------------------------
 
 def _cli(*argv: str) -> tuple[int, dict]:

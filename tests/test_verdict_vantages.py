@@ -198,6 +198,8 @@ MEMORY_TABLE = [
      "mitm_suspected", "changed", None),
     ("a key seen before only in alarms is not vouched", MITM, (None, None, None),
      KeyMemory((known(MITM, "mitm_suspected"),)), "insufficient", "first_use", None),
+    ("a key judged only in disputed checks is not vouched", MITM, (None, None, None),
+     KeyMemory((known(HONEST, "disputed"),)), "insufficient", "first_use", None),
     ("an alarm-only key does not make a later key a change", HONEST, (HONEST,) * 3,
      KeyMemory((known(MITM, "mitm_suspected"),)), "consistent", "first_use", None),
     ("pinned key matches", HONEST, (HONEST,) * 3, KeyMemory((known(HONEST, "consistent"),), (HONEST,)),
@@ -216,6 +218,16 @@ def test_key_memory_rules(name, mine, nkeys, memory, status, change, pinned) -> 
     assert v.to_json()["memory"]["change"] == change
     if status == "key_changed":
         assert v.summary.startswith("key changed") and pin_from_spki_hex(HONEST) in v.summary
+
+
+@pytest.mark.parametrize("status,disagreements,recorded", [
+    ("insufficient", 0, "insufficient"), ("insufficient", 1, "disputed"), ("split_view", 2, "disputed"),
+    ("consistent_with_outliers", 1, "consistent_with_outliers"), ("mitm_suspected", 3, "mitm_suspected"),
+])
+def test_what_the_memory_records(status, disagreements, recorded) -> None:
+    from client.evidence import judgement
+
+    assert judgement(status, disagreements) == recorded
 
 
 def test_memory_of_expected_interceptor_is_information() -> None:
