@@ -99,6 +99,10 @@ def bundle_from_host() -> Bundle:
     return parse_bundle(body)
 
 
+def _all_volumes() -> list[str]:
+    return must(_run(["docker", "volume", "ls", "-q"])).stdout.split()
+
+
 def project_objects() -> dict[str, list[str]]:
     label = f"label=com.docker.compose.project={PROJECT}"
     return {
@@ -115,7 +119,7 @@ def project() -> Iterator[dict[str, Any]]:
         if os.environ.get("PARALLAX_REQUIRE_CONTAINERS") == "1":
             pytest.fail(f"PARALLAX_REQUIRE_CONTAINERS=1 but the container tier cannot run: {reason}")
         pytest.skip(reason)
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"volumes_before": set(_all_volumes())}
     try:
         start = time.monotonic()
         state["up"] = compose("up", "-d", "--build", "--wait", timeout=900)
@@ -218,3 +222,7 @@ def test_down_v_leaves_no_container_network_or_volume(project: dict[str, Any]) -
     must(compose("--profile", "lab", "--profile", "tools", "down", "-v", "--remove-orphans", lab=True))
     left = project_objects()
     assert left == {"containers": [], "networks": [], "volumes": []}, left
+    # Anonymous volumes carry no project label (an image VOLUME mounted by `run --rm` would stay):
+    # compare the engine's whole list with the one before `up`.
+    new = set(_all_volumes()) - project["volumes_before"]
+    assert not new, f"volumes left behind: {sorted(new)}"
