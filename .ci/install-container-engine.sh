@@ -64,6 +64,7 @@ install_compose() {
     # A private apt directory: its own sources list, lists and cache; the system's are untouched.
     local d="$STATE/apt-trixie"
     mkdir -p "$d/lists/partial" "$d/cache/archives/partial" "$d/deb" "$d/root"
+    chown -R _apt "$d/lists" "$d/cache" "$d/deb" 2>/dev/null || true  # apt downloads as _apt
     echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" >"$d/sources.list"
     local opts=(-o "Dir::Etc::SourceList=$d/sources.list" -o "Dir::Etc::SourceParts=/nonexistent"
                 -o "Dir::State::Lists=$d/lists" -o "Dir::Cache=$d/cache" -o "Dir::State::status=/dev/null"
@@ -99,8 +100,15 @@ start_dockerd() {
 }
 
 build_base_image() {
-    local tag hooks=()
+    local tag hooks=() ours
     tag="$(base_tag)"
+    # Never replace an image of that tag that did not come from here (e.g. pulled from a registry).
+    if docker image inspect "$tag" >/dev/null 2>&1; then
+        ours="$(docker image inspect -f '{{index .Config.Labels "org.parallax.base"}}' "$tag" 2>/dev/null || true)"
+        if [ "$ours" != "mmdebstrap-bookworm" ]; then
+            log "base image $tag exists and was not built here: kept as it is"; return 0
+        fi
+    fi
     # The host's locally added CAs (the directory update-ca-certificates reads local additions
     # from), so that pip inside the image build trusts this machine's intercepting proxy.
     if [ -d /usr/local/share/ca-certificates ]; then
@@ -111,7 +119,8 @@ build_base_image() {
         --customize-hook='chroot "$1" update-ca-certificates >/dev/null' \
         --customize-hook='rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED' \
         --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
-        bookworm - http://deb.debian.org/debian | docker import - "$tag" >/dev/null
+        bookworm - http://deb.debian.org/debian \
+        | docker import --change 'LABEL org.parallax.base=mmdebstrap-bookworm' - "$tag" >/dev/null
     log "base image $tag: $(docker image inspect -f '{{.Size}}' "$tag") bytes"
 }
 
