@@ -29,6 +29,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 COMPOSE = REPO / "docker-compose.yml"
+LAB_COMPOSE = REPO / "deploy" / "lab.compose.yml"
 K8S_DIR = REPO / "deploy" / "kubernetes"
 UNIT = REPO / "deploy" / "systemd" / "parallax-notary.service"
 UNIT_ENV = REPO / "deploy" / "systemd" / "notary.env.example"
@@ -266,7 +268,14 @@ def test_dockerfile_structure() -> None:
     hc = dockerfile_one("HEALTHCHECK")
     assert "CMD [" in hc, "HEALTHCHECK must use the exec form"
     hc_cmd = json.loads(hc[hc.index("CMD") + 3:])
-    assert hc_cmd[0] == "python" and f"127.0.0.1:{CONTAINER_PORT}/healthz" in hc_cmd[-1]
+    # python3, not python: the CI base (Debian bookworm imported as the FROM tag) has no `python`.
+    assert hc_cmd[0] == "python3" and f"127.0.0.1:{CONTAINER_PORT}/healthz" in hc_cmd[-1]
+
+    # Reproducible: dependencies come from the lock file with the versions CI tested.
+    run = " ".join(args for i, args in instrs if i == "RUN")
+    copies = [shlex.split(args) for i, args in instrs if i == "COPY"]
+    assert ["deploy/constraints.txt", "./constraints.txt"] in copies
+    assert "python3 -m pip install --no-cache-dir -c constraints.txt /src" in run
 
     entry = json.loads(dockerfile_one("ENTRYPOINT"))
     assert entry[:2] == ["/bin/sh", "-c"] and entry[2].startswith("exec parallax serve "), \
@@ -288,12 +297,50 @@ def test_dockerfile_structure() -> None:
 
 
 def test_dockerignore_keeps_build_inputs() -> None:
+    import fnmatch
+
     patterns = [p.strip() for p in DOCKERIGNORE.read_text().splitlines() if p.strip() and not p.startswith("#")]
     assert ".git" in patterns and "tests" in patterns
-    needed = {"pyproject.toml", "README.md", "notary", "client"}
+    needed = {"pyproject.toml", "README.md", "notary", "client", "deploy/constraints.txt", "deploy"}
     for p in patterns:
         assert not p.startswith("!"), "no negations: keep the ignore list simple"
-        assert p.lstrip("/") not in needed, f".dockerignore excludes build input {p}"
+        for path in needed:
+            assert not fnmatch.fnmatch(path, p.lstrip("/")), f".dockerignore pattern {p} excludes build input {path}"
+
+
+def _requirement_name(text: str) -> str:
+    return re.split(r"[<>=!~\[; ]", text.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_constraints_pin_every_runtime_dependency_within_the_pyproject_bounds() -> None:
+    import tomllib
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pins: dict[str, Version] = {}
+    for line in (REPO / "deploy" / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not an exact pin"
+            pins[_requirement_name(name)] = Version(version)
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        req = Requirement(dep)
+        name = _requirement_name(req.name)
+        assert name in pins, f"{name} is not pinned in deploy/constraints.txt"
+        assert req.specifier.contains(pins[name]), f"pin {name}=={pins[name]} is outside pyproject's {req.specifier}"
+        # Their own runtime dependencies are pinned too (the lock is complete).
+        try:
+            sub = requires(req.name) or []
+        except PackageNotFoundError:
+            continue
+        for s in sub:
+            r = Requirement(s)
+            if r.marker is None or r.marker.evaluate({"extra": ""}):
+                assert _requirement_name(r.name) in pins, f"{r.name} (needed by {name}) is not pinned"
 
 
 # -- docker-compose.yml ------------------------------------------------------------
@@ -359,12 +406,47 @@ def test_compose_bundle_service() -> None:
     deps = bundle["depends_on"]
     assert set(deps) == set(notaries)
     assert all(d["condition"] == "service_healthy" for d in deps.values())
-    assert bundle.get("restart") == "no", "one-shot"
+    # Long-running (a one-shot service makes `up --wait` fail), healthy once it serves the bundle.
+    assert bundle.get("restart") in ("unless-stopped", "always"), "the bundle service keeps running"
+    hc = bundle.get("healthcheck") or {}
+    assert not hc.get("disable") and "/bundle.json" in " ".join(as_list(hc.get("test")))
+    assert bundle.get("ports") == ["127.0.0.1:8440:8080"], "the bundle is served to the host on loopback only"
     script = " ".join(container_argv(bundle))
     assert "parallax bundle merge /bundle/entries/*.json -o /bundle/bundle.json" in script
     assert "cat /bundle/bundle.json" in script, "the bundle is printed to the service's logs"
+    assert "exec python3 -c" in script and script.rstrip().endswith("/bundle/bundle.json 0.0.0.0 8080"), \
+        "the server is PID 1 (exec) and serves the merged file"
     for svc in notaries.values():
         assert f"/bundle/entries/{service_env(svc)['PARALLAX_NAME']}.json" in script
+
+
+def test_lab_override_opts_in_narrowly() -> None:
+    """deploy/lab.compose.yml is the only place a notary may probe a private range: its own lab /24."""
+    import ipaddress
+
+    assert "--allow-network" not in COMPOSE.read_text() and "--allow-network" not in DOCKERFILE.read_text()
+    lab = yaml.safe_load(LAB_COMPOSE.read_text())
+    main = compose()
+    subnets = {name: net["ipam"]["config"][0]["subnet"] for name, net in lab["networks"].items()}
+    for name, svc in notary_services(main).items():
+        over = lab["services"][name]
+        extra = set(as_list(over["networks"])) - set(as_list(main["services"][name]["networks"]))
+        assert len(extra) == 1, f"{name} joins exactly one lab network: {extra}"
+        assert as_list(over["command"]) == ["--allow-network", subnets[extra.pop()]], name
+    for sub in subnets.values():
+        net = ipaddress.ip_network(sub)
+        assert net.is_private and net.prefixlen >= 24, sub
+    for name, svc in lab["services"].items():
+        assert not svc.get("ports"), f"{name}: the lab publishes nothing on the host"
+        if name not in main["services"]:
+            assert svc.get("profiles"), f"{name} must be in a profile (never started by a plain `up`)"
+    # site.lab: the real site on eu-west's and us-east's paths, the interceptor on ap-south's.
+    def seen_as_site(net: str) -> set[str]:
+        return {n for n, svc in lab["services"].items()
+                if isinstance(svc.get("networks"), dict) and "site.lab" in
+                ((svc["networks"].get(net) or {}).get("aliases") or [])}
+    assert seen_as_site("lab-eu-west") == seen_as_site("lab-us-east") == seen_as_site("lab-client") == {"site"}
+    assert seen_as_site("lab-ap-south") == seen_as_site("lab-intercepted") == {"interceptor"}
 
 
 def test_compose_commands_parse_with_the_real_cli(tmp_path: Path) -> None:
@@ -480,10 +562,15 @@ def test_compose_config_renders() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "PARALLAX_"))}
     r = run_tool(argv, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
+    # With the lab override on top (as deploy/README.md runs it).
+    lab = [*argv[:-2], "-f", "deploy/lab.compose.yml", "--profile", "lab", *argv[-2:]]
+    r = run_tool(lab, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_compose_spec_schema() -> None:
-    r = run_tool([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"])
+    r = run_tool([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml",
+                  "deploy/lab.compose.yml"])
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -606,7 +693,7 @@ def test_image_healthcheck_command_passes(notaries: dict[str, Notary]) -> None:
     assert compose_hc[0] == "CMD"
     for cmd in (argv, compose_hc[1:]):
         n = next(iter(notaries.values()))
-        cmd = [sys.executable if c == "python" else c for c in cmd]
+        cmd = [sys.executable if c in ("python", "python3") else c for c in cmd]
         cmd[-1] = remap(cmd[-1], {f"127.0.0.1:{CONTAINER_PORT}": f"127.0.0.1:{n.port}"})
         assert subprocess.run(cmd, capture_output=True, timeout=15).returncode == 0
         dead = [*cmd[:-1], cmd[-1].replace(f"127.0.0.1:{n.port}", f"127.0.0.1:{free_port()}")]
@@ -622,11 +709,43 @@ def test_bundle_service_merges_entries(notaries: dict[str, Notary]) -> None:
     bundle_svc = compose()["services"]["bundle"]
     argv = container_argv(bundle_svc)
     assert argv[:2] == ["/bin/sh", "-c"]
-    script = remap(argv[2], {"/bundle/": f"{root}/bundle/"})
+    port = free_port()
+    script = remap(argv[2], {"/bundle/": f"{root}/bundle/", "0.0.0.0 8080": f"127.0.0.1 {port}"})
     env = {**os.environ, "PATH": f"{PY_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-    r = subprocess.run([*argv[:2], script, *argv[3:]], env=env, capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert (root / "bundle" / "bundle.json").read_text().strip() in r.stdout, "bundle printed to the logs"
+    log = root / "bundle-service.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*argv[:2], script, *argv[3:]], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"bundle service exited {proc.returncode}:\n{log.read_text()}"
+            try:
+                status, served = http_get(f"http://127.0.0.1:{port}/bundle.json", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"bundle service not serving:\n{log.read_text()}"
+                time.sleep(0.1)
+        on_disk = (root / "bundle" / "bundle.json").read_bytes()
+        assert status == 200 and served == on_disk
+        assert on_disk.decode().strip() in log.read_text(), "bundle printed to the logs"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            http_get(f"http://127.0.0.1:{port}/entries/eu-west.json")
+        assert err.value.code == 404, "only the bundle is served"
+        # The compose healthcheck passes against it, and fails against a dead port.
+        hc = as_list(bundle_svc["healthcheck"]["test"])[1:]
+        hc = [sys.executable if c == "python3" else c for c in hc]
+        assert subprocess.run([*hc[:-1], remap(hc[-1], {"127.0.0.1:8080": f"127.0.0.1:{port}"})],
+                              capture_output=True, timeout=15).returncode == 0
+        assert subprocess.run([*hc[:-1], hc[-1].replace("127.0.0.1:8080", f"127.0.0.1:{free_port()}")],
+                              capture_output=True, timeout=15).returncode != 0
+        # PID 1 in the container: SIGTERM (what `docker stop` sends) ends it cleanly.
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, "the bundle server must exit 0 on SIGTERM"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     bundle = load_bundle(root / "bundle" / "bundle.json")
     got = {e.name: e.key_id for e in bundle.notaries}
     want = {n.name: n.health["key_id"] for n in notaries.values()}  # type: ignore[attr-defined]

@@ -440,6 +440,29 @@ def host_snapshot() -> dict[str, Any]:
     return {"links": links, "iptables": rules}
 
 
+#: Names of the interfaces the lab creates (always inside its namespaces; see Lab._link).
+LAB_IFNAME = re.compile(r"^(to-(isp|client|site|atk|n\d+)|up0)$")
+_LAB_NET_PREFIX = LAB_NET.split(".0.0/")[0] + "."  # "10.77."
+
+
+def host_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What the lab left in the host namespace, comparing two :func:`host_snapshot` results.
+
+    Only what the lab itself could have created counts: an interface with one of the lab's
+    names (:data:`LAB_IFNAME`), and an iptables rule that names the lab's address range or one
+    of its interfaces.  Anything else that appears meanwhile (a container engine's ``docker0``,
+    its ``br-*`` bridges and ``veth*`` pairs, its ``DOCKER`` chains) is not the lab's doing and is
+    ignored, so a lab run stays correct on a machine where other things happen.
+    """
+    changes = [f"host interface {name}" for name in sorted(set(after["links"]) - set(before["links"]))
+               if LAB_IFNAME.match(name)]
+    for rule in sorted(set(after["iptables"]) - set(before["iptables"])):
+        words = rule.split()
+        if _LAB_NET_PREFIX in rule or any(LAB_IFNAME.match(w) for w in words) or PREFIX in rule:
+            changes.append(f"host iptables rule {rule}")
+    return changes
+
+
 class Undo:
     """Per-scenario changes, undone in reverse order (also when the scenario fails)."""
 

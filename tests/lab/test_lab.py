@@ -40,6 +40,7 @@ from tests.lab.netlab import (
     CheckRun,
     Lab,
     Undo,
+    host_changes,
     host_snapshot,
     lab_unsupported_reason,
     notary_ip,
@@ -75,8 +76,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     left = the_lab.leftovers()
     after = host_snapshot()
     assert not left, f"the lab left things behind: {left}"
-    assert set(after["links"]) <= set(before["links"]), f"new host interfaces: {set(after['links']) - set(before['links'])}"
-    assert set(after["iptables"]) <= set(before["iptables"]), "host iptables rules changed"
+    changed = host_changes(before, after)  # only what the lab could have made: see host_changes
+    assert not changed, f"the lab changed the host namespace: {changed}"
 
 
 @pytest.fixture
