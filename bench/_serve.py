@@ -179,7 +179,7 @@ async def role_mpic(spec: dict[str, Any], workdir: Path) -> None:
 
     logging.getLogger("open_mpic_core").setLevel(logging.WARNING)
     runners, urls = [], []
-    for i in range(int(spec.get("n", 5))):
+    for _ in range(int(spec.get("n", 5))):
         checker = MpicDcvChecker(http_client_timeout=10)
 
         async def dcv(request: web.Request, checker: MpicDcvChecker = checker) -> web.Response:

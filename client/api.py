@@ -157,10 +157,10 @@ async def verify_with_notaries(
     sess = session or aiohttp.ClientSession()
     tasks: dict[asyncio.Task[RawAnswer], BundleEntry] = {}
     probe_task: asyncio.Task[ClientView] | None = None
-    proxy_task = asyncio.create_task(probe_all_via(target, specs, timeout=timeout, isolate=isolate, clock=clock))
+    proxy_task: asyncio.Task[Any] = asyncio.create_task(probe_all_via(target, specs, timeout=timeout, isolate=isolate, clock=clock))
     try:
         for e in entries:
-            t = asyncio.create_task((plan.ask if plan else ask_notary)(sess, e, target, nonce, timeout=timeout,
+            t: asyncio.Task[Any] = asyncio.create_task((plan.ask if plan else ask_notary)(sess, e, target, nonce, timeout=timeout,
                                                all_addresses=pol.all_addresses,
                                                max_age=pol.max_age if max_age is None else max_age,
                                                fetch_identity=not _identity_fresh(e, clock())))
@@ -169,8 +169,8 @@ async def verify_with_notaries(
             probe_task = asyncio.create_task(client_probe(target, timeout=timeout, connect_to=connect_to, clock=clock,
                                                           extra_cas=extra_cas))
         evidence: dict[str, Evidence] = {}
-        pending: set[asyncio.Task[object]] = set(tasks) | ({probe_task} if probe_task else set())  # type: ignore[arg-type]
-        pending.add(proxy_task)  # type: ignore[arg-type]
+        pending: set[asyncio.Task[Any]] = set(tasks) | ({probe_task} if probe_task else set())
+        pending.add(proxy_task)
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             now = int(clock())
@@ -180,8 +180,8 @@ async def verify_with_notaries(
                 elif t is proxy_task:
                     pass
                 else:
-                    entry = tasks[t]  # type: ignore[index]
-                    evidence[entry.key_id + entry.url] = _evidence(t.result(), nonce=nonce, target=target, now=now, policy=pol)  # type: ignore[arg-type]
+                    entry = tasks[t]
+                    evidence[entry.key_id + entry.url] = _evidence(t.result(), nonce=nonce, target=target, now=now, policy=pol)
             if wait_all or client_view is None or not pending or not proxy_task.done() or (specs and pol.proxies == "count"):
                 continue  # counted proxies are not in _settled's arithmetic: wait for every notary
             if _settled(client_view, entries, evidence, pol, now, target):
@@ -200,7 +200,8 @@ async def verify_with_notaries(
         verdict = conclude(client_view, results, pol, now, host=target.host, port=target.port, complete=complete,
                            context=ctx)
         if memory is not None and client_view.spki_sha256:
-            disputed = sum(r.result == "disagrees" for r in (*verdict.results, *verdict.vantages))
+            disputed = (sum(r.result == "disagrees" for r in verdict.results)
+                        + sum(v.result == "disagrees" for v in verdict.vantages))
             await asyncio.to_thread(memory.record, target, client_view.spki_sha256, judgement(verdict.status, disputed), now)
         return plan.annotate(verdict) if plan else verdict
     finally:

@@ -250,7 +250,7 @@ async def _check_openapi(ctx: _Ctx) -> str:
     missing = [p for p in ("/v1/notary", "/v1/observe") if not isinstance(paths, dict) or p not in paths]
     if missing:
         raise _Fail(f"the document does not list {', '.join(missing)}")
-    return f"OpenAPI {doc['openapi']}, {len(paths)} paths"
+    return f"OpenAPI {doc['openapi']}, {len(doc['paths'])} paths"
 
 
 # -- Oblivious HTTP ----------------------------------------------------------------

@@ -111,7 +111,7 @@ async def interceptor(
         try:
             ur, uw = await asyncio.wait_for(
                 asyncio.open_connection(upstream[0], upstream[1], ssl=up_ctx, server_hostname=sni), 5)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError):
+        except (TimeoutError, OSError, ssl.SSLError):
             writer.close()
             return
         await asyncio.gather(_pipe(reader, uw), _pipe(ur, writer))

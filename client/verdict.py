@@ -203,14 +203,14 @@ class Verdict:
 
 
 def _judge(ev: Evidence, client: ClientView, policy: Policy, now: int) -> NotaryResult:
-    base = dict(name=ev.name, region=ev.region, key_id=ev.key_id)
+    base: dict[str, Any] = dict(name=ev.name, region=ev.region, key_id=ev.key_id)
     if ev.failure is not None:
         return NotaryResult(**base, result=ev.failure, reason=ev.reason or ev.failure)
     ok = [o for o in ev.observations if o.status == "ok" and o.spki_sha256]
     ips = tuple(sorted({o.ip for o in ev.observations if o.ip}))
     age = min((o.age for o in ev.observations), default=None)
     source = ev.observations[0].source if ev.observations else None
-    extra = dict(ips=ips, age=age, source=source)
+    extra: dict[str, Any] = dict(ips=ips, age=age, source=source)
     if not ok:
         why = "; ".join(sorted({f"{o.status}: {o.detail or ''}".rstrip(": ") for o in ev.observations})) or "no observation"
         return NotaryResult(**base, result="unreachable", reason=f"notary could not observe the target ({why})", **extra)

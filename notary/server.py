@@ -98,7 +98,7 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
 
 
 def _clock(app: web.Application) -> int:
-    return app[CLOCK]()  # type: ignore[operator]
+    return int(app[CLOCK]())  # type: ignore[operator]
 
 
 def client_key(peer: str | None, forwarded: list[str], trusted: tuple[IPNetwork, ...]) -> str:
@@ -302,7 +302,7 @@ def create_app(
 
     async def open_store(app: web.Application) -> AsyncIterator[None]:
         st = store if store is not None else await SQLiteStore.open(config.db_path)
-        app[STORE] = st  # type: ignore[assignment]
+        app[STORE] = st  # type: ignore[misc]
         prober = Prober(
             config.policy, clock=clock, resolver=resolver, limits=config.probe_limits,
             connect_override=config.connect_override,

@@ -128,7 +128,7 @@ class SQLiteStore:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                await self._run(lambda: self._write([r for r, _ in batch]), "record observations")
+                await self._run(lambda: self._write([r for r, _ in batch]), "record observations")  # noqa: B023 (awaited here)
             except Exception as exc:  # every waiter gets it; none is left hanging
                 for _, fut in batch:
                     if not fut.done():

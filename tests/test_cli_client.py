@@ -93,7 +93,7 @@ async def parallax(*args: str, timeout: float = 60) -> tuple[int, str, str]:
                                                 stderr=asyncio.subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         raise

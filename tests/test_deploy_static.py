@@ -428,7 +428,7 @@ def test_lab_override_opts_in_narrowly() -> None:
     lab = yaml.safe_load(LAB_COMPOSE.read_text())
     main = compose()
     subnets = {name: net["ipam"]["config"][0]["subnet"] for name, net in lab["networks"].items()}
-    for name, svc in notary_services(main).items():
+    for name in notary_services(main):
         over = lab["services"][name]
         extra = set(as_list(over["networks"])) - set(as_list(main["services"][name]["networks"]))
         assert len(extra) == 1, f"{name} joins exactly one lab network: {extra}"
@@ -456,7 +456,7 @@ def test_compose_commands_parse_with_the_real_cli(tmp_path: Path) -> None:
     fake.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c "
                     "'import json, sys; print(json.dumps(sys.argv[1:]))' \"$@\"\n")
     fake.chmod(0o755)
-    for name, svc in notary_services().items():
+    for svc in notary_services().values():
         env = {"PATH": f"{fake.parent}:/usr/bin:/bin", **dockerfile_env(), **service_env(svc)}
         out = subprocess.run(container_argv(svc), env=env, capture_output=True, text=True, timeout=20, check=True)
         argv = ["parallax", *json.loads(out.stdout)]

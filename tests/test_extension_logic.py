@@ -17,7 +17,8 @@ import pytest
 
 HERE = Path(__file__).parent / "extension_js"
 NODE = shutil.which("node")
-pytestmark = pytest.mark.skipif(NODE is None and os.environ.get("PARALLAX_REQUIRE_BROWSERS") != "1", reason="node is not installed (the python machine image ships Node.js)")
+pytestmark = pytest.mark.skipif(NODE is None and os.environ.get("PARALLAX_REQUIRE_BROWSERS") != "1",
+                                reason="node is not installed (the python machine image ships Node.js)")
 
 
 def run(script: str) -> dict:

@@ -36,7 +36,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import platformdirs
 
@@ -60,8 +60,9 @@ def id_from_key(key_b64: str) -> str:
     return "".join(chr(ord("a") + int(c, 16)) for c in digest)
 
 
-def _extension_manifest() -> dict:
-    return json.loads((EXTENSION_DIR / "manifest.json").read_text())
+def _extension_manifest() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((EXTENSION_DIR / "manifest.json").read_text())
+    return doc
 
 
 def extension_id() -> str:
@@ -108,9 +109,9 @@ def manifest_dir(
     return config / ("chromium" if browser == "chromium" else "google-chrome") / "NativeMessagingHosts"
 
 
-def host_manifest(browser: str, launcher: Path, extension_ids: Sequence[str]) -> dict:
+def host_manifest(browser: str, launcher: Path, extension_ids: Sequence[str]) -> dict[str, Any]:
     """The host manifest JSON for ``browser``."""
-    doc = {
+    doc: dict[str, Any] = {
         "name": HOST_NAME,
         "description": "Parallax TLS notary helper: asks notaries whether they see the key your browser sees",
         "path": str(launcher),
@@ -153,7 +154,7 @@ class Installed:
     launcher: Path
     allowed: tuple[str, ...]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"browser": self.browser, "host": HOST_NAME, "manifest": str(self.manifest),
                 "launcher": str(self.launcher), "allowed": list(self.allowed)}
 

@@ -92,8 +92,8 @@ def refusal_reason(addr: IPAddress) -> str | None:
         if not addr.is_global or addr not in _GLOBAL_UNICAST:
             return "reserved"  # only global unicast (2000::/3) is probed
         return None
-    for net, why in _V4_NETS:
-        if addr in net:
+    for net4, why in _V4_NETS:
+        if addr in net4:
             return why
     if not addr.is_global:
         return "reserved"

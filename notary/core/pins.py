@@ -202,7 +202,7 @@ def summarize_leaf(der: bytes) -> LeafSummary:
 
     def rfc4514(get: Any) -> str:
         try:
-            return get().rfc4514_string()[:1024]
+            return str(get().rfc4514_string())[:1024]
         except ValueError:
             return "<unparseable>"
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run the core tests (pure core, verdict, vectors, loopback integration, CLI) under
+# the newest Python that pyproject.toml's classifiers declare, in its own venv.
+# The oldest supported Python (3.11, the machine's python3) runs the whole suite
+# in .ci/run.  Interpreters come from pyenv (the machine image ships several) or
+# PATH; nothing is downloaded.  Missing interpreter: a failure when
+# PARALLAX_REQUIRE_PYTHONS=1 (CI), a skip with the reason otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MINOR=$(python3 -c 'import re,tomllib; c=tomllib.load(open("pyproject.toml","rb"))["project"]["classifiers"]; print(max(int(m) for x in c for m in re.findall(r"^Programming Language :: Python :: 3\.(\d+)$", x)))')
+PY=""
+for cand in "python3.$MINOR" /root/.pyenv/versions/3."$MINOR".*/bin/python3 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3."$MINOR".*/bin/python3; do
+  if command -v "$cand" >/dev/null 2>&1 && "$cand" -c "import sys, venv; sys.exit(sys.version_info[:2] != (3, $MINOR))" 2>/dev/null; then
+    PY=$(command -v "$cand"); break
+  fi
+done
+if [ -z "$PY" ]; then
+  echo "newest-python: no Python 3.$MINOR interpreter found (pyenv or PATH)" >&2
+  [ "${PARALLAX_REQUIRE_PYTHONS:-0}" = 1 ] && exit 1
+  echo "newest-python: SKIPPED" >&2; exit 0
+fi
+VENV=${NEWEST_VENV:-.venv-py3$MINOR}
+echo "newest-python: $("$PY" --version) at $PY"
+rm -rf "$VENV"
+"$PY" -m venv "$VENV"
+"$VENV/bin/pip" install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+  tests/test_core.py tests/test_vectors.py tests/test_verdict.py tests/test_bundle.py \
+  tests/test_client_verify.py tests/test_prober.py tests/test_server.py tests/test_client_integration.py \
+  tests/test_cli_client.py tests/test_cli_notary.py tests/test_packaging.py
