@@ -68,8 +68,9 @@ def test_python_classifiers_match_requires_python() -> None:
 
 def _lower_bounds() -> dict[str, str]:
     reqs = list(PYPROJECT["project"]["dependencies"])
-    for extra in PYPROJECT["project"]["optional-dependencies"].values():
-        reqs += extra
+    for name, extra in PYPROJECT["project"]["optional-dependencies"].items():
+        if name != "lint":  # linters are pinned exactly (==), on purpose
+            reqs += extra
     out = {}
     for req in reqs:
         m = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?>=([0-9][0-9.]*)(,<.*)?", req)
@@ -84,3 +85,7 @@ def test_every_dependency_has_a_lower_bound() -> None:
     # asyncio_default_fixture_loop_scope needs pytest-asyncio 0.24.
     assert tuple(int(x) for x in bounds["aiohttp"].split(".")) >= (3, 10, 6)
     assert tuple(int(x) for x in bounds["pytest-asyncio"].split(".")) >= (0, 24)
+
+
+def test_linters_are_pinned() -> None:
+    assert all("==" in req for req in PYPROJECT["project"]["optional-dependencies"]["lint"])
