@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import aiohttp
 
-from notary.core import AddressPolicy, Target, observed_spki, parse_networks
+from notary.core import AddressPolicy, Target, observed_spki, parse_networks, split_target
 from notary.core.pins import load_certificate, spki_hex_from_pin, spki_sha256
 from notary.errors import InputError
 from notary.prober import ProbeLimits, Prober
@@ -93,7 +93,7 @@ def _placeholder(e: BundleEntry, result: str) -> NotaryResult:
 
 async def verify_with_notaries(
     host: str,
-    port: int = 443,
+    port: int | None = None,
     *,
     bundle: Bundle | str | None = None,
     policy: Policy | str | None = None,
@@ -114,6 +114,11 @@ async def verify_with_notaries(
 ) -> Verdict:
     """Ask the bundle's notaries about ``host:port`` and compare with what this client sees.
 
+    ``host`` may be written as people paste it: ``example.com``, ``example.com:8443``,
+    ``https://example.com:8443/path``, an IDN name, ``[2001:db8::1]:443``
+    (:func:`notary.core.split_target`).  ``port`` (default 443) applies when
+    ``host`` names none; a port in both that differs is an :class:`InputError`.
+
     ``observed`` is a certificate (DER or PEM) or a ``sha256/`` pin the caller
     already holds, or a :class:`ClientView` from :func:`client_probe` (then the
     client does not probe again).  ``timeout`` bounds each
@@ -127,7 +132,10 @@ async def verify_with_notaries(
     bundle and does not ask it; the verdict's ``relays`` names the relays used.  Raises :class:`~notary.errors.InputError`
     for bad arguments; network trouble is reported in the verdict, never raised.
     """
-    target = Target.parse(host, port, sni)
+    h, p = split_target(host, 443 if port is None else port)
+    if port is not None and p != port:
+        raise InputError(f"two ports for one target: {host!r} and port={port}", "bad_target")
+    target = Target.parse(h, p, sni)
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and 0 < timeout <= 600):
         raise InputError("timeout must be a number of seconds in (0, 600]", "bad_timeout")
     if subset is not None and subset < 1:
@@ -241,6 +249,6 @@ def _settled(client: ClientView, entries: Sequence[BundleEntry], evidence: dict[
     return len(classes) == 1
 
 
-def verify_with_notaries_sync(host: str, port: int = 443, **kwargs: object) -> Verdict:
+def verify_with_notaries_sync(host: str, port: int | None = None, **kwargs: object) -> Verdict:
     """The synchronous twin of :func:`verify_with_notaries` for scripts (runs its own event loop)."""
     return asyncio.run(verify_with_notaries(host, port, **kwargs))  # type: ignore[arg-type]

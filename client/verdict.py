@@ -378,6 +378,7 @@ def _conclude_notaries(
     elif n < policy.min_notaries:
         status = "insufficient"
         summary = f"insufficient: {n} notaries asked; policy {policy.name} needs at least {policy.min_notaries}"
+        need = policy.min_notaries  # so "N needed" and "needs at least N" say the same
     elif a >= need and _spans(agree_regions, min_regions):
         if d:
             status = "consistent_with_outliers"
@@ -400,13 +401,16 @@ def _conclude_notaries(
                    f"(an unknown or empty region counts as none)")
     elif a + d < need:
         status = "insufficient"
-        summary = f"insufficient: only {a + d}/{n} notaries gave usable answers for {target}; {need} needed"
+        late = sum(1 for r in results if r.result == "agrees" and not r.counted)
+        summary = (f"insufficient: only {a + d}/{n} notaries gave answers that count for {target}; {need} needed"
+                   + (f" ({late} saw your key, but not yet for the quorum duration)" if late else ""))
     else:
         status = "split_view"
         summary = f"split view: for {target}, {a} notaries saw your key and {d} saw others; no quorum of {need}/{n}"
 
     return Verdict(
-        status=status, host=host, port=port, client=client, quorum_pins=quorum_pins,
+        status=status, host=host, port=port, client=client,
+        quorum_pins=(mine,) if status in ACCEPTING and mine else quorum_pins,  # the key the quorum saw
         agreeing=a, asked=n, required=need, regions_agreeing=agree_regions, results=tuple(results),
         summary=summary, policy=policy.name, checked_at=now, complete=complete,
         outliers=outliers if status == "consistent_with_outliers" else (),

@@ -98,7 +98,7 @@ def test_consistent() -> None:
     assert v.status == "consistent" and v.ok
     assert (v.agreeing, v.asked, v.required, v.count) == (3, 3, 2, "3/3")
     assert v.regions_agreeing == ("ap", "eu", "us")
-    assert v.outliers == () and v.quorum_pins == ()
+    assert v.outliers == () and v.quorum_pins == (pin_from_spki_hex(HONEST),)  # the key the quorum agreed on
     assert v.pin == pin_from_spki_hex(HONEST)
     assert [r.result for r in v.results] == ["agrees"] * 3 and all(r.counted for r in v.results)
     assert v.to_json()["status"] == "consistent" and v.to_json()["pin"] == v.pin

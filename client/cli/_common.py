@@ -17,7 +17,9 @@ Exit codes (documented in the README; sysexits.h numbers for environment errors)
 70    internal error (a bug; reported in one line)
 73    cannot create (a key already exists)
 74    I/O error
-78    configuration error (key file permissions, data dir)
+78    configuration error (key file permissions, data dir, wrong passphrase)
+130   interrupted (Ctrl-C)
+141   standard output closed early (``parallax check ... | head``)
 ====  ==========================================================
 """
 
@@ -29,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from client.cli._help import HelpFormatter, add_logging_options
 from notary.core import VerifyKey
 from notary.errors import (
     ConfigError,
@@ -43,7 +46,7 @@ from notary.errors import (
 __all__ = [
     "EX_OK", "EX_MITM", "EX_NOT_CONSISTENT", "EX_EXPECTED_INTERCEPTION",
     "EX_USAGE", "EX_DATAERR", "EX_NOINPUT", "EX_UNAVAILABLE", "EX_SOFTWARE", "EX_CANTCREAT", "EX_IOERR",
-    "EX_CONFIG", "Exit", "Parser", "host_port", "exit_code", "read_file", "load_json", "write_or_print",
+    "EX_CONFIG", "EX_INTERRUPTED", "EX_PIPE", "Exit", "Parser", "host_port", "exit_code", "read_file", "load_json", "write_or_print",
     "operator_keys",
 ]
 
@@ -59,6 +62,8 @@ EX_SOFTWARE = 70
 EX_CANTCREAT = 73
 EX_IOERR = 74
 EX_CONFIG = 78
+EX_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EX_PIPE = 141  # 128 + SIGPIPE: standard output was closed early
 
 
 class Exit(Exception):
@@ -71,7 +76,17 @@ class Exit(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors leave with :data:`EX_USAGE` and one line."""
+    """An ArgumentParser whose usage errors leave with :data:`EX_USAGE` and one line.
+
+    Every parser (the top one and each subcommand's) shows option defaults and
+    keeps its examples' layout (:class:`~client.cli._help.HelpFormatter`), and
+    accepts the logging options, so ``-v``/``--log-level`` work anywhere.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        add_logging_options(self)
 
     def error(self, message: str) -> NoReturn:
         raise Exit(EX_USAGE, f"{self.prog}: {message} (see --help)")

@@ -29,7 +29,7 @@ from notary.core.pins import (
     spki_hex_from_pin,
     spki_sha256,
 )
-from notary.core.target import Target, normalize_host, validate_nonce, validate_port
+from notary.core.target import TARGET_FORMS, Target, normalize_host, split_target, validate_nonce, validate_port
 
 __all__ = [
     "AddressPolicy", "parse_networks", "refusal_reason",
@@ -42,4 +42,5 @@ __all__ = [
     "LeafSummary", "leaf_sha256", "load_certificate", "observed_spki", "pin_from_spki_hex",
     "spki_hex_from_pin", "spki_sha256",
     "Target", "normalize_host", "validate_nonce", "validate_port",
+    "TARGET_FORMS", "split_target",
 ]

@@ -28,6 +28,8 @@ __all__ = [
     "validate_nonce",
     "NONCE_MIN",
     "NONCE_MAX",
+    "split_target",
+    "TARGET_FORMS",
 ]
 
 NONCE_MIN = 16
@@ -188,3 +190,59 @@ class Target:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+# -- targets as people paste them ------------------------------------------------
+
+TARGET_FORMS = "HOST, HOST:PORT, [IPv6]:PORT or https://HOST[:PORT][/path]"
+
+
+def split_target(text: object, default_port: int = 443) -> tuple[str, int]:
+    """Split a target as people paste it into a normalised ``(host, port)``.
+
+    Accepts ``example.com``, ``example.com:8443``, ``https://example.com:8443/path``
+    (path, query and fragment ignored, with or without the scheme; only the ``https`` scheme, whose default
+    port is 443), IDN names (``bücher.example``, returned as an A-label), IPv4
+    literals, and IPv6 literals bare (``2001:db8::1``, default port) or in brackets
+    (``[2001:db8::1]:443``).  ``default_port`` applies when no port is given.
+    Raises :class:`InputError` (code ``bad_target``) naming the accepted forms.
+    """
+    if not isinstance(text, str):
+        raise InputError(f"a target must be a string; expected {TARGET_FORMS}", "bad_target")
+    t = text.strip()
+
+    def bad(why: str) -> InputError:
+        return InputError(f"{why}: {text!r}; expected {TARGET_FORMS}", "bad_target")
+
+    if "://" in t:
+        scheme, _, t = t.partition("://")
+        if scheme.lower() != "https":
+            raise bad(f"only https:// URLs can be checked, not {scheme}://")
+        if "@" in re.split(r"[/?#]", t, maxsplit=1)[0]:
+            raise bad("a URL with user information is not a target")
+    t = re.split(r"[/?#]", t, maxsplit=1)[0]  # example.com/login: the path is not part of the target
+    if not t:
+        raise bad("empty target")
+    port_text = ""
+    if t.startswith("["):
+        host, sep, rest = t[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise bad("bad bracketed IPv6 address")
+        port_text = rest[1:] if rest else ""
+        if rest and not port_text:
+            raise bad("empty port")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad("not an IPv6 address in brackets") from None
+    elif t.count(":") > 1:
+        host = t  # a bare IPv6 literal: no port possible without brackets
+    else:
+        host, sep, port_text = t.partition(":")
+        if sep and not port_text:
+            raise bad("empty port")
+    try:
+        port = validate_port(port_text) if port_text else validate_port(default_port)
+        return normalize_host(host), port
+    except InputError as exc:
+        raise bad(str(exc)) from None
