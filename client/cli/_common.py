@@ -47,7 +47,7 @@ __all__ = [
     "EX_OK", "EX_MITM", "EX_NOT_CONSISTENT", "EX_EXPECTED_INTERCEPTION",
     "EX_USAGE", "EX_DATAERR", "EX_NOINPUT", "EX_UNAVAILABLE", "EX_SOFTWARE", "EX_CANTCREAT", "EX_IOERR",
     "EX_CONFIG", "EX_INTERRUPTED", "EX_PIPE", "Exit", "Parser", "host_port", "exit_code", "read_file", "load_json", "write_or_print",
-    "operator_keys",
+    "operator_keys", "passphrase", "PASSPHRASE_ENV",
 ]
 
 EX_OK = 0
@@ -154,6 +154,29 @@ def write_or_print(text: str, out: str | None) -> None:
         print(out)
     else:
         sys.stdout.write(text)
+
+
+PASSPHRASE_ENV = "PARALLAX_KEY_PASSPHRASE"
+
+
+def passphrase(*, confirm: bool) -> str:
+    """A key passphrase: ``$PARALLAX_KEY_PASSPHRASE``, else asked on the terminal (not echoed).
+
+    ``confirm`` asks twice (for a new key).  With neither an environment variable
+    nor a terminal, leaves with :data:`EX_USAGE`.
+    """
+    import getpass
+    import os
+
+    env = os.environ.get(PASSPHRASE_ENV)
+    if env is not None:
+        return env
+    if not sys.stdin.isatty():
+        raise Exit(EX_USAGE, f"parallax: a passphrase is needed: set {PASSPHRASE_ENV} or run on a terminal")
+    first = getpass.getpass("key passphrase: ")
+    if confirm and getpass.getpass("again: ") != first:
+        raise Exit(EX_USAGE, "parallax: the passphrases differ")
+    return first
 
 
 def operator_keys(args: argparse.Namespace) -> list[VerifyKey]:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from client.cli._common import host_port
+from client.cli._common import EX_USAGE, Exit, host_port, passphrase
 from notary.errors import EncodingError, InputError, RemoteError, VerificationError
 
 __all__ = ["add_notary_commands", "build_config", "fetch_entry"]
@@ -27,10 +27,15 @@ def _listen(text: str) -> tuple[str, int]:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from notary.keyfile import generate_key_file
+    from notary.keyfile import KEY_FILE, OPERATOR_KEY_FILE, generate_encrypted_key_file, generate_key_file
 
-    key = generate_key_file(args.data_dir)
-    print(json.dumps({"key_id": key.key_id, "public_key": key.verify_key.b64}))
+    if args.encrypt:
+        key = generate_encrypted_key_file(args.data_dir, passphrase(confirm=True))
+        path = Path(args.data_dir) / OPERATOR_KEY_FILE
+    else:
+        key = generate_key_file(args.data_dir)
+        path = Path(args.data_dir) / KEY_FILE
+    print(json.dumps({"key_id": key.key_id, "public_key": key.verify_key.b64, "key_file": str(path)}))
     return 0
 
 
@@ -123,6 +128,10 @@ def _cmd_notary_info(args: argparse.Namespace) -> int:
     from notary.identity_file import local_entry
 
     if args.url:
+        scheme = args.url.partition("://")[0].lower() if "://" in args.url else ""
+        if scheme not in ("http", "https"):
+            raise Exit(EX_USAGE, f"parallax notary-info: {args.url!r} is not a notary URL; add http:// (a notary's own "
+                                 f"listener) or https:// (a notary behind a TLS proxy), e.g. http://{args.url.partition('://')[2] or args.url}")
         entry = asyncio.run(fetch_entry(args.url, args.timeout))
     else:
         entry = local_entry(Path(args.data_dir))
@@ -168,51 +177,73 @@ async def fetch_entry(url: str, timeout: float) -> dict[str, Any]:
 
 def add_notary_commands(sub: Any) -> None:
     """Register ``keygen``, ``serve`` and ``notary-info``."""
-    p = sub.add_parser("keygen", help="create a notary key (Ed25519, mode 0600) in --data-dir")
-    p.add_argument("--data-dir", required=True)
+    p = sub.add_parser(
+        "keygen", help="create a notary key, or an encrypted operator key (Ed25519, mode 0600)",
+        description="Create an Ed25519 key in --data-dir (never overwriting one): DIR/notary.key, a raw seed,\n"
+                    "for a notary; with --encrypt, DIR/operator.pem, a passphrase-encrypted PKCS#8 PEM, for\n"
+                    "signing bundles.  Formats: docs/key-files.md.",
+    )
+    p.add_argument("--data-dir", required=True, metavar="DIR", help="directory for the key (created 0700 if missing)")
+    p.add_argument("--encrypt", "--operator", action="store_true",
+                   help="an operator key encrypted with a passphrase ($PARALLAX_KEY_PASSPHRASE or a prompt)")
     p.set_defaults(func=_cmd_keygen)
 
-    p = sub.add_parser("serve", help="run a notary")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--listen", type=_listen, default=("127.0.0.1", 8443), help="HOST:PORT (default 127.0.0.1:8443)")
-    p.add_argument("--name", default="notary")
-    p.add_argument("--region", default="unknown")
-    p.add_argument("--country")
-    p.add_argument("--rir")
-    p.add_argument("--url", help="public URL to advertise (default http://LISTEN)")
+    p = sub.add_parser(
+        "serve", help="run a notary (plain HTTP: put a TLS proxy in front)",
+        description="Run a notary: an HTTP API that probes TLS targets on request and signs what it saw.\n"
+                    "It answers from a cache for up to --ttl seconds (a client's max_age may ask for fresher).",
+    )
+    p.add_argument("--data-dir", required=True, metavar="DIR", help="key, identity and observation store")
+    p.add_argument("--listen", type=_listen, default=("127.0.0.1", 8443), metavar="HOST:PORT",
+                   help="address to listen on ([v6]:PORT for IPv6)")
+    p.add_argument("--name", default="notary", help="this notary's name in its identity and bundle entry")
+    p.add_argument("--region", default="unknown", help="region label; quorum policies count distinct regions")
+    p.add_argument("--country", help="ISO 3166 country code, for diversity rules (default: unset)")
+    p.add_argument("--rir", help="Regional Internet Registry of its address space, e.g. RIPE (default: unset)")
+    p.add_argument("--url", help="public URL to advertise, usually https:// at a TLS proxy (default: http://LISTEN)")
     p.add_argument("--allow-network", action="append", default=[], metavar="CIDR",
-                   help="opt in to probing this internal network (repeatable)")
+                   help="opt in to probing this private/internal network, e.g. 127.0.0.0/8 for a local test site "
+                        "(repeatable; default: none)")
     p.add_argument("--allow-port", action="append", default=[], metavar="PORT",
-                   help="also allow this target port besides 443; 'any' allows all (repeatable)")
+                   help="also allow this target port besides 443; 'any' allows all (repeatable; default: 443 only)")
     p.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR",
-                   help="reverse proxies whose X-Forwarded-For names the client, for rate limiting (repeatable)")
-    p.add_argument("--ttl", type=int, default=300, help="cache lifetime of an observation, seconds")
-    p.add_argument("--timeout", type=float, default=5.0, help="connect and handshake timeout, seconds")
-    p.add_argument("--max-targets", type=int, default=16)
-    p.add_argument("--rate", type=float, default=20.0, help="requests per second per client")
-    p.add_argument("--burst", type=int, default=40)
-    p.add_argument("--watch", action="append", default=[], metavar="HOST[:PORT]", help="re-scan periodically")
-    p.add_argument("--rescan-interval", type=int, default=3600)
+                   help="reverse proxies whose X-Forwarded-For names the client, for rate limiting "
+                        "(repeatable; default: none)")
+    p.add_argument("--ttl", type=int, default=300, metavar="SECONDS",
+                   help="how long an observation is answered from cache; 0 probes every time")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="connect and handshake timeout per probe")
+    p.add_argument("--max-targets", type=int, default=16, metavar="N", help="targets accepted in one request")
+    p.add_argument("--rate", type=float, default=20.0, help="requests per second per client (token bucket)")
+    p.add_argument("--burst", type=int, default=40, help="burst size of the per-client token bucket")
+    p.add_argument("--watch", action="append", default=[], metavar="HOST[:PORT]",
+                   help="re-scan this target periodically to build key history (repeatable; default: none)")
+    p.add_argument("--rescan-interval", type=int, default=3600, metavar="SECONDS", help="period of the --watch re-scans")
     p.add_argument("--init", action="store_true", help="generate a key on first start if none exists")
-    p.add_argument("--export-entry", metavar="PATH", help="write this notary's bundle entry to PATH")
+    p.add_argument("--export-entry", metavar="PATH", help="also write this notary's bundle entry to PATH (default: only DIR/identity.json)")
     p.add_argument("--access-log", action="store_true",
                    help="log every request with the client's address (off by default: notaries log no client addresses)")
     p.add_argument("--relay", action="store_true",
                    help="also be an Oblivious HTTP relay for the notaries of --bundle (docs/protocol.md section 13)")
     p.add_argument("--bundle", metavar="FILE", help="with --relay: the bundle whose gateways this notary relays to")
-    p.add_argument("--operator-key", action="append", help="with --relay: the key that signed --bundle (repeatable)")
+    p.add_argument("--operator-key", action="append", metavar="KEY",
+                   help="with --relay: the key that signed --bundle (repeatable)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("ohttp-rotate", help="rotate the Oblivious HTTP gateway keys in --data-dir (next becomes current)")
-    p.add_argument("--data-dir", required=True)
+    p.add_argument("--data-dir", required=True, metavar="DIR", help="the notary's data directory")
     p.set_defaults(func=_cmd_ohttp_rotate)
 
-    p = sub.add_parser("notary-info", help="print a notary's bundle entry as JSON")
+    p = sub.add_parser(
+        "notary-info", help="print a notary's bundle entry as JSON",
+        description="Print a notary's bundle entry: fetched from a running notary (its signed identity is\n"
+                    "checked against the key it names), or read from a local --data-dir.",
+    )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("url", nargs="?", help="a running notary's base URL")
-    src.add_argument("--data-dir")
-    p.add_argument("--name")
-    p.add_argument("--region")
-    p.add_argument("--public-url", help="override the URL in the entry")
-    p.add_argument("--timeout", type=float, default=10.0)
+    src.add_argument("url", nargs="?", metavar="URL",
+                     help="a running notary's base URL, with http:// or https://")
+    src.add_argument("--data-dir", metavar="DIR", help="read the entry of the notary whose data dir this is")
+    p.add_argument("--name", help="override the name in the entry (default: the notary's)")
+    p.add_argument("--region", help="override the region in the entry (default: the notary's)")
+    p.add_argument("--public-url", help="override the URL in the entry (default: the notary's)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="for fetching URL")
     p.set_defaults(func=_cmd_notary_info)
