@@ -64,7 +64,8 @@ async def run_demo(data_dir: Path, *, verbose: bool = False) -> int:
                 doc = await r.json()
         obs = verify_observation(doc["results"][0]["envelopes"][0], key)
         assert obs.nonce == nonce
-        print(f"\n== observation by {entry.name}: signature verified, nonce echoed, key {pin_from_spki_hex(obs.spki_sha256) if obs.spki_sha256 else '-'} ==")
+        seen = pin_from_spki_hex(obs.spki_sha256) if obs.spki_sha256 else "-"
+        print(f"\n== observation by {entry.name}: signature verified, nonce echoed, key {seen} ==")
         if verbose:
             shown = {k: v for k, v in obs.to_payload().items() if k != "chain"}
             shown["chain"] = f"<{len(obs.chain)} certificate(s)>"
