@@ -122,7 +122,7 @@ def add_helper_commands(sub: Any) -> None:
     hsub = h.add_subparsers(dest="helper_command", required=True, parser_class=type(h))
 
     p = hsub.add_parser("install", help="install the native messaging host for a browser (per user)")
-    p.add_argument("--browser", required=True, choices=["chromium", "chrome", "firefox"])
+    p.add_argument("--browser", required=True, choices=["chromium", "chrome", "firefox"], help="the browser to install for")
     p.add_argument("--extension-id", action="append", metavar="ID",
                    help="allow this extension (repeatable; default: the bundled extension's id)")
     p.add_argument("--bundle", help="bundle the host uses (default: $PARALLAX_BUNDLE at run time, then the config dir)")
@@ -139,16 +139,17 @@ def add_helper_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_native)
 
     p = hsub.add_parser("serve-http", help="opt-in localhost API on 127.0.0.1 (token, Host and Origin checks)")
-    p.add_argument("--port", type=int, default=7643)
+    p.add_argument("--port", type=int, default=7643, help="port on 127.0.0.1 to listen on")
     p.add_argument("--allow-origin", action="append", metavar="ORIGIN", help="allow this browser Origin (repeatable)")
     p.add_argument("--no-default-origin", action="store_true", help="do not allow the bundled extension's origin")
     p.add_argument("--token-file", help="token file (default: <user config dir>/parallax/helper-token)")
-    p.add_argument("--bundle")
-    p.add_argument("--policy", choices=sorted(PRESETS))
+    p.add_argument("--bundle", help="bundle file (default: $PARALLAX_BUNDLE, else bundle.json in the user config dir)")
+    p.add_argument("--policy", choices=sorted(PRESETS),
+                   help="quorum policy, as for 'parallax check' (default: helper.json, else $PARALLAX_POLICY, else mpic)")
     p.set_defaults(func=_cmd_serve_http)
 
     p = hsub.add_parser("token", help="print the localhost API token (created on first use)")
-    p.add_argument("--token-file")
+    p.add_argument("--token-file", help="token file (default: <user config dir>/parallax/helper-token)")
     p.set_defaults(func=_cmd_token)
 
     p = hsub.add_parser("extension", help="print the unpacked extension's directory and ids")
