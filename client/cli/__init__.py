@@ -74,13 +74,21 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point.  Returns (and, as a script, exits with) the exit code."""
+    code = _run(argv)
+    try:
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        _silence_stdout()
+        return EX_PIPE
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         args = make_parser().parse_args(argv)
         setup_logging(args, os.environ.get("PARALLAX_LOG"))
         func: Callable[[argparse.Namespace], int] = args.func
-        code = func(args)
-        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
-        return code
+        return func(args)
     except BrokenPipeError:
         # The reader went away (``parallax check ... | head``): stop quietly, as Unix
         # tools do, and keep Python from complaining when it flushes stdout at exit.

@@ -91,6 +91,12 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise Exit(EX_USAGE, f"{self.prog}: {message} (see --help)")
 
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        """``--help`` and ``--version`` end here: leave through :func:`main`, not SystemExit."""
+        if message:
+            sys.stderr.write(message)
+        raise Exit(status)
+
 
 def host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6); *default_port* when the port is absent.

@@ -34,7 +34,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (70, "internal error (a bug), reported in one line"),
     (73, "cannot create (a key already exists)"),
     (74, "I/O error"),
-    (78, "configuration error (key file readable by others, bad data dir, wrong passphrase)"),
+    (78, "configuration error (key file readable by others, bad data dir, wrong passphrase, bad bundle state)"),
     (130, "interrupted (Ctrl-C)"),
     (141, "standard output closed early (e.g. piped into head)"),
 )
@@ -167,8 +167,8 @@ EXAMPLES: dict[str, str] = {
   parallax bundle show                        # the default bundle
   parallax bundle show bundle.signed.json --operator-key "$(cat operator.pub)\"""",
     "bundle sign": """\
-  parallax bundle sign --key-dir ~/parallax-operator bundle.json -o bundle.signed.json
-  PARALLAX_KEY_PASSPHRASE=... parallax bundle sign --key operator.pem bundle.json""",
+  parallax bundle sign --key-dir ~/parallax-operator --version 7 --valid-for 90 bundle.json -o bundle.signed.json
+  PARALLAX_KEY_PASSPHRASE=... parallax bundle sign --key operator.pem --version 8 --expires 2027-01-31 bundle.json""",
     "bundle fetch": """\
   parallax bundle fetch https://example.org/bundle.signed.json --operator-key "$(cat operator.pub)"
   parallax bundle fetch https://example.org/bundle.signed.json --operator-key KEY -o ./bundle.json""",
