@@ -756,12 +756,14 @@ def test_bundle_service_merges_entries(notaries: dict[str, Notary]) -> None:
     from notary.core import VerifyKey
 
     exe, op, signed = parallax_exe(), root / "operator", root / "bundle.signed.json"
-    for argv in ([exe, "keygen", "--data-dir", str(op)],
+    env = {**os.environ, "PARALLAX_KEY_PASSPHRASE": "deploy readme passphrase"}  # the README's scripted form
+    for argv in ([exe, "keygen", "--encrypt", "--data-dir", str(op)],
                  [exe, "bundle", "sign", "--key-dir", str(op), "--version", "1", "--valid-for", "30",
                   str(root / "bundle" / "bundle.json"), "-o", str(signed)]):
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env, stdin=subprocess.DEVNULL)
         assert r.returncode == 0, r.stdout + r.stderr
-    pub = (op / "notary.pub").read_text().strip()
+    assert (op / "operator.pem").read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    pub = (op / "operator.pub").read_text().strip()
     verified = load_bundle(signed, operator_keys=[VerifyKey.from_b64(pub)])
     assert {e.name: e.key_id for e in verified.notaries} == want
     r = subprocess.run([exe, "bundle", "show", str(signed), "--operator-key", pub],
