@@ -319,6 +319,35 @@ async def test_many_targets_json_lines_in_order_and_worst_exit(cluster: tuple[Pa
         assert err == ""
 
 
+async def test_progress_line_only_on_a_terminal(cluster: tuple[Path, str]) -> None:
+    import pty
+    import threading
+
+    master, slave = pty.openpty()  # stderr is a real terminal here; stdout stays a pipe
+    seen = bytearray()
+
+    def drain() -> None:  # read while the child writes: a closed terminal's pending data may be dropped
+        with contextlib.suppress(OSError):  # EIO once the child's side is closed
+            while chunk := os.read(master, 65536):
+                seen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    async with dual_stack_site() as a, dual_stack_site() as b:
+        proc = await asyncio.create_subprocess_exec(
+            *PARALLAX, "check", f"{HOST}:{a.port}", f"{HOST}:{b.port}", "--bundle", str(cluster[0]),
+            "--timeout", "5", stdout=asyncio.subprocess.PIPE, stderr=slave, stdin=asyncio.subprocess.DEVNULL,
+            env=clean_env(None))
+        os.close(slave)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    reader.join(10)
+    os.close(master)
+    assert proc.returncode == 0, out
+    assert b"checked 1/2" in seen and b"checked 2/2" in seen
+    assert b"checked" not in out  # the progress never reaches stdout
+    assert b"2 targets: 2 consistent" in out
+
+
 def test_worst_exit_code() -> None:
     assert worst_exit_code([0, 0]) == 0
     assert worst_exit_code([0, 2, 0]) == 2
