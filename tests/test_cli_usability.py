@@ -457,7 +457,7 @@ def test_keygen_encrypt_and_sign_with_passphrase(tmp_path: Path) -> None:
     r = run_cli("keygen", "--encrypt", "--data-dir", str(op), env={"PARALLAX_KEY_PASSPHRASE": PASS})
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
-    assert info["key_file"] == str(op / "operator.pem") and (op / "operator.pem").stat().st_mode & 0o777 == 0o600
+    assert (op / "operator.pem").stat().st_mode & 0o777 == 0o600 and not (op / "notary.key").exists()
     assert (op / "operator.pub").read_text().strip() == info["public_key"]
     r = run_cli("keygen", "--operator", "--data-dir", str(op), env={"PARALLAX_KEY_PASSPHRASE": PASS})
     assert r.returncode == 73  # never overwritten

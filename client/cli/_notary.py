@@ -27,15 +27,13 @@ def _listen(text: str) -> tuple[str, int]:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from notary.keyfile import KEY_FILE, OPERATOR_KEY_FILE, generate_encrypted_key_file, generate_key_file
+    from notary.keyfile import generate_encrypted_key_file, generate_key_file
 
     if args.encrypt:
         key = generate_encrypted_key_file(args.data_dir, passphrase(confirm=True))
-        path = Path(args.data_dir) / OPERATOR_KEY_FILE
     else:
         key = generate_key_file(args.data_dir)
-        path = Path(args.data_dir) / KEY_FILE
-    print(json.dumps({"key_id": key.key_id, "public_key": key.verify_key.b64, "key_file": str(path)}))
+    print(json.dumps({"key_id": key.key_id, "public_key": key.verify_key.b64}))
     return 0
 
 
