@@ -528,7 +528,7 @@ async def run_conformance(
         await run("openapi", _check_openapi(ctx))
         if target is None:
             note = ("no --target given: the observation checks need a public target you chose (conformance picks "
-                    "only the private addresses of its refusal checks, which a correct notary never connects to)")
+                    "only its own loopback listener, for the refusal checks a correct notary never connects to)")
             out.append(CheckResult("observe", "skip", note))
             out.append(CheckResult("observe-get", "skip", note))
         else:
@@ -598,7 +598,7 @@ def add_conformance_command(sub: Any) -> None:
     p.add_argument("url", metavar="URL", help="the notary's base URL, e.g. http://notary.example:8443")
     p.add_argument("--target", metavar="HOST:PORT",
                    help="a public target you chose for the observation checks (skipped without it; the refusal "
-                        "checks always use 127.0.0.1:443 and 10.0.0.1:443, which a notary must refuse)")
+                        "checks use only this run's own loopback listener, which a notary must refuse)")
     p.add_argument("--sni", help="SNI for --target (default: its host name)")
     p.add_argument("--expect-allowed", action="append", default=[], metavar="CIDR",
                    help="the operator allowed this network (--allow-network): the refusal checks ask for "

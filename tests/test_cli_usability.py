@@ -42,12 +42,20 @@ ROOT = Path(__file__).resolve().parent.parent
 PARALLAX = [sys.executable, "-c", "from client.cli import run_main; run_main()"]
 HOST = "localhost"
 PASS = "operator passphrase 1"
+STATE_DIR = ""  # set per module below: never the user's own bundle-version state
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _own_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    global STATE_DIR
+    STATE_DIR = str(tmp_path_factory.mktemp("state"))
+    yield
 
 
 def clean_env(extra: dict[str, str] | None) -> dict[str, str]:
     """This process's environment without the variables these tests set themselves."""
     base = {k: v for k, v in os.environ.items() if k not in ("PARALLAX_BUNDLE", "PARALLAX_KEY_PASSPHRASE", "PARALLAX_LOG")}
-    return {**base, **(extra or {})}
+    return {**base, "PARALLAX_STATE_DIR": STATE_DIR, **(extra or {})}
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
@@ -463,14 +471,15 @@ def test_keygen_encrypt_and_sign_with_passphrase(tmp_path: Path) -> None:
     assert r.returncode == 73  # never overwritten
 
     bundle = dead_bundle(tmp_path)
-    r = run_cli("bundle", "sign", "--version", "1", "--valid-for", "30", "--key-dir", str(op), str(bundle), env={"PARALLAX_KEY_PASSPHRASE": "wrong passphrase"})
+    sign = ("bundle", "sign", "--version", "1", "--valid-for", "30")
+    r = run_cli(*sign, "--key-dir", str(op), str(bundle), env={"PARALLAX_KEY_PASSPHRASE": "wrong passphrase"})
     assert r.returncode == 78 and "wrong passphrase" in one_line(r.stderr) and r.stdout == ""
-    r = run_cli("bundle", "sign", "--version", "1", "--valid-for", "30", "--key-dir", str(op), str(bundle), "-o", str(tmp_path / "signed.json"),
+    r = run_cli(*sign, "--key-dir", str(op), str(bundle), "-o", str(tmp_path / "signed.json"),
                 env={"PARALLAX_KEY_PASSPHRASE": PASS})
     assert r.returncode == 0, r.stderr
     r = run_cli("bundle", "show", str(tmp_path / "signed.json"), "--operator-key", info["public_key"])
     assert r.returncode == 0 and f"signed by {info['key_id']}" in r.stdout
-    r = run_cli("bundle", "sign", "--version", "1", "--valid-for", "30", "--key", str(op / "operator.pem"), str(bundle), env={"PARALLAX_KEY_PASSPHRASE": PASS})
+    r = run_cli(*sign, "--key", str(op / "operator.pem"), str(bundle), env={"PARALLAX_KEY_PASSPHRASE": PASS})
     assert r.returncode == 0 and json.loads(r.stdout)["signatures"][0]["keyid"] == info["key_id"]
 
 

@@ -151,6 +151,8 @@ EXAMPLES: dict[str, str] = {
     "notary-info": """\
   parallax notary-info https://notary-eu.example.net > eu.json
   parallax notary-info --data-dir /var/lib/parallax --public-url https://notary-eu.example.net""",
+    "ohttp-rotate": """\
+  parallax ohttp-rotate --data-dir /var/lib/parallax""",
     "check": """\
   parallax check example.com
   parallax check https://example.com:8443/login --policy consensus --json
