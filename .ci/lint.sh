@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q -e '.[test,lint]' 2>&1 | grep -v "^WARNING: Location" || true
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+if ! "$VENV/bin/pip" install -q -e '.[test,lint]' >"$LOG" 2>&1; then
+  grep -v "^WARNING: Location" "$LOG" >&2; exit 1
+fi
 "$VENV/bin/python" -m mypy
 "$VENV/bin/python" -m ruff check .

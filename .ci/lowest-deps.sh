@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PY=${1:-python3}
 VENV=${LOWEST_VENV:-.venv-lowest}
 CONSTRAINTS=$(mktemp)
-trap 'rm -f "$CONSTRAINTS"' EXIT
+trap 'rm -f "$CONSTRAINTS" "$CONSTRAINTS.log"' EXIT
 "$PY" - "$CONSTRAINTS" <<'PYEOF'
 import re, sys, tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
@@ -25,7 +25,11 @@ print("lowest-deps: " + " ".join(lines))
 PYEOF
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install -q -c "$CONSTRAINTS" -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+if ! "$VENV/bin/pip" install -q -c "$CONSTRAINTS" -e '.[test]' >"$CONSTRAINTS.log" 2>&1; then
+  grep -v "^WARNING: Location" "$CONSTRAINTS.log" >&2
+  echo "lowest-deps: the lowest declared versions cannot be installed together (raise a lower bound)" >&2
+  exit 1
+fi
 "$VENV/bin/pip" check
 # The constraints are exact pins: check they are what got installed.
 "$VENV/bin/python" - "$CONSTRAINTS" <<'PYEOF'

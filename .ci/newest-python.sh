@@ -23,7 +23,11 @@ VENV=${NEWEST_VENV:-.venv-py3$MINOR}
 echo "newest-python: $("$PY" --version) at $PY"
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+if ! "$VENV/bin/pip" install -q -e '.[test]' >"$LOG" 2>&1; then
+  grep -v "^WARNING: Location" "$LOG" >&2; exit 1
+fi
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
   tests/test_core.py tests/test_vectors.py tests/test_verdict.py tests/test_bundle.py \
   tests/test_client_verify.py tests/test_prober.py tests/test_server.py tests/test_client_integration.py \
