@@ -174,6 +174,23 @@ EXAMPLES: dict[str, str] = {
     "bundle fetch": """\
   parallax bundle fetch https://example.org/bundle.signed.json --operator-key "$(cat operator.pub)"
   parallax bundle fetch https://example.org/bundle.signed.json --operator-key KEY -o ./bundle.json""",
+    "pins": """\
+  parallax pins list
+  parallax pins pin example.com sha256/...""",
+    "pins list": """\
+  parallax pins list
+  parallax pins list --json""",
+    "pins show": """\
+  parallax pins show example.com
+  parallax pins show example.com:8443 --json""",
+    "pins forget": """\
+  parallax pins forget example.com          # every port
+  parallax pins forget example.com:8443""",
+    "pins export": """\
+  parallax pins export -o pins-backup.json""",
+    "pins pin": """\
+  parallax pins pin example.com "$(parallax check example.com --pin)"
+  parallax pins pin 192.0.2.10:8443 sha256/... --sni internal.example""",
     "cluster": """\
   parallax cluster --notaries 3 --data-dir /tmp/c     # prints the bundle path; Ctrl-C stops it
   parallax check example.com --bundle /tmp/c/bundle.json""",
