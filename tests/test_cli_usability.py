@@ -110,6 +110,8 @@ def test_every_option_has_help_and_every_command_examples() -> None:
         leaf = not any(isinstance(a, argparse._SubParsersAction) for a in p._actions)
         if path and leaf and not (p.epilog or "").startswith("examples:\n  "):
             no_examples.append(path)
+        elif path and leaf and not 1 <= len(re.findall(r"^  \S", p.epilog or "", re.M)) <= 2:
+            no_examples.append(f"{path} (not 1-2 examples)")
     assert missing == [] and no_examples == []
 
 
@@ -119,7 +121,7 @@ def test_help_shows_defaults_and_policy_meanings(capsys: pytest.CaptureFixture[s
     assert "(default: 10.0)" in out and "(default: mpic)" in out and "(default: 4)" in out
     for name in PRESETS:
         assert f"{name}:" in out
-    assert "examples: parallax check example.com" in out
+    assert "examples: parallax check https://example.com:8443/login" in out
     assert main(["serve", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: 127.0.0.1:8443)" in out and "(default: 300)" in out

@@ -154,8 +154,7 @@ EXAMPLES: dict[str, str] = {
     "ohttp-rotate": """\
   parallax ohttp-rotate --data-dir /var/lib/parallax""",
     "check": """\
-  parallax check example.com
-  parallax check https://example.com:8443/login --policy consensus --json
+  parallax check https://example.com:8443/login --policy consensus
   parallax check --hosts-file sites.txt --concurrency 8      # many targets, a summary table""",
     "bundle": """\
   parallax bundle merge eu.json us.json ap.json -o bundle.json
