@@ -65,12 +65,14 @@ async def local_cluster(
     per_notary_overrides: list[dict[tuple[str, int], tuple[str, int]]] | None = None,
     clock: Callable[[], int] | None = None,
     rate: float = 1000.0,
+    burst: int | None = None,
     relays: tuple[int, ...] = (),
 ) -> AsyncIterator[LocalCluster]:
     """Run ``n`` notaries until the block ends.  Keys persist in ``data_dir`` across runs.
 
     ``connect_override`` applies to every notary; ``per_notary_overrides[i]`` to notary ``i``
-    only (to put an interceptor on one notary's path).
+    only (to put an interceptor on one notary's path).  ``rate``/``burst`` (default ``2 * rate``): each
+    notary's per-client limit; a relay's clients get :meth:`RelayConfig.sized_for` of it.
     """
     data = Path(data_dir)
     data.mkdir(parents=True, exist_ok=True)
@@ -92,12 +94,14 @@ async def local_cluster(
                 data_dir=d, name=f"notary-{i + 1}", region=region, url=url,
                 policy=policy,
                 probe_limits=ProbeLimits(connect_timeout=timeout, handshake_timeout=timeout),
-                service_limits=ServiceLimits(ttl=ttl), rate_per_client=rate, burst_per_client=int(rate * 2),
+                service_limits=ServiceLimits(ttl=ttl), rate_per_client=rate,
+                burst_per_client=burst if burst is not None else int(rate * 2),
                 connect_override={**(connect_override or {}), **(per_notary_overrides[i] if per_notary_overrides else {})},
             )
             kwargs = {"resolver": resolver}
             if i in relays:
-                kwargs["relay"] = RelayConfig(gateways, policy, rate_per_client=rate, burst_per_client=int(rate * 2))  # type: ignore[assignment]
+                kwargs["relay"] = RelayConfig.sized_for(  # type: ignore[assignment]
+                    gateways, policy, gateway_rate=rate, gateway_burst=burst if burst is not None else int(rate * 2))
             if clock is not None:
                 kwargs["clock"] = clock  # type: ignore[assignment]
             app = create_app(cfg, key, **kwargs)  # type: ignore[arg-type]

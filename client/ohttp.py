@@ -167,7 +167,8 @@ async def _ask_once(session: aiohttp.ClientSession, entry: BundleEntry, route: R
     authority = urlsplit(entry.url).netloc
     inner = bhttp.encode_request(bhttp.Request(
         "POST", "https", authority, "/v1/observe", (("content-type", "application/json"),), canonical_encode(body)))
-    enc, ctx = ohttp.encapsulate_request(config, inner)
+    # Zero-padded (RFC 9292), so the relay sees the same size whatever the host's name.
+    enc, ctx = ohttp.encapsulate_request(config, bhttp.pad(inner, bhttp.request_padded_size(len(inner))))
     status, ctype, raw = await _get(session, "POST", _fill(route.template, entry), relay_hop=True,
                                     data=enc, headers={"Content-Type": ohttp.REQUEST_MEDIA_TYPE})
     if status != 200 or ctype != ohttp.RESPONSE_MEDIA_TYPE:

@@ -41,6 +41,7 @@ from aiohttp import web
 
 from notary.core import bhttp, ohttp
 from notary.errors import InputError, KeyFileError, OhttpError
+from notary.httputil import BodyTooLarge, read_request_body
 
 __all__ = [
     "GATEWAY_KEYS_FILE", "GATEWAY_PATH", "GatewayKeyring", "load_gateway_keys", "rotate_gateway_keys",
@@ -201,6 +202,17 @@ class _Keys:
 KEYS = web.AppKey("ohttp_keys", _Keys)
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """``body_timeout`` seconds for the encapsulated body; ``client_of`` the rate-limit key of a request."""
+
+    body_timeout: float
+    client_of: Callable[[web.Request], str]
+
+
+GATEWAY = web.AppKey("ohttp_gateway", _Settings)
+
+
 def _inner_response(status: int, body: bytes, content_type: str | None, extra: dict[str, str]) -> bytes:
     headers = [("content-type", content_type)] if content_type else []
     headers += [(k.lower(), v) for k, v in extra.items()]
@@ -219,25 +231,33 @@ async def _keys(request: web.Request) -> web.Response:
 async def _gateway(request: web.Request) -> web.Response:
     if request.content_type != ohttp.REQUEST_MEDIA_TYPE:
         raise web.HTTPUnsupportedMediaType()
-    if request.content_length is not None and request.content_length > MAX_ENCAPSULATED_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_ENCAPSULATED_BYTES, actual_size=request.content_length)
     template = request.clone()  # must be taken before the body is read
-    raw = await request.read()
-    if len(raw) > MAX_ENCAPSULATED_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_ENCAPSULATED_BYTES, actual_size=len(raw))
+    try:
+        raw = await read_request_body(request, limit=MAX_ENCAPSULATED_BYTES, timeout=request.app[GATEWAY].body_timeout)
+    except BodyTooLarge:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_ENCAPSULATED_BYTES,
+                                            actual_size=request.content_length or 0) from None
     plain, ctx = ohttp.decapsulate_request(request.app[KEYS].get().accepted, raw)  # OhttpError -> 400
     try:
         inner = bhttp.decode_request(plain, max_bytes=MAX_ENCAPSULATED_BYTES)
     except OhttpError as exc:
         answer = _json_error(400, exc.code, str(exc))
     else:
-        answer = await _dispatch(request.app, template, inner)
-    return web.Response(body=ohttp.encapsulate_response(ctx, answer), content_type=ohttp.RESPONSE_MEDIA_TYPE,
+        # The inner request is charged to the client of the OUTER request (its address, or the
+        # client a trusted proxy names), never to whatever the encrypted headers claim.
+        answer = await _dispatch(request.app, template, inner, request.app[GATEWAY].client_of(request))
+    # Padded to a size bucket, so the relay cannot tell sites apart by the answer's length.
+    padded = bhttp.pad(answer, bhttp.response_bucket(len(answer)))
+    return web.Response(body=ohttp.encapsulate_response(ctx, padded), content_type=ohttp.RESPONSE_MEDIA_TYPE,
                         headers={"Cache-Control": "private, no-store"})
 
 
-async def _dispatch(app: web.Application, template: web.BaseRequest, inner: bhttp.Request) -> bytes:
-    """Run the inner request through this application (router, middlewares, handler)."""
+async def _dispatch(app: web.Application, template: web.BaseRequest, inner: bhttp.Request, client: str) -> bytes:
+    """Run the inner request through this application (router, middlewares, handler).
+
+    ``client`` is the outer request's rate-limit key: the inner request carries it as its
+    remote address (and no forwarding header), so the limiter charges it, once, to that key.
+    """
     path = inner.path.split("?", 1)[0]
     if (inner.method, path) not in ALLOWED_INNER:
         return _json_error(404, "not_found", f"a gateway serves only {sorted(p for _, p in ALLOWED_INNER)}")
@@ -245,7 +265,7 @@ async def _dispatch(app: web.Application, template: web.BaseRequest, inner: bhtt
     ctype = inner.header("content-type")
     if ctype:
         headers["Content-Type"] = ctype
-    clone = template.clone(method=inner.method, rel_url=inner.path, headers=headers)
+    clone = template.clone(method=inner.method, rel_url=inner.path, headers=headers, remote=client)
     clone._read_bytes = inner.content  # the inner body, already decrypted  # noqa: SLF001
     # Application._handle is aiohttp's own entry point for a request: it resolves the
     # route and runs the middlewares, exactly as for a request off the wire.
@@ -263,9 +283,15 @@ async def _dispatch(app: web.Application, template: web.BaseRequest, inner: bhtt
     return _inner_response(resp.status, bytes(body), resp.content_type, keep)
 
 
-def install_gateway(app: web.Application, data_dir: str | Path) -> None:
-    """Load (or create) the gateway keys and add the two routes; the identity hook reads the keys."""
+def install_gateway(app: web.Application, data_dir: str | Path, *, body_timeout: float = 10.0,
+                    client_of: Callable[[web.Request], str] = lambda r: r.remote or "?") -> None:
+    """Load (or create) the gateway keys and add the two routes; the identity hook reads the keys.
+
+    ``body_timeout``: seconds to receive an encapsulated request (else a 400 ``body_timeout``);
+    ``client_of``: the rate-limit key of an outer request (the notary's, trusted-proxy aware).
+    """
     app[KEYS] = _Keys(Path(data_dir))
+    app[GATEWAY] = _Settings(body_timeout, client_of)
     app.router.add_get(GATEWAY_PATH, _keys)
     app.router.add_post(GATEWAY_PATH, _gateway)
 

@@ -15,10 +15,19 @@ What a relay does not do: forward anywhere but the gateways of its bundle
 address its notary's address policy refuses (private and internal ranges,
 unless the operator's ``--allow-network`` opts in); add ``X-Forwarded-For``
 or any other header naming the client; read the plaintext (it has no keys);
-log, store or count the client's address or the gateway asked (the per-client
-token bucket is in memory only, bounded, and keyed like the notary's own).
-Limits: request bodies up to ``max_body_bytes``, answers up to
+log, store or count the client's address or the gateway asked (the token
+buckets are in memory only, bounded, and keyed like the notary's own).
+Limits: request bodies up to ``max_body_bytes`` received within
+``body_timeout`` seconds (else a 400 ``body_timeout``), answers up to
 ``max_response_bytes``, ``timeout`` seconds per forwarded request.
+
+Fair shares.  A gateway sees every request a relay forwards as coming from the
+relay, so all of the relay's clients share one of the gateway's per-client
+buckets.  The relay therefore gives each of its clients, per gateway, a
+bucket of :data:`RELAY_SHARE` times less (:meth:`RelayConfig.sized_for`: with
+the default notary limits, 20/s burst 40 at the gateway, a client gets 2.5/s
+burst 5 per gateway), so that no single client can use up the relay's share
+at a gateway (docs/protocol.md section 13).
 """
 
 from __future__ import annotations
@@ -38,26 +47,42 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from notary.core import AddressPolicy
 from notary.core.ohttp import REQUEST_MEDIA_TYPE
 from notary.core.target import is_ip_literal
-from notary.httputil import BodyTooLarge, read_capped
+from notary.httputil import BodyTooLarge, read_capped, read_request_body
 from notary.prober import Resolver, SystemResolver
 from notary.ratelimit import RateLimiter
 
-__all__ = ["RelayConfig", "install_relay", "RELAY_PREFIX", "relay_enabled"]
+__all__ = ["RelayConfig", "install_relay", "RELAY_PREFIX", "RELAY_SHARE", "relay_enabled"]
 
 RELAY_PREFIX = "/v1/relay"
+#: A relay client's bucket at a relay is this many times smaller than the gateway's bucket for the relay.
+RELAY_SHARE = 8
 
 
 @dataclass(frozen=True)
 class RelayConfig:
-    """``gateways`` maps bundle key ids to notary base URLs.  Bytes, seconds, requests per second."""
+    """``gateways`` maps bundle key ids to notary base URLs.  Bytes, seconds, requests per second.
+
+    ``rate_per_client``/``burst_per_client`` is the bucket of one client *per gateway*
+    (default: the default notary limits divided by :data:`RELAY_SHARE`).
+    """
 
     gateways: Mapping[str, str]
     policy: AddressPolicy = field(default_factory=AddressPolicy)
     max_body_bytes: int = 64 * 1024
     max_response_bytes: int = 4 << 20
     timeout: float = 15.0
-    rate_per_client: float = 20.0
-    burst_per_client: int = 40
+    rate_per_client: float = 20.0 / RELAY_SHARE
+    burst_per_client: int = 40 // RELAY_SHARE
+    body_timeout: float = 10.0
+
+    @classmethod
+    def sized_for(cls, gateways: Mapping[str, str], policy: AddressPolicy, *, gateway_rate: float,
+                  gateway_burst: int, body_timeout: float = 10.0) -> "RelayConfig":
+        """A relay whose clients each get 1/:data:`RELAY_SHARE` of the gateways' per-client
+        limit (``gateway_rate`` per second, ``gateway_burst``), per gateway; burst at least 2
+        (an identity fetch and a request)."""
+        return cls(gateways, policy, rate_per_client=gateway_rate / RELAY_SHARE,
+                   burst_per_client=max(2, gateway_burst // RELAY_SHARE), body_timeout=body_timeout)
 
 
 class PolicyResolver(AbstractResolver):
@@ -111,7 +136,9 @@ def _gateway_url(request: web.Request) -> str:
 
 
 def _limit(request: web.Request, client_of: Callable[[web.Request], str]) -> web.Response | None:
-    wait = request.app[RELAY_LIMITER].check(client_of(request), time.monotonic())
+    # One bucket per (client, gateway): a client's share at each gateway, never the relay's whole.
+    key = f"{client_of(request)} {request.match_info['key_id']}"
+    wait = request.app[RELAY_LIMITER].check(key, time.monotonic())
     if wait > 0:
         return _json(429, "too_many_requests", "Too Many Requests", {"Retry-After": str(max(1, math.ceil(wait)))})
     return None
@@ -150,7 +177,7 @@ def _handlers(client_of: Callable[[web.Request], str]) -> tuple[Any, Any]:
             return limited
         cfg = request.app[RELAY]
         try:
-            body = await read_capped(request.content, cfg.max_body_bytes)
+            body = await read_request_body(request, limit=cfg.max_body_bytes, timeout=cfg.body_timeout)
         except BodyTooLarge:
             return _json(413, "body_too_large", f"request body larger than {cfg.max_body_bytes} bytes")
         return await _forward(request, "POST", url + "/.well-known/ohttp-gateway", body,

@@ -33,6 +33,7 @@ from notary.config import NotaryConfig
 from notary.core.addrpolicy import IPAddress, IPNetwork
 from notary.core import Identity, SigningKey, Target, canonical_decode, sign_identity, validate_nonce
 from notary.errors import EncodingError, InputError, ParallaxError
+from notary.httputil import BodyTooLarge, read_request_body
 from notary.ohttp_gateway import gateway_keys_b64, install_gateway
 from notary.openapi import openapi_document
 from notary.prober import Prober, Resolver
@@ -88,8 +89,10 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
         log.error("request failed: %s", exc)
         return _error(503, "unavailable", "the notary could not complete the request")
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        code = 499  # the client went away; nothing to answer, nothing to log as an error
-        raise
+        code = 499  # the client went away: nothing to log; the answer is never sent
+        resp = _error(400, "client_gone", "the client disconnected")
+        resp.force_close()
+        return resp
     except Exception:  # never a traceback to the client
         log.exception("unexpected error")
         return _error(500, "internal", "internal error")
@@ -207,13 +210,10 @@ async def _observe_many(request: web.Request, targets: list[Target], nonce: str,
 
 async def _observe_post(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
-    if request.content_length is not None and request.content_length > cfg.max_body_bytes:
-        raise web.HTTPRequestEntityTooLarge(max_size=cfg.max_body_bytes, actual_size=request.content_length)
     try:
-        async with asyncio.timeout(cfg.body_timeout):
-            raw = await request.read()
-    except TimeoutError:
-        raise InputError(f"request body not received within {cfg.body_timeout:g}s", "body_timeout") from None
+        raw = await read_request_body(request, limit=cfg.max_body_bytes, timeout=cfg.body_timeout)
+    except BodyTooLarge:
+        raise web.HTTPRequestEntityTooLarge(max_size=cfg.max_body_bytes, actual_size=request.content_length or 0) from None
     try:
         body = canonical_decode(raw, max_bytes=cfg.max_body_bytes)
     except EncodingError as exc:
@@ -332,7 +332,7 @@ def create_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/v1/openapi.json", _openapi)
-    install_gateway(app, config.data_dir)
+    install_gateway(app, config.data_dir, body_timeout=config.body_timeout, client_of=_client)
     if relay is not None:
         install_relay(app, relay, _client, resolver=resolver)
     return app

@@ -109,8 +109,10 @@ def _relay_config(args: argparse.Namespace, config: Any) -> Any:
     bundle = load_bundle(args.bundle, operator_keys(args))
     if not bundle.notaries:
         raise InputError(f"the bundle {args.bundle} names no notary to relay for")
-    return RelayConfig({e.key_id: e.url for e in bundle.notaries}, config.policy,
-                       rate_per_client=config.rate_per_client, burst_per_client=config.burst_per_client)
+    # Each relay client gets a fraction of what the gateways allow this relay (notary.relay.RELAY_SHARE).
+    return RelayConfig.sized_for({e.key_id: e.url for e in bundle.notaries}, config.policy,
+                                 gateway_rate=config.rate_per_client, gateway_burst=config.burst_per_client,
+                                 body_timeout=config.body_timeout)
 
 
 def _cmd_ohttp_rotate(args: argparse.Namespace) -> int:

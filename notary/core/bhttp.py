@@ -37,13 +37,18 @@ from notary.errors import OhttpError
 
 __all__ = [
     "Request", "Response", "Fields", "decode_request", "decode_response", "encode_request",
-    "encode_response", "encode_varint", "MAX_FIELDS", "MAX_MESSAGE_BYTES",
+    "encode_response", "encode_varint", "MAX_FIELDS", "MAX_MESSAGE_BYTES", "pad", "request_padded_size",
+    "response_bucket", "REQUEST_PAD_BYTES", "RESPONSE_MIN_BUCKET",
 ]
 
 Fields = tuple[tuple[str, str], ...]
 
 MAX_FIELDS = 128
 MAX_MESSAGE_BYTES = 1 << 20
+#: Requests are zero-padded to a multiple of this many bytes (every Parallax request fits one).
+REQUEST_PAD_BYTES = 1024
+#: Responses are zero-padded to a power of two of at least this many bytes.
+RESPONSE_MIN_BUCKET = 4096
 
 _KNOWN_REQUEST, _KNOWN_RESPONSE, _INDET_REQUEST, _INDET_RESPONSE = 0, 1, 2, 3
 
@@ -275,3 +280,34 @@ def encode_response(resp: Response) -> bytes:
     interim = b"".join(encode_varint(s) + _enc_fields(f) for s, f in resp.informational)
     return (encode_varint(_KNOWN_RESPONSE) + interim + encode_varint(resp.status) + _enc_fields(resp.headers)
             + _enc_bytes(resp.content) + _enc_fields(resp.trailers))
+
+
+# -- padding (RFC 9292 section 3.8) ------------------------------------------------------------
+
+def pad(message: bytes, size: int) -> bytes:
+    """``message`` followed by zero bytes up to ``size`` bytes (a decoder skips them).
+
+    Only for a message whose trailer section is encoded (what :func:`encode_request` and
+    :func:`encode_response` write), so the zeros cannot be read as content.
+    """
+    if size < len(message):
+        raise ValueError(f"cannot pad {len(message)} bytes to {size}")
+    return message + bytes(size - len(message))
+
+
+def request_padded_size(length: int) -> int:
+    """The padded size of a request of ``length`` bytes: the next multiple of :data:`REQUEST_PAD_BYTES`.
+
+    A Parallax request (one target: a host name of at most 253 bytes, a nonce) is
+    always under one KiB, so every one a relay sees has the same size.
+    """
+    return max(1, -(-length // REQUEST_PAD_BYTES)) * REQUEST_PAD_BYTES
+
+
+def response_bucket(length: int) -> int:
+    """The padded size of a response of ``length`` bytes: the next power of two, at least
+    :data:`RESPONSE_MIN_BUCKET` (so a relay learns only the bucket, never the exact size)."""
+    size = RESPONSE_MIN_BUCKET
+    while size < length:
+        size *= 2
+    return size

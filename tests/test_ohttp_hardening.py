@@ -1,0 +1,94 @@
+"""Review findings on the Oblivious HTTP gateway, relay and client (each reproduced on loopback first).
+
+Real notary applications on loopback sockets throughout; the slow and vanishing
+senders are raw TCP connections, as a hostile client would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from pathlib import Path
+from typing import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from notary.config import NotaryConfig
+from notary.core import AddressPolicy, SigningKey, bhttp, ohttp, parse_networks, verify_identity
+from notary.relay import RelayConfig
+from notary.server import create_app
+
+LOOPBACK = AddressPolicy(parse_networks(["127.0.0.0/8", "::1/128"]), None)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def raw_post(url: str, path: str, ctype: str, declared: int, sent: bytes) -> tuple[asyncio.StreamReader,
+                                                                                          asyncio.StreamWriter]:
+    host, port = url[len("http://"):].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                 f"Content-Length: {declared}\r\n\r\n".encode() + sent)
+    await writer.drain()
+    return reader, writer
+
+
+def relay_app(tmp_path: Path, gateways: dict[str, str], *, body_timeout: float = 10.0, gateway_rate: float = 20.0,
+              gateway_burst: int = 40, trusted: tuple[str, ...] = ()) -> web.Application:
+    d = tmp_path / "relay"
+    d.mkdir(exist_ok=True)
+    cfg = NotaryConfig(data_dir=d, name="relay", body_timeout=body_timeout, policy=LOOPBACK,
+                       trusted_proxies=parse_networks(list(trusted)))
+    return create_app(cfg, SigningKey.generate(), relay=RelayConfig.sized_for(
+        gateways, LOOPBACK, gateway_rate=gateway_rate, gateway_burst=gateway_burst, body_timeout=body_timeout))
+
+
+# -- F1: body read deadline, quiet disconnects ------------------------------------------------------
+
+BODY_TIMEOUT = 1.0
+
+
+@pytest.mark.parametrize("which", ["gateway", "relay"])
+async def test_a_trickled_body_gets_400_body_timeout(tmp_path: Path, which: str) -> None:
+    app = relay_app(tmp_path, {"ed25519:aa": "http://127.0.0.1:9"}, body_timeout=BODY_TIMEOUT)
+    path = "/.well-known/ohttp-gateway" if which == "gateway" else "/v1/relay/ed25519:aa"
+    async with serving(app) as url:
+        reader, writer = await raw_post(url, path, ohttp.REQUEST_MEDIA_TYPE, 1000, b"\x00")
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BODY_TIMEOUT + 1)
+            assert head.startswith(b"HTTP/1.1 400"), head
+            assert b"body_timeout" in await asyncio.wait_for(reader.read(1000), 2)
+        finally:
+            writer.close()
+        async with aiohttp.ClientSession() as s, s.get(url + "/healthz") as r:
+            assert r.status == 200  # still serving
+
+
+async def test_a_client_that_disconnects_mid_body_is_not_logged_as_a_traceback(tmp_path: Path, caplog) -> None:
+    app = relay_app(tmp_path, {"ed25519:aa": "http://127.0.0.1:9"}, body_timeout=5)
+    caplog.set_level(logging.DEBUG)
+    async with serving(app) as url:
+        for path, ctype in (("/v1/observe", "application/json"), ("/.well-known/ohttp-gateway", ohttp.REQUEST_MEDIA_TYPE),
+                            ("/v1/relay/ed25519:aa", ohttp.REQUEST_MEDIA_TYPE)):
+            _, writer = await raw_post(url, path, ctype, 1000, b"x")
+            await asyncio.sleep(0.2)
+            writer.close()
+        await asyncio.sleep(0.5)  # let the server notice the three disconnects
+        async with aiohttp.ClientSession() as s, s.get(url + "/healthz") as r:
+            assert r.status == 200
+    tracebacks = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not tracebacks, [r.getMessage() for r in tracebacks]
