@@ -92,3 +92,60 @@ async def test_a_client_that_disconnects_mid_body_is_not_logged_as_a_traceback(t
             assert r.status == 200
     tracebacks = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert not tracebacks, [r.getMessage() for r in tracebacks]
+
+
+# -- F2: rate-limit keys through the gateway and the relay ------------------------------------------
+
+def gateway_app(tmp_path: Path, *, rate: float, burst: int, trusted: tuple[str, ...] = ()) -> tuple[web.Application,
+                                                                                                   SigningKey]:
+    d = tmp_path / "gateway"
+    d.mkdir(exist_ok=True)
+    key = SigningKey.generate()
+    cfg = NotaryConfig(data_dir=d, name="gw", policy=LOOPBACK, rate_per_client=rate, burst_per_client=burst,
+                       trusted_proxies=parse_networks(list(trusted)))
+    return create_app(cfg, key), key
+
+
+async def gateway_config(s: aiohttp.ClientSession, url: str) -> ohttp.KeyConfig:
+    async with s.get(url + "/.well-known/ohttp-gateway") as r:
+        return ohttp.decode_keys(await r.read())[0]
+
+
+async def inner_identity_status(s: aiohttp.ClientSession, cfg: ohttp.KeyConfig, post_url: str,
+                                headers: dict[str, str] | None = None) -> int:
+    """POST an encapsulated ``GET /v1/notary``; the inner status (429 when the gateway limited it)."""
+    enc, ctx = ohttp.encapsulate_request(cfg, bhttp.encode_request(bhttp.Request("GET", "https", "", "/v1/notary")))
+    async with s.post(post_url, data=enc, headers={"Content-Type": ohttp.REQUEST_MEDIA_TYPE, **(headers or {})}) as r:
+        if r.status != 200:
+            return r.status  # refused by the relay itself (or the outer gateway request)
+        return bhttp.decode_response(ohttp.decapsulate_response(ctx, await r.read())).status
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket_through_the_gateway(tmp_path) -> None:
+    app, _ = gateway_app(tmp_path, rate=0.001, burst=2, trusted=("127.0.0.0/8",))
+    async with serving(app) as url, aiohttp.ClientSession() as s:
+        cfg = await gateway_config(s, url)
+        post = url + "/.well-known/ohttp-gateway"
+        a = [await inner_identity_status(s, cfg, post, {"X-Forwarded-For": "198.51.100.1"}) for _ in range(3)]
+        assert a == [200, 200, 429]
+        # Another client behind the same proxy is not starved, through the gateway as directly.
+        assert await inner_identity_status(s, cfg, post, {"X-Forwarded-For": "198.51.100.2"}) == 200
+        # The encrypted request cannot pick its own key: headers inside it are not consulted.
+        async with s.get(url + "/v1/notary", headers={"X-Forwarded-For": "198.51.100.1"}) as r:
+            assert r.status == 429  # the inner requests were charged to 198.51.100.1, once each
+
+
+async def test_one_relay_client_cannot_use_up_the_relays_share_at_a_gateway(tmp_path) -> None:
+    # The gateway allows the relay (one address) a burst of 16; the relay's clients are told apart by
+    # X-Forwarded-For (the relay trusts loopback as its proxy, as one behind a load balancer would).
+    gw_app, gw_key = gateway_app(tmp_path, rate=0.001, burst=16)
+    async with serving(gw_app) as gw_url:
+        r_app = relay_app(tmp_path, {gw_key.key_id: gw_url}, gateway_rate=0.001, gateway_burst=16,
+                          trusted=("127.0.0.0/8",))
+        async with serving(r_app) as relay_url, aiohttp.ClientSession() as s:
+            cfg = await gateway_config(s, gw_url)
+            post = f"{relay_url}/v1/relay/{gw_key.key_id}"
+            a = [await inner_identity_status(s, cfg, post, {"X-Forwarded-For": "198.51.100.1"}) for _ in range(20)]
+            assert a[0] == 200 and a[-1] == 429  # A is limited...
+            assert a.count(200) < 16  # ...by the relay, before the gateway's bucket for the relay is empty
+            assert await inner_identity_status(s, cfg, post, {"X-Forwarded-For": "198.51.100.2"}) == 200  # B is served
