@@ -24,8 +24,18 @@ fails (cannot be reached, times out, answers 5xx), each request falls back to
 the next relay in a random order; a notary's own request never goes through
 that same notary.  An explicit URL is a Parallax relay's base URL, or, when it
 contains ``{key_id}``, a template of a standard RFC 9458 relay resource per
-gateway (e.g. ``https://relay.example/ohttp/{key_id}``).  The verdict names the
-relays used (``Verdict.relays``).
+gateway (e.g. ``https://relay.example/ohttp/{key_id}``); a bundle notary at the
+same origin (scheme, host, port; compared normalised) is not asked, as with
+``auto``.  The verdict names the relays used (``Verdict.relays``) and the
+notaries that saw the client's address because their identity document was
+fetched directly (``Verdict.address_seen_by``: a third-party relay forwards
+only encrypted requests).
+
+Padding (RFC 9292 zero padding): each request is padded to a multiple of
+:data:`~notary.core.bhttp.REQUEST_PAD_BYTES` (one KiB for every request this
+client makes), each answer by the gateway to a power of two of at least
+:data:`~notary.core.bhttp.RESPONSE_MIN_BUCKET`, so a relay sees sizes that do
+not name the site (docs/protocol.md section 13).
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -114,10 +125,12 @@ def _reason(status: int, body: bytes) -> str:
 
 
 async def _gateway_key(session: aiohttp.ClientSession, entry: BundleEntry, route: RelayRoute,
-                       now: float) -> tuple[ohttp.KeyConfig, Any]:
+                       now: float, seen: list[str] | None = None) -> tuple[ohttp.KeyConfig, Any]:
     """The notary's current gateway key, from its identity document verified with the bundle key.
 
-    Returns (key config, identity envelope or None when the cached key was used).
+    Returns (key config, identity envelope or None when the cached key was used).  When the
+    document is fetched from the notary itself (no relay route for it), its name is added
+    to ``seen``: that notary saw the client's address.
     """
     cached = _keys_cache.get((entry.url, entry.key_id))
     if cached is not None and now - cached[0] < KEYS_TTL:
@@ -125,6 +138,8 @@ async def _gateway_key(session: aiohttp.ClientSession, entry: BundleEntry, route
     if route.identity_template is not None:
         status, _, body = await _get(session, "GET", _fill(route.identity_template, entry), relay_hop=True)
     else:  # a third-party relay forwards only message/ohttp-req: ask the notary itself
+        if seen is not None and entry.name not in seen:
+            seen.append(entry.name)
         status, _, body = await _get(session, "GET", entry.url + "/v1/notary", relay_hop=False)
     if status != 200:
         raise ValueError(f"identity document: {_reason(status, body)}")
@@ -162,8 +177,8 @@ def forget_gateway_key(entry: BundleEntry) -> None:
 
 
 async def _ask_once(session: aiohttp.ClientSession, entry: BundleEntry, route: RelayRoute, body: dict[str, Any],
-                    now: float) -> RawAnswer:
-    config, identity = await _gateway_key(session, entry, route, now)
+                    now: float, seen: list[str] | None = None) -> RawAnswer:
+    config, identity = await _gateway_key(session, entry, route, now, seen)
     authority = urlsplit(entry.url).netloc
     inner = bhttp.encode_request(bhttp.Request(
         "POST", "https", authority, "/v1/observe", (("content-type", "application/json"),), canonical_encode(body)))
@@ -203,13 +218,15 @@ async def ask_notary_relayed(
     all_addresses: bool = True,
     used: list[str] | None = None,
     failed: set[str] | None = None,
+    seen: list[str] | None = None,
     clock: Any = time.time,
 ) -> RawAnswer:
     """Ask one notary through the first working route, all within ``timeout`` seconds.
 
     A route whose relay fails is added to ``failed`` (shared by the fan-out, so
     other requests skip it) and the next route is tried; the route that
-    answered is appended to ``used``.  Failures are values, as in :func:`client.fanout.ask_notary`.
+    answered is appended to ``used``; a notary whose identity was fetched directly, to
+    ``seen``.  Failures are values, as in :func:`client.fanout.ask_notary`.
     """
     body = observe_body(target, nonce, max_age=max_age, all_addresses=all_addresses)
     failed = failed if failed is not None else set()
@@ -220,7 +237,7 @@ async def ask_notary_relayed(
                 if route.via == entry.key_id or route.name in failed:
                     continue
                 try:
-                    answer = await _ask_once(session, entry, route, body, clock())
+                    answer = await _ask_once(session, entry, route, body, clock(), seen)
                 except RelayFailed as exc:
                     failed.add(route.name)
                     last = f"relay {route.name}: {exc}"
@@ -243,15 +260,21 @@ class RelayPlan:
     routes: tuple[RelayRoute, ...]
     used: list[str] = field(default_factory=list)
     failed: set[str] = field(default_factory=set)
+    seen: list[str] = field(default_factory=list)  # notaries that saw the client's address
 
     async def ask(self, session: aiohttp.ClientSession, entry: BundleEntry, target: Target, nonce: str, *,
                   timeout: float, max_age: int | None, all_addresses: bool, **_: Any) -> RawAnswer:
         return await ask_notary_relayed(session, entry, target, nonce, routes=self.routes, timeout=timeout,
                                         max_age=max_age, all_addresses=all_addresses, used=self.used,
-                                        failed=self.failed)
+                                        failed=self.failed, seen=self.seen)
 
     def annotate(self, verdict: Verdict) -> Verdict:
-        return replace(verdict, relays=tuple(self.used))
+        """Name the relays used, and the notaries asked that saw the client's address: those whose
+        identity was fetched directly, and fallback relays that were also asked as notaries."""
+        asked = {e.key_id: e.name for e in self.entries}
+        relaying = [asked[r.via] for r in self.routes if r.via in asked and r.name in self.used]
+        seen = tuple(dict.fromkeys([*self.seen, *relaying]))
+        return replace(verdict, relays=tuple(self.used), address_seen_by=seen)
 
 
 def relay_capable(bundle: Bundle) -> tuple[BundleEntry, ...]:
@@ -276,4 +299,27 @@ def plan_relay(bundle: Bundle, relay: str | None, *, rng: random.Random | None =
         # never through themselves.
         return RelayPlan(tuple(e for e in entries if e.key_id != first.key_id),
                          tuple(RelayRoute.for_entry(e) for e in relays))
-    return RelayPlan(entries, (RelayRoute.for_url(relay),))
+    route = RelayRoute.for_url(relay)
+    # A relay URL at a bundle notary's own origin is that notary: it would see both the
+    # client's address and the site, so it is not asked (as with auto).
+    mine = [e for e in entries if _origin(e.url) == _origin(route.template)]
+    if mine:
+        route = replace(route, via=mine[0].key_id)
+    return RelayPlan(tuple(e for e in entries if e not in mine), (route,))
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of ``url``, normalised: lower case, no trailing dot, IP literals in
+    canonical form, the scheme's default port made explicit."""
+    parts = urlsplit(url.replace("{key_id}", "k"))
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower().rstrip(".")
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, host, port if port is not None else {"http": 80, "https": 443}.get(scheme)

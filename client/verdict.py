@@ -166,6 +166,9 @@ class Verdict:
     #: The Oblivious HTTP relays the notaries were asked through (names or URLs), in
     #: order of use; empty when asked directly.  Listed in ``to_json`` only when used.
     relays: tuple[str, ...] = field(default=())
+    #: With a relay: the notaries that saw the client's address anyway (their identity
+    #: document was fetched directly, since a third-party relay forwards only encrypted requests).
+    address_seen_by: tuple[str, ...] = field(default=())
     vantages: tuple[VantageResult, ...] = ()  # SOCKS proxy vantages: unsigned
     interception: InterceptionNote | None = None  # set only when an interceptor was declared
     memory: MemoryNote | None = None  # set only when the key memory was consulted
@@ -199,6 +202,7 @@ class Verdict:
         }
         if self.relays:
             out["relays"] = list(self.relays)
+            out["address_seen_by"] = list(self.address_seen_by)
         return out
 
 

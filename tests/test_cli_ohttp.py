@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from client.cli._check import render_table
-from client.verdict import ClientView, Verdict
+from client.verdict import ClientView, NotaryResult, Verdict
 from notary.core import SigningKey
 from notary.ohttp_gateway import GATEWAY_KEYS_FILE, load_gateway_keys
 from tests.test_cli_notary import assert_one_line_error, run, serving
@@ -74,6 +74,14 @@ def test_table_names_the_relay() -> None:
                 (), (), "summary", "mpic", 0, relays=("notary-4",))
     assert "relay: notary-4" in render_table(v)
     assert "relay:" not in render_table(replace(v, relays=()))
+    # Exactly what was hidden: nobody saw the address, some did, or all did.
+    results = tuple(NotaryResult(n, "r", "k" + n, "agrees", "") for n in ("notary-1", "notary-2"))
+    v = replace(v, results=results)
+    assert "the notaries asked saw the site but not your address" in render_table(v)
+    some = render_table(replace(v, address_seen_by=("notary-2",)))
+    assert "your address was seen by notary-2" in some and "the others saw the site, not your address" in some
+    every = render_table(replace(v, address_seen_by=("notary-1", "notary-2")))
+    assert "seen by notary-1, notary-2" in every and "not your address" not in every
 
 
 def test_no_access_log_unless_the_operator_opts_in(tmp_path: Path) -> None:

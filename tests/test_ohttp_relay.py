@@ -22,6 +22,7 @@ from aiohttp import web
 
 from client.api import verify_with_notaries
 from client.bundle import Bundle, BundleEntry
+from client.cli._check import relay_line, render_table
 from client.cluster import LocalCluster, local_cluster
 from client.devtools import StaticResolver, make_cert_context, tls_site
 from client.ohttp import RelayRoute, ask_notary_relayed, plan_relay
@@ -187,9 +188,37 @@ async def test_explicit_parallax_relay_url(site, cluster) -> None:
     v = await verify_with_notaries(HOST, site.port, bundle=cluster.bundle, connect_to=("127.0.0.1", site.port),
                                    wait_all=True, timeout=10, relay=cluster.urls[0])
     assert v.status == "consistent" and v.relays == (cluster.urls[0],)
-    # An explicit relay does not remove anyone; notary-1's own request goes through itself
-    # only because the caller asked for that URL.
-    assert len(v.results) == 4
+    # The relay URL is notary-1's: notary-1 is not asked (it would see both the address and
+    # the site), and was never forwarded to by itself.
+    assert [r.name for r in v.results] == ["notary-2", "notary-3", "notary-4"]
+    svc = cluster.apps[0][SERVICE]
+    assert svc.probes + svc.cache_hits == 0
+    assert v.address_seen_by == () and "not your address" in render_table(v)
+
+
+def test_an_explicit_relay_url_is_matched_to_its_notary_normalised(cluster) -> None:
+    port = cluster.urls[0].rsplit(":", 1)[1]
+    for url in (f"HTTP://127.0.0.1:{port}/", f"http://127.0.0.1:{port}/v1/relay/{{key_id}}",
+                f"http://127.0.0.1.:{port}/v1/relay"):
+        plan = plan_relay(cluster.bundle, url)
+        assert plan is not None and [e.name for e in plan.entries] == ["notary-2", "notary-3", "notary-4"], url
+        assert plan.routes[0].via == cluster.bundle.notaries[0].key_id
+    other = plan_relay(cluster.bundle, "http://127.0.0.1:9/")  # no notary there: everyone is asked
+    assert other is not None and len(other.entries) == 4 and other.routes[0].via is None
+
+
+def test_a_fallback_relay_that_was_also_asked_is_named_as_having_seen_the_address(cluster) -> None:
+    from client.ohttp import RelayPlan
+    from client.verdict import ClientView, Verdict
+
+    n1, n2, n3, _ = cluster.bundle.notaries
+    plan = RelayPlan((n2, n3), (RelayRoute.for_entry(n1), RelayRoute.for_entry(n2)), used=["notary-1", "notary-2"])
+    v = Verdict("consistent", HOST, 443, ClientView("ok", "00" * 32, None, None, "probe"), (), 0, 0, 0, (), (), "s",
+                "mpic", 0)
+    # notary-2 relayed notary-3's request (it saw the address) and was asked itself.
+    assert plan.annotate(v).address_seen_by == ("notary-2",)
+    plan.used.remove("notary-2")
+    assert plan.annotate(v).address_seen_by == ()
 
 
 @contextlib.asynccontextmanager
@@ -220,6 +249,12 @@ async def test_a_standard_third_party_relay_works(site, cluster) -> None:
                                        wait_all=True, timeout=10, relay=base + "/relay/{key_id}")
     assert v.status == "consistent", v.summary
     assert v.relays == (base,) and len(v.results) == 4
+    # A third-party relay forwards only encrypted requests: the identity documents were fetched
+    # from each notary directly, so each saw the client's address, and the CLI says so.
+    assert sorted(v.address_seen_by) == ["notary-1", "notary-2", "notary-3", "notary-4"]
+    assert v.to_json()["address_seen_by"] == list(v.address_seen_by)
+    line = relay_line(v)
+    assert "your address was seen by" in line and "notary-3" in line and "not your address" not in line
     # Other braces in a relay URL are left alone (only {key_id} is a placeholder).
     async with standard_relay(targets) as base:
         v = await verify_with_notaries(HOST, site.port, bundle=cluster.bundle, connect_to=("127.0.0.1", site.port),

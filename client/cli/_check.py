@@ -22,7 +22,8 @@ from client.verdict import Verdict
 from notary.core import TARGET_FORMS, split_target
 from notary.errors import InputError
 
-__all__ = ["add_check_command", "exit_code_for", "render_table", "render_summary", "policy_line", "worst_exit_code"]
+__all__ = ["add_check_command", "exit_code_for", "relay_line", "render_table", "render_summary", "policy_line",
+           "worst_exit_code"]
 
 
 _ALARMS = frozenset({"mitm_suspected", "key_changed", "pin_mismatch"})
@@ -71,6 +72,18 @@ def _short(pin: str) -> str:
     return pin[:7] + pin[7:19] + "…" if len(pin) > 20 else pin
 
 
+def relay_line(v: Verdict) -> str:
+    """What the relays hid, exactly: which notaries saw the client's address, if any."""
+    line = f"relay: {', '.join(v.relays)} (Oblivious HTTP: "
+    if not v.address_seen_by:
+        return line + "the notaries asked saw the site but not your address; the relay saw your address, not the site)"
+    seen = (f"your address was seen by {', '.join(v.address_seen_by)} (identity fetched directly, or relaying "
+            "for the others), so they can link it to the site by timing")
+    if {r.name for r in v.results} <= set(v.address_seen_by):
+        return line + seen + ")"
+    return line + seen + "; the others saw the site, not your address)"
+
+
 def render_table(v: Verdict) -> str:
     """A table a person can read: notary, region, what it saw, agrees?, age; then the verdict."""
     rows = [("NOTARY", "REGION", "SAW", "RESULT", "AGE")]
@@ -90,7 +103,7 @@ def render_table(v: Verdict) -> str:
         if r.result not in ("agrees", "disagrees") or not r.counted:
             lines.append(f"  {r.name}: {r.reason}")
     if v.relays:
-        lines.append(f"relay: {', '.join(v.relays)} (Oblivious HTTP: the notaries did not see your address)")
+        lines.append(relay_line(v))
     if v.vantages:
         lines.append("proxy vantages (UNSIGNED: trusted only as far as you trust each proxy and the path to it; "
                      + ("counted" if any(x.counted for x in v.vantages) else "advisory, not counted") + "):")
