@@ -149,3 +149,63 @@ async def test_one_relay_client_cannot_use_up_the_relays_share_at_a_gateway(tmp_
             assert a[0] == 200 and a[-1] == 429  # A is limited...
             assert a.count(200) < 16  # ...by the relay, before the gateway's bucket for the relay is empty
             assert await inner_identity_status(s, cfg, post, {"X-Forwarded-For": "198.51.100.2"}) == 200  # B is served
+
+
+# -- F4: what a relay sees does not name the site -------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def recording_relay(targets: dict[str, str], seen: list[tuple[int, int]]) -> AsyncIterator[str]:
+    """A third-party RFC 9458 relay that records (request bytes, response bytes) of each forward."""
+    async def forward(request: web.Request) -> web.Response:
+        body = await request.read()
+        async with aiohttp.ClientSession() as s, s.post(targets[request.match_info["gw"]], data=body,
+                                                        headers={"Content-Type": request.content_type}) as r:
+            answer = await r.read()
+            seen.append((len(body), len(answer)))
+            return web.Response(status=r.status, body=answer, headers={"Content-Type": r.content_type})
+
+    app = web.Application()
+    app.router.add_post("/relay/{gw}", forward)
+    async with serving(app) as url:
+        yield url
+
+
+async def test_relay_sees_the_same_sizes_for_sites_of_different_names_and_chains(tmp_path: Path) -> None:
+    from client.api import verify_with_notaries
+    from client.cluster import local_cluster
+    from client.devtools import StaticResolver, make_cert_context, tls_site
+
+    short, long_ = "a.test", "a-much-longer-site-name-than-the-other.example.test"
+    resolver = StaticResolver({short: ["127.0.0.1"], long_: ["127.0.0.1"]})
+    small = make_cert_context(short, key_type="ecdsa", org="S")
+    big = make_cert_context(long_, key_type="rsa", org="A longer organisation name for a bigger certificate")
+    sizes: dict[str, list[tuple[int, int]]] = {short: [], long_: []}
+    async with local_cluster(2, tmp_path / "c", resolver=resolver) as c, \
+            tls_site(small) as s1, tls_site(big) as s2:
+        targets = {e.key_id: e.url + "/.well-known/ohttp-gateway" for e in c.bundle.notaries}
+        for host, site in ((short, s1), (long_, s2)):
+            async with recording_relay(targets, sizes[host]) as base:
+                v = await verify_with_notaries(host, site.port, bundle=c.bundle, connect_to=("127.0.0.1", site.port),
+                                               wait_all=True, timeout=10, relay=base + "/relay/{key_id}")
+            assert v.status == "consistent", v.summary
+    assert len(sizes[short]) == len(sizes[long_]) == 2
+    assert set(sizes[short]) == set(sizes[long_])  # same request size, same response bucket
+    assert len(set(sizes[short])) == 1
+
+
+def test_padding_rules_and_the_decoder_reads_padded_messages() -> None:
+    from client.fanout import observe_body
+    from notary.core import Target, canonical_encode
+
+    longest = Target.parse("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61, 65535)  # 253 bytes
+    req = bhttp.encode_request(bhttp.Request("POST", "https", "notary.example:443", "/v1/observe",
+                                             (("content-type", "application/json"),),
+                                             canonical_encode(observe_body(longest, "n" * 32, max_age=86400, all_addresses=True))))
+    assert bhttp.request_padded_size(len(req)) == bhttp.REQUEST_PAD_BYTES  # every Parallax request: one KiB
+    assert bhttp.decode_request(bhttp.pad(req, 1024)).content == bhttp.decode_request(req).content
+    assert bhttp.request_padded_size(1025) == 2048 and bhttp.request_padded_size(0) == 1024
+    assert [bhttp.response_bucket(n) for n in (0, 4096, 4097, 9000, 70000)] == [4096, 4096, 8192, 16384, 131072]
+    resp = bhttp.encode_response(bhttp.Response(200, (("content-type", "application/json"),), b"{}"))
+    assert bhttp.decode_response(bhttp.pad(resp, 4096)).content == b"{}"
+    with pytest.raises(ValueError):
+        bhttp.pad(resp, 1)
