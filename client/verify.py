@@ -17,8 +17,11 @@ For each envelope a notary returned, in this order:
 
 One bad envelope rejects the notary's whole answer: a notary either answers
 correctly or does not count.  If an identity document was fetched, it must
-verify against the same key and match the bundle entry's name and region
-(else ``excluded``).
+verify against the same key, match the bundle entry's name and region, and be
+fresh: ``signed_at`` at most :data:`IDENTITY_MAX_AGE` seconds old and not more
+than the allowed skew in the future (else ``excluded``).  A notary signs its
+identity afresh for every request (at most once a second), so only a replay
+(e.g. by a relay undoing a gateway key rotation) is ever that old.
 """
 
 from __future__ import annotations
@@ -31,21 +34,33 @@ from client.bundle import BundleEntry
 from client.policy import Policy
 from client.verdict import Evidence
 
-__all__ = ["check_answer", "check_identity", "MAX_ENVELOPES"]
+__all__ = ["check_answer", "check_identity", "MAX_ENVELOPES", "IDENTITY_MAX_AGE", "IDENTITY_MAX_SKEW"]
 
 MAX_ENVELOPES = 16
+#: Seconds an identity document may be old (its ``signed_at``).  A notary re-signs its identity
+#: for every request (cached for one second, notary.server), and a client keeps the gateway
+#: keys it lists for 600 s (client.ohttp.KEYS_TTL): one hour is far above both.
+IDENTITY_MAX_AGE = 3600
+#: Seconds an identity document's ``signed_at`` may lie in the future (clock skew).
+IDENTITY_MAX_SKEW = 300
 
 
 def _fail(entry: BundleEntry, kind: str, reason: str) -> Evidence:
     return Evidence(entry.name, entry.region, entry.key_id, entry.url, failure=kind, reason=reason)
 
 
-def check_identity(entry: BundleEntry, envelope: Any) -> str | None:
-    """None when the identity document verifies and matches ``entry``, else the reason."""
+def check_identity(entry: BundleEntry, envelope: Any, *, now: int, max_age: int = IDENTITY_MAX_AGE,
+                   max_skew: int = IDENTITY_MAX_SKEW) -> str | None:
+    """None when the identity document verifies, matches ``entry`` and is fresh at ``now``
+    (unix seconds: signed at most ``max_age`` seconds ago, at most ``max_skew`` ahead), else the reason."""
     try:
         ident = verify_identity(envelope, entry.verify_key)
     except VerificationError as exc:
         return f"identity document invalid: {exc}"
+    if ident.signed_at - now > max_skew:
+        return f"identity stale: signed_at is {ident.signed_at - now}s in the future (max skew {max_skew}s)"
+    if now - ident.signed_at > max_age:
+        return f"identity stale: signed {now - ident.signed_at}s ago (max {max_age}s; replayed?)"
     if ident.name != entry.name:
         return f"identity name {ident.name!r} does not match the bundle ({entry.name!r})"
     if entry.region not in ("", "unknown") and ident.region != entry.region:
@@ -76,7 +91,7 @@ def check_answer(
         except InputError as exc:
             return _fail(entry, "invalid", f"bad target: {exc}")
     if identity is not None:
-        why = check_identity(entry, identity)
+        why = check_identity(entry, identity, now=now, max_skew=policy.max_skew)
         if why:
             return _fail(entry, "excluded", why)
     if not isinstance(envelopes, (list, tuple)) or not envelopes:

@@ -209,3 +209,59 @@ def test_padding_rules_and_the_decoder_reads_padded_messages() -> None:
     assert bhttp.decode_response(bhttp.pad(resp, 4096)).content == b"{}"
     with pytest.raises(ValueError):
         bhttp.pad(resp, 1)
+
+
+# -- F5: a replayed (stale) identity document is refused -------------------------------------------
+
+def _signed_identity(key: SigningKey, signed_at: int, keys_b64: str | None = None) -> dict:
+    from notary.core import Identity, sign_identity
+
+    return sign_identity(Identity(name="gw", region="r", key_id=key.key_id, public_key=key.verify_key.b64,
+                                  software="parallax-test", signed_at=signed_at, ohttp_keys=keys_b64), key)
+
+
+def test_check_identity_refuses_stale_and_future_documents() -> None:
+    from client.bundle import BundleEntry
+    from client.verify import IDENTITY_MAX_AGE, IDENTITY_MAX_SKEW, check_identity
+
+    key = SigningKey.generate()
+    e = BundleEntry("gw", "http://127.0.0.1:9", "r", key.key_id, key.verify_key.b64)
+    now = 1_700_000_000
+    assert IDENTITY_MAX_AGE == 3600
+    assert check_identity(e, _signed_identity(key, now - IDENTITY_MAX_AGE), now=now) is None
+    assert check_identity(e, _signed_identity(key, now + IDENTITY_MAX_SKEW), now=now) is None
+    old = check_identity(e, _signed_identity(key, now - 7200), now=now)
+    assert old is not None and old.startswith("identity stale") and "7200s ago" in old
+    ahead = check_identity(e, _signed_identity(key, now + IDENTITY_MAX_SKEW + 1), now=now)
+    assert ahead is not None and ahead.startswith("identity stale") and "future" in ahead
+
+
+async def test_a_relay_replaying_an_old_identity_gets_nothing_encrypted_to_the_old_key(tmp_path: Path) -> None:
+    import time
+
+    from client.bundle import BundleEntry
+    from client.ohttp import RelayRoute, ask_notary_relayed
+    from notary.core import Target
+
+    key = SigningKey.generate()
+    old_gateway_key = ohttp.GatewayKey.generate(7)  # rotated away two hours ago
+    stale = _signed_identity(key, int(time.time()) - 7200, base64.b64encode(
+        ohttp.encode_keys([old_gateway_key.config])).decode())
+    posts: list[bytes] = []
+
+    async def identity(request: web.Request) -> web.Response:
+        return web.json_response(stale)
+
+    async def relay(request: web.Request) -> web.Response:
+        posts.append(await request.read())
+        return web.Response(status=502)
+
+    app = web.Application()
+    app.router.add_get("/v1/relay/{key_id}/notary", identity)
+    app.router.add_post("/v1/relay/{key_id}", relay)
+    async with serving(app) as url, aiohttp.ClientSession() as s:
+        entry = BundleEntry("gw", "http://127.0.0.1:9", "r", key.key_id, key.verify_key.b64)
+        answer = await ask_notary_relayed(s, entry, Target.parse("a.test", 443), "n" * 24,
+                                          routes=[RelayRoute.for_url(url)], timeout=5)
+    assert answer.error is not None and "identity stale" in answer.error, answer.error
+    assert posts == []  # nothing was encrypted to the replayed key, nor sent
