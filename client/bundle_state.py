@@ -8,19 +8,24 @@ e.g. ``~/.local/state/parallax`` on Linux)::
 
 The directory is created 0700 and the file written 0600, atomically (a
 temporary file in the same directory, fsynced, then renamed over the old one),
-so a crash leaves either the old or the new file, never a torn one.  Two
-clients updating at once may lose one update; the value only ever grows when
-the update lands.  A file that is not this shape is a
+so a crash leaves either the old or the new file, never a torn one.  An update
+reads, raises and replaces the file under an exclusive ``flock`` on the state
+directory itself (no lock file is left behind), so two clients updating at
+once never lose one another's update: the remembered value never goes down.
+A file that is not this shape is a
 :class:`~notary.errors.ConfigError` (delete it to reset the memory); it is
 never silently ignored, since that would re-open rollbacks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 
 from notary.errors import ConfigError
@@ -71,8 +76,28 @@ class BundleState:
         """The highest version accepted for ``key_id`` so far, or None."""
         return self._read().get(key_id)
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the exclusive lock on the state directory (blocks while another process holds it)."""
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise ConfigError(f"cannot lock {self.dir}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def accept(self, key_id: str, version: int) -> None:
-        """Remember ``version`` for ``key_id`` if it is higher than what is stored (atomic write)."""
+        """Remember ``version`` for ``key_id`` if it is higher than what is stored (atomic write,
+        read and replaced under the lock)."""
+        self._read()  # an unreadable or corrupt file is reported as such before anything is created
+        with self._locked():
+            self._accept(key_id, version)
+
+    def _accept(self, key_id: str, version: int) -> None:
         ops = self._read()
         if ops.get(key_id, 0) >= version:
             return

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import stat
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -52,7 +53,8 @@ def _where(target: Target) -> tuple[str, int, str]:
 
 
 class KeyStore:
-    """The key memory at ``path`` (default: ``<state dir>/keys.sqlite3``, created 0600)."""
+    """The key memory at ``path`` (default: ``<state dir>/keys.sqlite3``, created 0600; an existing
+    file with group or world bits is set to 0600 when opened)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_path()
@@ -60,6 +62,10 @@ class KeyStore:
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         try:
+            # What it holds says which sites this user checks: 0600, also for a file that
+            # already exists with group or world bits (made by an older version, or copied).
+            if self.path.exists() and stat.S_IMODE(self.path.stat().st_mode) & 0o077:
+                self.path.chmod(0o600)
             new = not self.path.exists()
             conn = sqlite3.connect(self.path, timeout=5)
             if new:
