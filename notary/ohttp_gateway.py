@@ -10,6 +10,11 @@
   Decapsulation failures (unknown key id, tampered, truncated, wrong key) are
   a 400 with a JSON reason; an inner error (a bad target, 429) is carried
   encrypted inside the 200 ``message/ohttp-res``, as RFC 9458 section 5.2 says.
+  The encapsulated body (at most 64 KiB) must arrive within ``body_timeout``
+  seconds (else a 400 ``body_timeout``).  The inner request is rate-limited
+  once, as the client of the outer request (trusted-proxy aware), whatever
+  the encrypted headers say.  Answers are zero-padded to a power of two of at
+  least 4 KiB (:func:`notary.core.bhttp.response_bucket`).
 
 Keys live in ``<data-dir>/ohttp-gateway.keys`` (JSON, mode 0600, created
 exclusively, refused when group- or world-accessible, never logged)::
