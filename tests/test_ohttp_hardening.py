@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from notary.config import NotaryConfig
-from notary.core import AddressPolicy, SigningKey, bhttp, ohttp, parse_networks, verify_identity
+from notary.core import AddressPolicy, SigningKey, bhttp, ohttp, parse_networks
 from notary.relay import RelayConfig
 from notary.server import create_app
 
