@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from notary.connguard import ConnLimits
 from notary.core import AddressPolicy, Target
 from notary.core.addrpolicy import IPNetwork
 from notary.prober import ProbeLimits
@@ -39,6 +40,7 @@ class NotaryConfig:
     connect_override: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     trusted_proxies: tuple[IPNetwork, ...] = ()
     body_timeout: float = 10.0
+    conn_limits: ConnLimits = field(default_factory=ConnLimits)
 
     @property
     def db_path(self) -> Path:

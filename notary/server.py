@@ -30,6 +30,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 import notary
 from notary.config import NotaryConfig
+from notary.connguard import ConnectionGuard
 from notary.core.addrpolicy import IPAddress, IPNetwork
 from notary.core import Identity, SigningKey, Target, canonical_decode, sign_identity, validate_nonce
 from notary.errors import EncodingError, InputError, ParallaxError
@@ -39,6 +40,7 @@ from notary.openapi import openapi_document
 from notary.prober import Prober, Resolver
 from notary.ratelimit import RateLimiter
 from notary.relay import RelayConfig, install_relay, relay_enabled
+from notary.serving import serve_app
 from notary.service import ObservationService
 from notary.store import SQLiteStore, Store
 
@@ -55,6 +57,7 @@ METRICS = web.AppKey("metrics", dict)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 CLOCK = web.AppKey("clock", object)
 IDENTITY_CACHE = web.AppKey("identity_cache", list)
+GUARD = web.AppKey("guard", ConnectionGuard)
 
 
 def _error(status: int, code: str, reason: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -66,13 +69,18 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
     metrics = request.app[METRICS]
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     code = 500
+    guard = request.app[GUARD]
+    guard.request_started(request.protocol)
     try:
         resp = await handler(request)
         code = resp.status
         return resp
     except InputError as exc:
         code = 400
-        return _error(400, exc.code, str(exc))
+        resp = _error(400, exc.code, str(exc))
+        if exc.code in ("bad_encoding", "body_timeout"):
+            resp.force_close()  # the rest of the body is unreadable: do not linger over it
+        return resp
     except web.HTTPException as exc:
         code = exc.status
         if exc.status < 400:
@@ -97,6 +105,7 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
         log.exception("unexpected error")
         return _error(500, "internal", "internal error")
     finally:
+        guard.request_finished(request.protocol)
         metrics["requests"].labels(route=route, code=str(code)).inc()
 
 
@@ -299,6 +308,7 @@ def create_app(
     app[METRICS] = metrics
     app[LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
     app[IDENTITY_CACHE] = []
+    app[GUARD] = ConnectionGuard(config.conn_limits, trusted=config.trusted_proxies)
 
     async def open_store(app: web.Application) -> AsyncIterator[None]:
         st = store if store is not None else await SQLiteStore.open(config.db_path)
@@ -352,11 +362,13 @@ async def _rescan_loop(service: ObservationService, config: NotaryConfig) -> Non
 
 
 def run(config: NotaryConfig, key: SigningKey, host: str, port: int, *, relay: RelayConfig | None = None,
-        access_log: bool = False) -> None:
-    """Serve until interrupted (the CLI's ``parallax serve``).
+        access_log: bool = False, on_bound: Callable[[tuple[str, int]], None] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (the CLI's ``parallax serve``), behind the connection guard.
 
     No access log by default, so no client address is ever logged; ``access_log``
     (``--access-log``, an operator's explicit opt-in) turns aiohttp's on, which does.
+    ``on_bound`` runs once the listener is bound, and only then.
     """
-    web.run_app(create_app(config, key, relay=relay), host=host, port=port, print=None,
-                access_log=logging.getLogger("aiohttp.access") if access_log else None)
+    app = create_app(config, key, relay=relay)
+    asyncio.run(serve_app(app, host, port, app[GUARD], on_bound,
+                          access_log=logging.getLogger("aiohttp.access") if access_log else None))

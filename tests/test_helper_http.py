@@ -143,3 +143,13 @@ def test_token_file_is_private_and_stable(tmp_path: Path) -> None:
     assert where == p and len(token) >= 32
     assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
     assert load_or_create_token(p)[0] == token
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_that_is_not_what_its_content_encoding_says_is_a_json_400(
+        api: Api, encoding: str, caplog: pytest.LogCaptureFixture) -> None:
+    status, headers, doc = await api.call(raw=b'{"host": "a.example"}', headers={"Content-Encoding": encoding})
+    assert status == 400 and headers["Content-Type"].startswith("application/json")
+    assert doc["error"] == "bad_encoding"
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]

@@ -28,6 +28,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 import platformdirs
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from notary.httputil import BodyTooLarge, read_capped
 
@@ -125,6 +126,12 @@ def create_http_app(
             body = await read_capped(request.content, MAX_IN)
         except BodyTooLarge:
             return _deny(413, "frame_too_large", f"body larger than {MAX_IN} bytes")
+        except (HttpProcessingError, web.RequestPayloadError):
+            # A Content-Encoding (gzip, deflate) whose body does not decode: a 400, not a 500.
+            request.content.feed_eof()  # the body is finished: aiohttp must not read and log it again
+            resp = _deny(400, "bad_encoding", "request body does not match its Content-Encoding")
+            resp.force_close()
+            return resp
         try:
             msg = decode_message(body) if body else {}
         except BadMessage as exc:

@@ -1,0 +1,161 @@
+"""Running an aiohttp app behind the connection guard, with JSON answers to malformed HTTP.
+
+:class:`GuardedSite` is aiohttp's ``TCPSite`` with the protocol factory wrapped
+by a :class:`~notary.connguard.ConnectionGuard`.  :func:`json_parse_errors`
+turns aiohttp's answer to a request it could not parse (bad or duplicate
+``Content-Length``, ``Transfer-Encoding`` with ``Content-Length``, an over-long
+request line or header, an unknown method, an unsupported ``Content-Encoding``)
+from ``text/plain`` that echoes part of the request, logged with a traceback,
+into ``{"error": "bad_http" | "bad_encoding", "reason": ...}`` with a fixed
+reason and no traceback: a client's mistake is counted, not logged per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from typing import Any, Callable
+
+from aiohttp import web
+from aiohttp import http_exceptions as _hx
+from aiohttp.web_protocol import RequestHandler
+
+from notary.connguard import ConnectionGuard, Throttled
+
+__all__ = ["GuardedSite", "json_parse_errors", "serve_app", "ParseErrors"]
+
+log = logging.getLogger("parallax.notary")
+
+
+class ParseErrors:
+    """Counts of malformed requests by error code (shared by every connection of a process)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.throttled = Throttled(log, 10.0)
+
+
+PARSE_ERRORS = ParseErrors()
+
+
+_BAD_METHOD: tuple[type[BaseException], ...] = tuple(
+    c for c in (getattr(_hx, "BadHttpMethod", None),) if c is not None  # aiohttp >= 3.11
+)
+
+
+def _describe(exc: BaseException | None) -> tuple[str, str]:
+    if isinstance(exc, _hx.ContentEncodingError):
+        return "bad_encoding", "unsupported or malformed Content-Encoding"
+    if isinstance(exc, _BAD_METHOD):
+        return "bad_http", "unknown HTTP method"
+    if isinstance(exc, _hx.LineTooLong):
+        return "bad_http", "request line or header too long"
+    return "bad_http", "malformed HTTP request"
+
+
+class _JsonErrors(RequestHandler):
+    """aiohttp's protocol with JSON error answers (no new state: instances are re-classed)."""
+
+    __slots__ = ()
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        exc = kw.get("exc_info")
+        if isinstance(exc, (_hx.HttpProcessingError, web.RequestPayloadError)):
+            PARSE_ERRORS.throttled.warning("payload", "malformed request body")  # a client's mistake
+            return
+        super().log_exception(*args, **kw)
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error answer")
+        if status >= 500 and not isinstance(exc, _hx.HttpProcessingError):
+            log.error("unexpected error handling a request", exc_info=exc)
+            code, reason = "internal", "internal error"
+        else:
+            code, reason = _describe(exc)
+            status = 400 if status < 400 or status >= 500 else status
+            PARSE_ERRORS.counts[code] = PARSE_ERRORS.counts.get(code, 0) + 1
+            PARSE_ERRORS.throttled.warning(code, f"malformed request ({code}: {reason})")
+        resp = web.Response(status=status, body=json.dumps({"error": code, "reason": reason}).encode(),
+                            content_type="application/json")
+        resp.force_close()
+        return resp
+
+
+def json_parse_errors(factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+    """Wrap aiohttp's protocol factory so that parse errors answer JSON (see module doc)."""
+    def make() -> asyncio.Protocol:
+        proto = factory()
+        if type(proto) is RequestHandler:
+            proto.__class__ = _JsonErrors  # same layout (no slots added); only handle_error differs
+        return proto
+    return make
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP site whose connections pass the guard and answer parse errors in JSON."""
+
+    __slots__ = ("_host", "_port", "_guard", "_bound")
+
+    def __init__(self, runner: web.BaseRunner, host: str | None, port: int, guard: ConnectionGuard,
+                 ) -> None:
+        super().__init__(runner, backlog=guard.limits.backlog)
+        self._host = host
+        self._port = port
+        self._guard = guard
+        self._bound: tuple[str, int] | None = None
+
+    @property
+    def name(self) -> str:
+        host, port = self._bound or (self._host or "0.0.0.0", self._port)
+        return f"http://{host}:{port}"
+
+    @property
+    def bound(self) -> tuple[str, int]:
+        """The (host, port) actually bound (port 0 resolved)."""
+        assert self._bound is not None, "site not started"
+        return self._bound
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._guard.protocol_factory(json_parse_errors(server)), self._host, self._port,
+            backlog=self._backlog, reuse_address=True,
+        )
+        sock = self._server.sockets[0].getsockname()
+        self._bound = (str(sock[0]), int(sock[1]))
+
+
+async def serve_app(app: web.Application, host: str, port: int, guard: ConnectionGuard,
+                    on_bound: Callable[[tuple[str, int]], None] | None = None,
+                    stop: asyncio.Event | None = None, access_log: logging.Logger | None = None) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM (or ``stop`` is set).
+
+    ``on_bound`` runs once the listener is bound, and only then (the CLI writes
+    ``identity.json`` there, so a ``serve`` that cannot bind changes nothing).
+    """
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(guard.exception_handler(loop.get_exception_handler()))
+    runner = web.AppRunner(app, access_log=access_log, keepalive_timeout=guard.limits.idle_timeout + 5,
+                           shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        site = GuardedSite(runner, host, port, guard)
+        await site.start()
+        if on_bound is not None:
+            on_bound(site.bound)
+        stop = stop or asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await stop.wait()
+    finally:
+        await runner.cleanup()
