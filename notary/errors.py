@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "ParallaxError",
     "ConfigError",
+    "DataDirLocked",
     "KeyFileError",
     "InputError",
     "OhttpError",
@@ -19,6 +20,7 @@ __all__ = [
     "VerificationError",
     "RemoteError",
     "StoreError",
+    "BusyError",
 ]
 
 
@@ -28,6 +30,10 @@ class ParallaxError(Exception):
 
 class ConfigError(ParallaxError):
     """The operator's configuration is unusable (bad flag, missing data dir)."""
+
+
+class DataDirLocked(ConfigError):
+    """Another process (a running ``parallax serve``) holds the data directory's lock."""
 
 
 class KeyFileError(ConfigError):
@@ -71,3 +77,7 @@ class RemoteError(ParallaxError):
 
 class StoreError(ParallaxError):
     """The observation store failed (disk full, corrupt database)."""
+
+
+class BusyError(ParallaxError):
+    """No probe slot could be had before the request's deadline (the answer is a ``busy`` observation)."""

@@ -86,7 +86,7 @@ def serving(data_dir: Path, log: Path, *extra: str) -> Iterator[tuple[str, subpr
     base = f"http://127.0.0.1:{port}"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [*PARALLAX, "--log-level", "DEBUG", "serve", "--data-dir", str(data_dir),
+            [*PARALLAX, "--log-level", "DEBUG", "serve", "--region", "test", "--data-dir", str(data_dir),
              "--listen", f"127.0.0.1:{port}", "--allow-network", "127.0.0.0/8", "--allow-port", "any", *extra],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
@@ -130,7 +130,7 @@ def test_serve_refuses_a_key_readable_by_others(keyed: tuple[Path, dict[str, Any
     d, _ = keyed
     seed = seed_of(d)
     os.chmod(d / "notary.key", mode)
-    p = run("serve", "--data-dir", str(d), "--listen", f"127.0.0.1:{free_port()}", timeout=30)
+    p = run("serve", "--region", "test", "--data-dir", str(d), "--listen", f"127.0.0.1:{free_port()}", timeout=30)
     line = assert_one_line_error(p, 78)
     assert f"{mode:04o}" in line and "chmod 600" in line
     assert_no_secret(p.stdout + p.stderr, seed)
@@ -140,20 +140,20 @@ def test_serve_refuses_a_key_readable_by_others(keyed: tuple[Path, dict[str, Any
 def test_serve_without_a_key_or_with_a_broken_key_is_a_config_error(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    line = assert_one_line_error(run("serve", "--data-dir", str(empty)), 78)
+    line = assert_one_line_error(run("serve", "--region", "test", "--data-dir", str(empty)), 78)
     assert "keygen" in line
     broken = tmp_path / "broken"
     broken.mkdir()
     fd = os.open(broken / "notary.key", os.O_WRONLY | os.O_CREAT, 0o600)
     os.write(fd, b"not base64 at all!\n")
     os.close(fd)
-    assert_one_line_error(run("serve", "--data-dir", str(broken)), 78)
+    assert_one_line_error(run("serve", "--region", "test", "--data-dir", str(broken)), 78)
     short = tmp_path / "short"
     short.mkdir()
     fd = os.open(short / "notary.key", os.O_WRONLY | os.O_CREAT, 0o600)
     os.write(fd, base64.b64encode(b"x" * 16) + b"\n")
     os.close(fd)
-    assert_one_line_error(run("serve", "--data-dir", str(short)), 78)
+    assert_one_line_error(run("serve", "--region", "test", "--data-dir", str(short)), 78)
 
 
 BAD_FLAGS = [
@@ -162,15 +162,15 @@ BAD_FLAGS = [
     ["keygen"],
     ["notary-info"],
     ["serve"],
-    ["serve", "--data-dir", "{d}", "--bogus"],
-    ["serve", "--data-dir", "{d}", "--listen", "nope"],
-    ["serve", "--data-dir", "{d}", "--listen", "127.0.0.1:99999"],
-    ["serve", "--data-dir", "{d}", "--listen", "127.0.0.1:http"],
-    ["serve", "--data-dir", "{d}", "--rate", "fast"],
-    ["serve", "--data-dir", "{d}", "--ttl", "1.5"],
-    ["serve", "--data-dir", "{d}", "--allow-port", "https"],
-    ["serve", "--data-dir", "{d}", "--watch", "bad..host:443"],
-    ["serve", "--data-dir", "{d}", "--watch", "a.example:70000"],
+    ["serve", "--region", "test", "--data-dir", "{d}", "--bogus"],
+    ["serve", "--region", "test", "--data-dir", "{d}", "--listen", "nope"],
+    ["serve", "--region", "test", "--data-dir", "{d}", "--listen", "127.0.0.1:99999"],
+    ["serve", "--region", "test", "--data-dir", "{d}", "--listen", "127.0.0.1:http"],
+    ["serve", "--region", "test", "--data-dir", "{d}", "--rate", "fast"],
+    ["serve", "--region", "test", "--data-dir", "{d}", "--ttl", "1.5"],
+    ["serve", "--region", "test", "--data-dir", "{d}", "--allow-port", "https"],
+    ["serve", "--region", "test", "--data-dir", "{d}", "--watch", "bad..host:443"],
+    ["serve", "--region", "test", "--data-dir", "{d}", "--watch", "a.example:70000"],
     ["notary-info", "http://127.0.0.1:1", "--data-dir", "{d}"],
     ["notary-info", "--data-dir", "{d}", "--timeout", "soon"],
 ]
@@ -187,7 +187,7 @@ def test_bad_flags_exit_64_with_one_line(keyed: tuple[Path, dict[str, Any]], arg
 
 def test_bad_allow_network_is_a_config_error(keyed: tuple[Path, dict[str, Any]]) -> None:
     d, _ = keyed
-    line = assert_one_line_error(run("serve", "--data-dir", str(d), "--allow-network", "10.0.0.0/33"), 78)
+    line = assert_one_line_error(run("serve", "--region", "test", "--data-dir", str(d), "--allow-network", "10.0.0.0/33"), 78)
     assert "10.0.0.0/33" in line
 
 
@@ -295,7 +295,7 @@ def test_serve_on_a_busy_port_exits_74_with_one_line(keyed: tuple[Path, dict[str
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        line = assert_one_line_error(run("serve", "--data-dir", str(d), "--listen", f"127.0.0.1:{port}"), 74)
+        line = assert_one_line_error(run("serve", "--region", "test", "--data-dir", str(d), "--listen", f"127.0.0.1:{port}"), 74)
     assert "address already in use" in line
 
 
@@ -303,6 +303,6 @@ def test_serve_with_a_corrupt_store_exits_74_promptly(keyed: tuple[Path, dict[st
     d, _ = keyed
     (d / "observations.sqlite3").write_bytes(b"\x00garbage, not SQLite" * 200)
     # Before the fix the process printed the error and then never exited.
-    p = run("serve", "--data-dir", str(d), "--listen", f"127.0.0.1:{free_port()}", timeout=30)
+    p = run("serve", "--region", "test", "--data-dir", str(d), "--listen", f"127.0.0.1:{free_port()}", timeout=30)
     line = assert_one_line_error(p, 74)
     assert "observation store" in line

@@ -159,7 +159,7 @@ def free_port() -> int:
 def start_serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [*PARALLAX, "--log-level", "INFO", "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", "--init",
+            [*PARALLAX, "--log-level", "INFO", "serve", "--region", "test", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", "--init",
              "--allow-network", "127.0.0.0/8", "--allow-port", "any", "--rate", "1000", "--burst", "1000"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )

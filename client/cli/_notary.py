@@ -69,6 +69,7 @@ def build_config(args: argparse.Namespace, *, url: str | None) -> Any:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from notary.datadir import DataDirLock
     from notary.identity_file import bundle_entry, write_identity
     from notary.keyfile import generate_key_file, key_path, load_key_file
     from notary.server import run
@@ -77,20 +78,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.init and not key_path(args.data_dir).exists():
         generate_key_file(args.data_dir)
         logging.getLogger("parallax.notary").info("generated a new notary key in %s", args.data_dir)
-    key = load_key_file(args.data_dir)
-    url = args.url or f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    if not args.url and host in ("0.0.0.0", "::", ""):
-        print(f"parallax serve: warning: advertising {url}, which clients cannot reach; pass --url", file=sys.stderr)
-    config = build_config(args, url=url)
-    relay = _relay_config(args, config)
-    entry = bundle_entry(config.name, url, config.region, key.key_id, key.verify_key.b64, config.country, config.rir,
-                         relay=relay is not None)
-    write_identity(Path(args.data_dir), entry)
-    if args.export_entry:
-        Path(args.export_entry).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.export_entry).write_text(json.dumps(entry, indent=2) + "\n")
-    print(json.dumps({"serving": url, "key_id": key.key_id, "region": config.region}), flush=True)
-    run(config, key, host, port, relay=relay, access_log=args.access_log)
+    lock = DataDirLock(args.data_dir) if Path(args.data_dir).is_dir() else None
+    if lock is not None:
+        lock.acquire()  # before anything is read or written: one serve per data dir
+    try:
+        key = load_key_file(args.data_dir)
+        url = args.url or f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        if not args.url and host in ("0.0.0.0", "::", ""):
+            print(f"parallax serve: warning: advertising {url}, which clients cannot reach; pass --url", file=sys.stderr)
+        config = build_config(args, url=url)
+        relay = _relay_config(args, config)
+        entry = bundle_entry(config.name, url, config.region, key.key_id, key.verify_key.b64, config.country,
+                             config.rir, relay=relay is not None)
+
+        def bound(_addr: tuple[str, int]) -> None:
+            # Only once the listener is bound: a serve that cannot bind changes nothing on disk.
+            write_identity(Path(args.data_dir), entry)
+            if args.export_entry:
+                Path(args.export_entry).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.export_entry).write_text(json.dumps(entry, indent=2) + "\n")
+            print(json.dumps({"serving": url, "key_id": key.key_id, "region": config.region}), flush=True)
+
+        run(config, key, host, port, relay=relay, access_log=args.access_log, on_bound=bound)
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 
@@ -197,7 +209,9 @@ def add_notary_commands(sub: Any) -> None:
     p.add_argument("--listen", type=_listen, default=("127.0.0.1", 8443), metavar="HOST:PORT",
                    help="address to listen on ([v6]:PORT for IPv6)")
     p.add_argument("--name", default="notary", help="this notary's name in its identity and bundle entry")
-    p.add_argument("--region", default="unknown", help="region label; quorum policies count distinct regions")
+    p.add_argument("--region", required=True,
+                   help="region label; quorum policies count distinct regions (required: no silent default; "
+                        "pass 'unknown' explicitly if it really is unknown)")
     p.add_argument("--country", help="ISO 3166 country code, for diversity rules (default: unset)")
     p.add_argument("--rir", help="Regional Internet Registry of its address space, e.g. RIPE (default: unset)")
     p.add_argument("--url", help="public URL to advertise, usually https:// at a TLS proxy (default: http://LISTEN)")
