@@ -57,4 +57,6 @@ class NotaryConfig:
             "max_handshake_bytes": self.probe_limits.max_handshake_bytes,
             "rate_per_client_milli": int(self.rate_per_client * 1000),
             "burst_per_client": self.burst_per_client,
+            "queue_timeout_ms": int(self.service_limits.queue_timeout * 1000),
+            "max_probes_per_client": self.service_limits.max_probes_per_client,
         }

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import errno
 import functools
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from typing import AsyncContextManager, AsyncIterator, Awaitable, Callable, Protocol, Sequence
 
 from notary.core import AddressPolicy, ProbeResult, Target
 from notary.core.target import is_ip_literal
+from notary.errors import BusyError
 
 __all__ = ["Resolver", "SystemResolver", "ProbeLimits", "Prober", "Tunnel", "unverified_chain"]
 
@@ -137,6 +139,13 @@ class _Failed(Exception):
 
 
 Connector = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+#: Admission of a probe of (host, addresses): holds its slots, or raises BusyError.
+Admit = Callable[[str, Sequence[str]], AsyncContextManager[None]]
+
+
+@contextlib.asynccontextmanager
+async def _admit_all(host: str, ips: Sequence[str]) -> AsyncIterator[None]:
+    yield
 
 
 async def _open(ip: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -151,6 +160,9 @@ class Prober:
     is impossible).  ``connect_override`` maps ``(host, port)`` to ``(ip, port)``
     like curl's ``--connect-to``; it bypasses resolution but not the policy.
     ``tunnel`` (client only, see :class:`Tunnel`) connects through a proxy.
+    ``admit`` (the service's :class:`~notary.scheduler.ProbeScheduler`) is entered
+    after resolution and the policy check, before any connection; when it raises
+    :class:`~notary.errors.BusyError` the result is a ``busy`` observation.
     """
 
     def __init__(
@@ -163,7 +175,9 @@ class Prober:
         connector: Connector = _open,
         connect_override: dict[tuple[str, int], tuple[str, int]] | None = None,
         tunnel: Tunnel | None = None,
+        admit: Admit = _admit_all,
     ) -> None:
+        self.admit = admit
         self.policy = policy
         self.clock = clock
         self.resolver = resolver or SystemResolver()
@@ -212,10 +226,14 @@ class Prober:
             # a resolver could otherwise steer a later connection inward.
             bad = next((ip, why) for ip, why in refused if why)
             return [ProbeResult.failure(target, bad[0], now(), "blocked_by_policy", bad[1] or "")]
-        allowed = allowed[: self.limits.max_addresses]
-        if not all_addresses:
-            return [await self._probe_ip(target, allowed[0], port)]
-        return list(await asyncio.gather(*(self._probe_ip(target, ip, port) for ip in allowed)))
+        allowed = allowed[: self.limits.max_addresses] if all_addresses else allowed[:1]
+        try:
+            async with self.admit(target.host, allowed):
+                if not all_addresses:
+                    return [await self._probe_ip(target, allowed[0], port)]
+                return list(await asyncio.gather(*(self._probe_ip(target, ip, port) for ip in allowed)))
+        except BusyError as exc:
+            return [ProbeResult.failure(target, None, now(), "busy", str(exc))]
 
     async def _probe_ip(self, target: Target, ip: str, port: int) -> ProbeResult:
         started = self.clock()

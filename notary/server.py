@@ -206,8 +206,12 @@ def _parse_bool(value: Any, name: str) -> bool:
 async def _observe_many(request: web.Request, targets: list[Target], nonce: str, max_age: int | None,
                         all_addresses: bool) -> web.Response:
     service = request.app[SERVICE]
+    # One deadline for the whole request: no probe waits for a slot past it (then: ``busy``).
+    client = _client(request)
+    deadline = asyncio.get_running_loop().time() + service.limits.queue_timeout
     envelopes = await asyncio.gather(
-        *(service.observe(t, nonce, max_age=max_age, all_addresses=all_addresses) for t in targets)
+        *(service.observe(t, nonce, max_age=max_age, all_addresses=all_addresses, client=client, deadline=deadline)
+          for t in targets)
     )
     # One token per target was taken up front; an answer with several addresses per
     # target costs one token per envelope, so big answers cannot be had at a discount.

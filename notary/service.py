@@ -4,22 +4,28 @@ Between the HTTP server and the prober/store.  For each requested target it
 either re-signs a cached probe round (younger than both the caller's
 ``max_age`` and the notary's TTL) with this request's nonce, or runs a fresh
 probe.  Concurrent requests for the same target share one in-flight probe.
-A global semaphore caps concurrent probes; a per-host semaphore caps probes of
-one host.  Every result is stored before it is signed and returned.
+Probe slots (per host name, per resolved address, per client, global, fair
+between clients, bounded wait) belong to :mod:`notary.scheduler`; a probe that
+cannot get its slots before the request's deadline is a ``busy`` observation.
+Every result is stored before it is signed and returned, except those that say
+nothing about the target: ``busy`` and ``blocked_by_policy`` (a refusal is
+decided afresh under the policy in force, never stored or cached).  A cached
+round is served only if the current address policy still allows its port and
+every address in it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from notary.core import KeySighting, Observation, ProbeResult, SigningKey, Target, sign_observation
 from notary.prober import Prober
+from notary.scheduler import ProbeScheduler, SchedulerLimits, request_context
 from notary.store import Store
 
 __all__ = ["ServiceLimits", "ObservationService"]
@@ -38,13 +44,28 @@ def _put(cache: "OrderedDict[K, V]", key: K, value: V) -> None:
         cache.popitem(last=False)
 
 
+#: Statuses that are not facts about the target: never stored, never served from cache.
+UNSTORED = frozenset({"busy", "blocked_by_policy"})
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceLimits:
-    """Counts and seconds."""
+    """Counts and seconds.  See :class:`notary.scheduler.SchedulerLimits` for the probe slots."""
 
     ttl: int = 300
     max_concurrent_probes: int = 64
     max_probes_per_host: int = 4
+    max_probes_per_client: int = 8
+    max_probes_per_address: int = 4
+    max_queued_probes: int = 1024
+    queue_timeout: float = 3.0
+
+    def scheduler_limits(self) -> SchedulerLimits:
+        return SchedulerLimits(
+            max_concurrent=self.max_concurrent_probes, per_client=self.max_probes_per_client,
+            per_host=self.max_probes_per_host, per_address=self.max_probes_per_address,
+            max_queued=self.max_queued_probes, queue_timeout=self.queue_timeout,
+        )
 
 
 class ObservationService:
@@ -66,22 +87,31 @@ class ObservationService:
         self.limits = limits
         self.on_probe = on_probe
         self.on_duration = on_duration
-        self._global = asyncio.Semaphore(limits.max_concurrent_probes)
-        # Per-host semaphores exist only while some probe of that host runs.
-        self._per_host: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+        self.scheduler = ProbeScheduler(limits.scheduler_limits())
+        prober.admit = self.scheduler.admit  # the prober asks the scheduler before it connects
         self._inflight: dict[tuple[Target, bool], asyncio.Future[list[ProbeResult]]] = {}
         # Write-through memory caches in front of the store (bounded LRU).
         self._latest: OrderedDict[tuple[Target, bool], list[ProbeResult]] = OrderedDict()
         self._history: OrderedDict[Target, tuple[KeySighting, ...]] = OrderedDict()
         self.cache_hits = 0
         self.probes = 0
-        self.inflight = 0
+
+    @property
+    def inflight(self) -> int:
+        """Probes holding a global slot now."""
+        return self.scheduler.inflight
 
     async def observe(
-        self, target: Target, nonce: str, *, max_age: int | None = None, all_addresses: bool = False
+        self, target: Target, nonce: str, *, max_age: int | None = None, all_addresses: bool = False,
+        client: str = "", deadline: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Signed envelopes (one per probed address) for ``target``, bound to ``nonce``."""
-        results, source = await self._results(target, max_age, all_addresses)
+        """Signed envelopes (one per probed address) for ``target``, bound to ``nonce``.
+
+        ``client`` (the rate-limit key) and ``deadline`` (event-loop seconds) bound the
+        wait for probe slots; see :mod:`notary.scheduler`.
+        """
+        with request_context(client, deadline):
+            results, source = await self._results(target, max_age, all_addresses)
         history = await self._key_history(target)
         now = self.clock()
         return [
@@ -105,10 +135,19 @@ class ObservationService:
                 cached = await self.store.latest(target, all_addresses=all_addresses)
                 if cached:
                     _put(self._latest, (target, all_addresses), cached)
-            if cached and self.clock() - cached[0].observed_at <= ttl:
+            if cached and self.clock() - cached[0].observed_at <= ttl and self._allowed_now(cached):
                 self.cache_hits += 1
                 return cached, "cached"
         return await self.fresh(target, all_addresses=all_addresses), "fresh"
+
+    def _allowed_now(self, results: list[ProbeResult]) -> bool:
+        """Whether the address policy in force still allows this cached round (port and every address)."""
+        policy = self.prober.policy
+        if any(r.status in UNSTORED for r in results):
+            return False  # a refusal or busy answer from an older store is decided afresh
+        if policy.port_reason(results[0].target.port):
+            return False
+        return not any(r.ip is not None and policy.address_reason(r.ip) for r in results)
 
     async def fresh(self, target: Target, *, all_addresses: bool = False) -> list[ProbeResult]:
         """Probe now (sharing an in-flight probe of the same target) and store the result."""
@@ -127,35 +166,18 @@ class ObservationService:
             _put(self._history, target, history)
         return history
 
-    @contextlib.asynccontextmanager
-    async def _host_slot(self, host: str) -> AsyncIterator[None]:
-        entry = self._per_host.get(host)
-        if entry is None:
-            entry = self._per_host[host] = (asyncio.Semaphore(self.limits.max_probes_per_host), [0])
-        entry[1][0] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1][0] -= 1
-            if entry[1][0] == 0:
-                del self._per_host[host]
-
     async def _probe_and_store(self, target: Target, all_addresses: bool) -> list[ProbeResult]:
-        # Per-host slot first: requests queued for one slow host must not hold global slots.
-        async with self._host_slot(target.host), self._global:
-            self.probes += 1
-            self.inflight += 1
-            started = time.monotonic()
-            try:
-                results = await self.prober.probe(target, all_addresses=all_addresses)
-            finally:
-                self.inflight -= 1
-                if self.on_duration:
-                    self.on_duration(time.monotonic() - started)
-        await self.store.add(results, all_addresses=all_addresses)
-        _put(self._latest, (target, all_addresses), results)
-        self._history.pop(target, None)
+        self.probes += 1
+        started = time.monotonic()
+        try:
+            results = await self.prober.probe(target, all_addresses=all_addresses)
+        finally:
+            if self.on_duration:
+                self.on_duration(time.monotonic() - started)
+        if not any(r.status in UNSTORED for r in results):
+            await self.store.add(results, all_addresses=all_addresses)
+            _put(self._latest, (target, all_addresses), results)
+            self._history.pop(target, None)
         for r in results:
             log.info("probed %s ip=%s status=%s spki=%s", target, r.ip, r.status, r.spki_sha256)
             if self.on_probe:

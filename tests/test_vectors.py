@@ -48,7 +48,7 @@ mv = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mv)
 
 INDEX = json.loads((VECTORS / "vectors.json").read_text("utf-8"))
-SIGNED = ["observation_ok", "observation_timeout", "identity", "bundle", "identity_ohttp"]
+SIGNED = ["observation_ok", "observation_timeout", "observation_busy", "identity", "bundle", "identity_ohttp"]
 INPUT_FILES = {"make_vectors.py", "README.md", ".gitattributes", "leaf.der", "ca.der"}
 
 

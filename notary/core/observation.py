@@ -54,6 +54,8 @@ STATUSES = (
     "not_tls",
     "chain_too_large",
     "blocked_by_policy",
+    "busy",
+    "answer_too_large",
 )
 ERROR_STATUSES = frozenset(STATUSES[1:])
 SOURCES = ("fresh", "cached")

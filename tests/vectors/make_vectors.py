@@ -164,6 +164,27 @@ def identity_ohttp() -> Identity:
     return replace(identity(), ohttp_keys=base64.b64encode(OHTTP_KEYS).decode("ascii"), relay=True)
 
 
+def observation_busy() -> Observation:
+    return Observation(
+        notary=key().key_id,
+        target=Target("busy.example", 443, "busy.example"),
+        ip=None,
+        nonce=NONCE,
+        observed_at=1700000200,
+        signed_at=1700000200,
+        status="busy",
+        detail="no probe slot within 3s",
+        tls_version=None,
+        leaf_sha256=None,
+        spki_sha256=None,
+        chain=(),
+        leaf=None,
+        source="fresh",
+        age=0,
+        key_history=(),
+    )
+
+
 def signed_vectors() -> dict[str, tuple[str, Any, dict[str, Any]]]:
     """name -> (payload type, model object, envelope dict)."""
     k = key()
@@ -171,6 +192,7 @@ def signed_vectors() -> dict[str, tuple[str, Any, dict[str, Any]]]:
     return {
         "observation_ok": (OBSERVATION_TYPE, ok, sign_observation(ok, k)),
         "observation_timeout": (OBSERVATION_TYPE, to, sign_observation(to, k)),
+        "observation_busy": (OBSERVATION_TYPE, observation_busy(), sign_observation(observation_busy(), k)),
         "identity": (IDENTITY_TYPE, ident, sign_identity(ident, k)),
         "bundle": (BUNDLE_TYPE, bun, sign_bundle(bun, k, version=BUNDLE_VERSION, expires=BUNDLE_EXPIRES)),
         "identity_ohttp": (IDENTITY_TYPE, ident_o, sign_identity(ident_o, k)),
