@@ -9,6 +9,7 @@ from notary.connguard import ConnLimits
 from notary.core import AddressPolicy, Target
 from notary.core.addrpolicy import IPNetwork
 from notary.prober import ProbeLimits
+from notary.retention import RetentionLimits
 from notary.service import ServiceLimits
 
 __all__ = ["NotaryConfig", "DB_FILE"]
@@ -41,6 +42,8 @@ class NotaryConfig:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     body_timeout: float = 10.0
     conn_limits: ConnLimits = field(default_factory=ConnLimits)
+    retention: RetentionLimits = field(default_factory=RetentionLimits)
+    max_answer_bytes: int = 1024 * 1024
 
     @property
     def db_path(self) -> Path:
@@ -59,4 +62,5 @@ class NotaryConfig:
             "burst_per_client": self.burst_per_client,
             "queue_timeout_ms": int(self.service_limits.queue_timeout * 1000),
             "max_probes_per_client": self.service_limits.max_probes_per_client,
+            "max_answer_bytes": self.max_answer_bytes,
         }

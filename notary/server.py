@@ -326,7 +326,14 @@ def create_app(
             on_probe=lambda r: metrics["probes"].labels(status=r.status).inc(),
             on_duration=metrics["probe_seconds"].observe,
         )
+        retention = None
+        if config.retention.interval > 0 and hasattr(st, "enforce_retention"):
+            retention = asyncio.create_task(_retention_loop(st, config, clock))
         yield
+        if retention is not None:
+            retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retention
         await st.close()
 
     async def rescan(app: web.Application) -> AsyncIterator[None]:
@@ -350,6 +357,20 @@ def create_app(
     if relay is not None:
         install_relay(app, relay, _client, resolver=resolver)
     return app
+
+
+async def _retention_loop(store: Any, config: NotaryConfig, clock: Callable[[], int]) -> None:
+    """Apply the store's retention limits every ``retention.interval`` seconds (see notary.retention)."""
+    while True:
+        try:
+            deleted = await store.enforce_retention(config.retention, clock())
+            if any(deleted.values()):
+                log.info("retention: deleted %s", deleted)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a failed pass must never end the loop
+            log.warning("retention pass failed: %s", exc)
+        await asyncio.sleep(config.retention.interval)
 
 
 async def _rescan_loop(service: ObservationService, config: NotaryConfig) -> None:

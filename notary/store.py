@@ -16,6 +16,12 @@ and concurrent :meth:`~SQLiteStore.add` calls are *group-committed*: all rounds
 waiting when the writer runs go into one transaction with one fsync.  A failed
 transaction is rolled back whole and every waiting caller gets a
 :class:`~notary.errors.StoreError`.
+
+Each distinct presented chain is stored once, in ``chains``, keyed by the
+SHA-256 of its canonical form (content-addressed); an observation row keeps
+only a reference.  The schema is versioned (``PRAGMA user_version``) and
+migrated forward on open (:mod:`notary.migrations`).  Retention by age and by
+total size (:mod:`notary.retention`) runs through :meth:`SQLiteStore.enforce_retention`.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from notary.core import KeySighting, ProbeResult, Target
 from notary.errors import StoreError
+from notary.migrations import SCHEMA_VERSION, join_record, migrate, split_record
+from notary.retention import RetentionLimits, enforce_retention
 
-__all__ = ["Store", "SQLiteStore"]
+__all__ = ["Store", "SQLiteStore", "SCHEMA_VERSION"]
 
 T = TypeVar("T")
 
@@ -48,25 +56,6 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS rounds (
-    id INTEGER PRIMARY KEY,
-    host TEXT NOT NULL, port INTEGER NOT NULL, sni TEXT NOT NULL,
-    all_addresses INTEGER NOT NULL, observed_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS rounds_target ON rounds (host, port, sni, all_addresses, id);
-CREATE TABLE IF NOT EXISTS observations (
-    id INTEGER PRIMARY KEY,
-    round_id INTEGER NOT NULL REFERENCES rounds(id),
-    host TEXT NOT NULL, port INTEGER NOT NULL, ip TEXT,
-    status TEXT NOT NULL, spki_sha256 TEXT, observed_at INTEGER NOT NULL,
-    record BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS observations_hpi ON observations (host, port, ip, observed_at);
-CREATE INDEX IF NOT EXISTS observations_keys ON observations (host, port, spki_sha256);
-CREATE INDEX IF NOT EXISTS observations_round ON observations (round_id);
-"""
 
 _Round = tuple[Sequence[ProbeResult], bool]
 
@@ -93,7 +82,7 @@ class SQLiteStore:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
                 db.execute("PRAGMA busy_timeout=5000")
-                db.executescript(_SCHEMA)
+                migrate(db)
             except BaseException:
                 db.close()
                 raise
@@ -101,7 +90,7 @@ class SQLiteStore:
 
         try:
             db = await asyncio.get_running_loop().run_in_executor(executor, connect)
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, StoreError) as exc:
             executor.shutdown(wait=False)
             raise StoreError(f"cannot open observation store {path}: {exc}") from None
         return cls(path, executor, db)
@@ -149,11 +138,17 @@ class SQLiteStore:
                     (t.host, t.port, t.sni or "", int(all_addresses), results[0].observed_at),
                 )
                 round_id = cur.lastrowid
+                rows = []
+                for r in results:
+                    record, chain_key, chain = split_record(r)
+                    if chain_key is not None:
+                        db.execute("INSERT OR IGNORE INTO chains (sha256, chain) VALUES (?,?)", (chain_key, chain))
+                    rows.append((round_id, r.target.host, r.target.port, r.ip, r.status, r.spki_sha256,
+                                 r.observed_at, record, chain_key))
                 db.executemany(
-                    "INSERT INTO observations (round_id, host, port, ip, status, spki_sha256, observed_at, record)"
-                    " VALUES (?,?,?,?,?,?,?,?)",
-                    [(round_id, r.target.host, r.target.port, r.ip, r.status, r.spki_sha256, r.observed_at,
-                      r.to_record()) for r in results],
+                    "INSERT INTO observations (round_id, host, port, ip, status, spki_sha256, observed_at, record,"
+                    " chain_sha256) VALUES (?,?,?,?,?,?,?,?,?)",
+                    rows,
                 )
             db.execute("COMMIT")
         except BaseException:
@@ -166,11 +161,12 @@ class SQLiteStore:
 
     async def latest(self, target: Target, *, all_addresses: bool) -> list[ProbeResult]:
         rows = await self._run(lambda: self._fetch(
-            "SELECT record FROM observations WHERE round_id = (SELECT max(id) FROM rounds"
-            " WHERE host=? AND port=? AND sni=? AND all_addresses=?) ORDER BY id",
+            "SELECT o.record, c.chain FROM observations o LEFT JOIN chains c ON c.sha256 = o.chain_sha256"
+            " WHERE o.round_id = (SELECT max(id) FROM rounds"
+            " WHERE host=? AND port=? AND sni=? AND all_addresses=?) ORDER BY o.id",
             (target.host, target.port, target.sni or "", int(all_addresses)),
         ), "read observations")
-        return [ProbeResult.from_record(bytes(row[0])) for row in rows]
+        return [join_record(bytes(row[0]), None if row[1] is None else bytes(row[1])) for row in rows]
 
     async def key_history(self, target: Target, *, limit: int = 32) -> tuple[KeySighting, ...]:
         # Keyed by SNI too: a key served for another name on the same address must
@@ -187,6 +183,10 @@ class SQLiteStore:
     async def count(self) -> int:
         rows = await self._run(lambda: self._fetch("SELECT count(*) FROM observations", ()), "count observations")
         return int(rows[0][0])
+
+    async def enforce_retention(self, limits: RetentionLimits, now: int) -> dict[str, int]:
+        """Delete what :class:`~notary.retention.RetentionLimits` no longer keeps; return the counts."""
+        return await self._run(lambda: enforce_retention(self._db, limits, now), "apply retention")
 
     async def close(self) -> None:
         if self._closed:

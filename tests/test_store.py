@@ -219,11 +219,13 @@ async def test_every_returned_observation_survives_kill_9(tmp_path: Path, certs)
             for obs in returned:
                 assert (obs.observed_at, obs.spki_sha256, "ok") in rows
             for obs in returned:
-                record = db.execute(
-                    "SELECT record FROM observations WHERE host=? AND port=? AND observed_at=?",
+                # The chain is stored once, content-addressed, in ``chains`` (schema v2).
+                chain = db.execute(
+                    "SELECT c.chain FROM observations o JOIN chains c ON c.sha256 = o.chain_sha256"
+                    " WHERE o.host=? AND o.port=? AND o.observed_at=?",
                     ("127.0.0.1", target.port, obs.observed_at),
                 ).fetchone()[0]
-                assert base64.b64encode(obs.chain[0]).decode() in json.loads(record)["chain"]
+                assert base64.b64encode(obs.chain[0]).decode() in json.loads(chain)
         count_before = len(rows)
 
         # Restart on the same data dir: the history is there and the notary serves again.

@@ -49,6 +49,7 @@ def make_parser() -> argparse.ArgumentParser:
     from client.cli._local import add_local_commands
     from client.cli._notary import add_notary_commands
     from client.cli._pins import add_pins_commands
+    from client.cli._store import add_store_commands
     from client.conformance import add_conformance_command
     from client.helper.cli import add_helper_commands
 
@@ -62,6 +63,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND",
                                 title="commands")
     add_notary_commands(sub)
+    add_store_commands(sub)
     add_check_command(sub)
     add_pins_commands(sub)
     add_bundle_commands(sub)

@@ -42,6 +42,7 @@ def build_config(args: argparse.Namespace, *, url: str | None) -> Any:
     from notary.config import NotaryConfig
     from notary.core import AddressPolicy, Target, parse_networks
     from notary.prober import ProbeLimits
+    from notary.retention import RetentionLimits
     from notary.service import ServiceLimits
 
     ports: frozenset[int] | None
@@ -65,6 +66,7 @@ def build_config(args: argparse.Namespace, *, url: str | None) -> Any:
         max_targets=args.max_targets, rate_per_client=args.rate, burst_per_client=args.burst,
         watch=watch, rescan_interval=args.rescan_interval,
         trusted_proxies=parse_networks(args.trusted_proxy),
+        retention=RetentionLimits(max_age_days=args.retain_days, max_bytes=args.max_store_bytes),
     )
 
 
@@ -232,6 +234,10 @@ def add_notary_commands(sub: Any) -> None:
     p.add_argument("--watch", action="append", default=[], metavar="HOST[:PORT]",
                    help="re-scan this target periodically to build key history (repeatable; default: none)")
     p.add_argument("--rescan-interval", type=int, default=3600, metavar="SECONDS", help="period of the --watch re-scans")
+    p.add_argument("--retain-days", type=int, default=90, metavar="DAYS",
+                   help="keep observations this many days")
+    p.add_argument("--max-store-bytes", type=int, default=1024 ** 3, metavar="BYTES",
+                   help="keep at most this many bytes of observations, oldest dropped first (1 GiB)")
     p.add_argument("--init", action="store_true", help="generate a key on first start if none exists")
     p.add_argument("--export-entry", metavar="PATH", help="also write this notary's bundle entry to PATH (default: only DIR/identity.json)")
     p.add_argument("--access-log", action="store_true",

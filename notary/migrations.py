@@ -1,0 +1,121 @@
+"""The observation store's schema, its version, and the migrations between versions.
+
+``PRAGMA user_version`` holds the schema version.  Version 1 (the first
+release; it never set ``user_version``, so it reads 0 with the tables present)
+kept each observation's whole record, chain included, in its row, and stored
+policy refusals.  Version 2 keeps each distinct chain once in ``chains``,
+keyed by the SHA-256 of its canonical JSON (a list of base64 DER, leaf first),
+and holds no ``blocked_by_policy`` rows.  :func:`migrate` brings any older
+database to :data:`SCHEMA_VERSION` in one transaction (a failed migration
+leaves the database as it was) and refuses a newer one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+
+from notary.core import ProbeResult, canonical
+from notary.errors import StoreError
+
+__all__ = ["SCHEMA_VERSION", "migrate", "split_record", "join_record", "schema_version"]
+
+SCHEMA_VERSION = 2
+
+#: Version 1 exactly as the first release created it (kept for the migration tests and docs).
+SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS rounds (
+    id INTEGER PRIMARY KEY,
+    host TEXT NOT NULL, port INTEGER NOT NULL, sni TEXT NOT NULL,
+    all_addresses INTEGER NOT NULL, observed_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rounds_target ON rounds (host, port, sni, all_addresses, id);
+CREATE TABLE IF NOT EXISTS observations (
+    id INTEGER PRIMARY KEY,
+    round_id INTEGER NOT NULL REFERENCES rounds(id),
+    host TEXT NOT NULL, port INTEGER NOT NULL, ip TEXT,
+    status TEXT NOT NULL, spki_sha256 TEXT, observed_at INTEGER NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS observations_hpi ON observations (host, port, ip, observed_at);
+CREATE INDEX IF NOT EXISTS observations_keys ON observations (host, port, spki_sha256);
+CREATE INDEX IF NOT EXISTS observations_round ON observations (round_id);
+"""
+
+_V2_ADDITIONS = """
+ALTER TABLE observations ADD COLUMN chain_sha256 TEXT;
+CREATE TABLE IF NOT EXISTS chains (sha256 TEXT PRIMARY KEY, chain BLOB NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS observations_chain ON observations (chain_sha256);
+CREATE INDEX IF NOT EXISTS rounds_age ON rounds (observed_at);
+"""
+
+
+def split_record(result: ProbeResult) -> tuple[bytes, str | None, bytes | None]:
+    """(record without its chain, chain key or None, chain bytes or None) for storage."""
+    d = canonical.decode(result.to_record())
+    chain = d["chain"]
+    if not chain:
+        return result.to_record(), None, None
+    blob = canonical.encode(chain)
+    d["chain"] = []
+    return canonical.encode(d), hashlib.sha256(blob).hexdigest(), blob
+
+
+def join_record(record: bytes, chain: bytes | None) -> ProbeResult:
+    """The :class:`ProbeResult` of a stored row (its chain re-attached)."""
+    if chain is None:
+        return ProbeResult.from_record(record)
+    d = canonical.decode(record)
+    d["chain"] = canonical.decode(chain)
+    return ProbeResult.from_record(canonical.encode(d))
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    """The database's schema version: 0 for an empty database, 1 for the unversioned first release."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version == 0:
+        has = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='observations'").fetchone()
+        return 1 if has else 0
+    return version
+
+
+def _v1_to_v2(db: sqlite3.Connection) -> None:
+    for statement in filter(None, (s.strip() for s in _V2_ADDITIONS.split(";"))):
+        db.execute(statement)
+    db.execute("DELETE FROM observations WHERE status = 'blocked_by_policy'")
+    last = 0
+    while True:
+        rows = db.execute(
+            "SELECT id, record FROM observations WHERE id > ? AND status = 'ok' ORDER BY id LIMIT 500", (last,)
+        ).fetchall()
+        if not rows:
+            break
+        for row_id, record in rows:
+            stored, key, blob = split_record(ProbeResult.from_record(bytes(record)))
+            if key is not None:
+                db.execute("INSERT OR IGNORE INTO chains (sha256, chain) VALUES (?,?)", (key, blob))
+            db.execute("UPDATE observations SET record = ?, chain_sha256 = ? WHERE id = ?", (stored, key, row_id))
+            last = row_id
+    db.execute("DELETE FROM rounds WHERE id NOT IN (SELECT round_id FROM observations)")
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Create or migrate the schema to :data:`SCHEMA_VERSION`; return the version found."""
+    found = schema_version(db)
+    if found > SCHEMA_VERSION:
+        raise StoreError(f"store schema version {found} is newer than this notary understands ({SCHEMA_VERSION})")
+    if found == SCHEMA_VERSION:
+        return found
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if found == 0:
+            for statement in filter(None, (s.strip() for s in SCHEMA_V1.split(";"))):
+                db.execute(statement)
+        if found <= 1:
+            _v1_to_v2(db)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return found
