@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 import notary
+from notary.answercap import cap_answer
 from notary.config import NotaryConfig
 from notary.connguard import ConnectionGuard
 from notary.core.addrpolicy import IPAddress, IPNetwork
@@ -216,8 +217,13 @@ async def _observe_many(request: web.Request, targets: list[Target], nonce: str,
     # One token per target was taken up front; an answer with several addresses per
     # target costs one token per envelope, so big answers cannot be had at a discount.
     request.app[LIMITER].charge(_client(request), sum(map(len, envelopes)) - len(targets))
+    capped, _ = cap_answer(
+        list(envelopes), request.app[CONFIG].max_answer_bytes,
+        lambda t, ip, detail: service.sign_error(
+            Target(t["host"], t["port"], t["sni"]), ip, nonce, "answer_too_large", detail),
+    )
     return web.json_response(
-        {"results": [{"target": t.to_json(), "envelopes": e} for t, e in zip(targets, envelopes)]}
+        {"results": [{"target": t.to_json(), "envelopes": e} for t, e in zip(targets, capped)]}
     )
 
 

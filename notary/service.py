@@ -125,6 +125,15 @@ class ObservationService:
             for r in results
         ]
 
+    def sign_error(self, target: Target, ip: str | None, nonce: str, status: str, detail: str) -> dict[str, Any]:
+        """A signed error observation made now (not a probe: ``answer_too_large`` and the like)."""
+        now = self.clock()
+        return sign_observation(
+            Observation.from_probe(ProbeResult.failure(target, ip, now, status, detail), notary=self.key.key_id,
+                                   nonce=nonce, signed_at=now, source="fresh"),
+            self.key,
+        )
+
     async def _results(
         self, target: Target, max_age: int | None, all_addresses: bool
     ) -> tuple[list[ProbeResult], str]:
