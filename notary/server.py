@@ -31,7 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 import notary
 from notary.answercap import cap_answer
 from notary.config import NotaryConfig
-from notary.connguard import ConnectionGuard
+from notary.connguard import ConnectionGuard, raise_fd_limit
 from notary.core.addrpolicy import IPAddress, IPNetwork
 from notary.core import Identity, SigningKey, Target, canonical_decode, sign_identity, validate_nonce
 from notary.errors import EncodingError, InputError, ParallaxError
@@ -400,6 +400,7 @@ def run(config: NotaryConfig, key: SigningKey, host: str, port: int, *, relay: R
     (``--access-log``, an operator's explicit opt-in) turns aiohttp's on, which does.
     ``on_bound`` runs once the listener is bound, and only then.
     """
+    raise_fd_limit()  # before the guard sizes its connection cap from the limit
     app = create_app(config, key, relay=relay)
     asyncio.run(serve_app(app, host, port, app[GUARD], on_bound,
                           access_log=logging.getLogger("aiohttp.access") if access_log else None))
