@@ -44,6 +44,7 @@ class NotaryConfig:
     conn_limits: ConnLimits = field(default_factory=ConnLimits)
     retention: RetentionLimits = field(default_factory=RetentionLimits)
     max_answer_bytes: int = 1024 * 1024
+    rate_limit_delay: float = 1.0
 
     @property
     def db_path(self) -> Path:

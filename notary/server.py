@@ -86,6 +86,10 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
         code = exc.status
         if exc.status < 400:
             raise
+        if isinstance(exc, _TooMany) and exc.delay > 0:
+            # Hold a 429 a moment: a client over its rate gets its answers at most this fast
+            # per connection, so flooding costs the notary little (connections are capped too).
+            await asyncio.sleep(exc.delay)
         if exc.status == 413:
             return _error(413, "body_too_large", f"request body larger than {request.app[CONFIG].max_body_bytes} bytes")
         # Keep only the headers that carry meaning (Allow on 405, Retry-After on 429);
@@ -149,14 +153,21 @@ def _client(request: web.Request) -> str:
 
 
 def _rate_limit(request: web.Request, cost: int) -> None:
-    wait = request.app[LIMITER].check(_client(request), time.monotonic(), cost)
+    limiter, client, now = request.app[LIMITER], _client(request), time.monotonic()
+    wait = limiter.check(client, now, cost)
     if wait > 0:
-        raise _TooMany(wait)
+        # A refused request is charged too (down to -burst): a client that keeps asking while
+        # limited stays limited.  Retry-After is the wait after that charge.  The 429 is held
+        # for half that wait (at most rate_limit_delay), never long enough to earn a token back.
+        limiter.charge(client, cost)
+        wait = limiter.check(client, now, cost)
+        raise _TooMany(wait, min(wait / 2, request.app[CONFIG].rate_limit_delay))
 
 
 class _TooMany(web.HTTPTooManyRequests):
-    def __init__(self, wait: float) -> None:
+    def __init__(self, wait: float, delay: float = 0.0) -> None:
         super().__init__(headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        self.delay = delay
 
 
 async def _identity(request: web.Request) -> web.Response:

@@ -93,13 +93,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         entry = bundle_entry(config.name, url, config.region, key.key_id, key.verify_key.b64, config.country,
                              config.rir, relay=relay is not None)
 
-        def bound(_addr: tuple[str, int]) -> None:
+        def bound(addr: tuple[str, int]) -> None:
             # Only once the listener is bound: a serve that cannot bind changes nothing on disk.
             write_identity(Path(args.data_dir), entry)
             if args.export_entry:
                 Path(args.export_entry).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.export_entry).write_text(json.dumps(entry, indent=2) + "\n")
-            print(json.dumps({"serving": url, "key_id": key.key_id, "region": config.region}), flush=True)
+            listening = f"{'[' + addr[0] + ']' if ':' in addr[0] else addr[0]}:{addr[1]}"
+            print(json.dumps({"serving": url, "key_id": key.key_id, "region": config.region, "listening": listening}),
+                  flush=True)
 
         run(config, key, host, port, relay=relay, access_log=args.access_log, on_bound=bound)
     finally:

@@ -1,0 +1,40 @@
+"""A client that keeps asking while rate limited stays limited (found by bench/abuse.py: refused
+requests were free, so an abuser at full speed kept its bucket full enough to cost the notary
+thousands of answers a second).  A refused request is charged, and its 429 held a moment."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from notary.config import NotaryConfig
+from notary.core import SigningKey
+from notary.server import create_app
+
+
+async def test_asking_again_while_limited_keeps_a_client_limited(tmp_path: Path) -> None:
+    app = create_app(NotaryConfig(data_dir=tmp_path, rate_per_client=1.0, burst_per_client=2), SigningKey.generate())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/notary"
+    try:
+        async with aiohttp.ClientSession() as s:
+            async def get() -> tuple[int, int]:
+                async with s.get(url) as r:
+                    return r.status, int(r.headers.get("Retry-After", "0"))
+            assert [(await get())[0] for _ in range(2)] == [200, 200]
+            statuses = []
+            for _ in range(3):
+                status, retry = await get()
+                statuses.append(status)
+                await asyncio.sleep(0.6)  # slower than the burst, but never waiting out Retry-After
+            # Before the fix the third try found 1.2 fresh tokens and was served.
+            assert statuses == [429, 429, 429]
+            await asyncio.sleep(retry + 0.1)  # a client that waits as told is served again
+            assert (await get())[0] == 200
+    finally:
+        await runner.cleanup()
