@@ -19,6 +19,7 @@
 # registry is reachable) a Debian bookworm rootfs imported under that tag by
 # .ci/install-container-engine.sh; only `python3` and `python3 -m pip` are used,
 # which both provide.
+# PARALLAX_REGION has no default: `serve` refuses to start without a region.
 
 FROM python:3.11-slim
 
@@ -44,7 +45,7 @@ WORKDIR /data
 USER 10001:10001
 
 ENV PARALLAX_NAME=notary \
-    PARALLAX_REGION=unknown \
+    PARALLAX_REGION= \
     PARALLAX_URL= \
     PARALLAX_LOG=INFO
 

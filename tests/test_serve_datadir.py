@@ -69,4 +69,8 @@ def test_serve_requires_a_region(keyed: tuple[Path, dict[str, Any]]) -> None:
     d, _ = keyed
     line = assert_one_line_error(run("serve", "--data-dir", str(d), "--listen", f"127.0.0.1:{free_port()}"), 64)
     assert "--region" in line
+    for empty in ("", "  "):  # an unset $PARALLAX_REGION in a container
+        line = assert_one_line_error(run("serve", "--data-dir", str(d), "--region", empty,
+                                         "--listen", f"127.0.0.1:{free_port()}"), 64)
+        assert "--region" in line
     assert not (d / "identity.json").exists()

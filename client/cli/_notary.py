@@ -26,6 +26,14 @@ def _listen(text: str) -> tuple[str, int]:
     return host_port(text)
 
 
+def _region(text: str) -> str:
+    """A region name: not empty (an empty ``$PARALLAX_REGION`` must not pass as a region)."""
+    text = text.strip()
+    if not text or len(text) > 64 or not text.isprintable():
+        raise argparse.ArgumentTypeError("--region must be a region name (1-64 printable characters)")
+    return text
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from notary.keyfile import generate_encrypted_key_file, generate_key_file
 
@@ -213,7 +221,7 @@ def add_notary_commands(sub: Any) -> None:
     p.add_argument("--listen", type=_listen, default=("127.0.0.1", 8443), metavar="HOST:PORT",
                    help="address to listen on ([v6]:PORT for IPv6)")
     p.add_argument("--name", default="notary", help="this notary's name in its identity and bundle entry")
-    p.add_argument("--region", required=True,
+    p.add_argument("--region", required=True, type=_region,
                    help="region label; quorum policies count distinct regions (required: no silent default; "
                         "pass 'unknown' explicitly if it really is unknown)")
     p.add_argument("--country", help="ISO 3166 country code, for diversity rules (default: unset)")
