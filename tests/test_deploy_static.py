@@ -467,12 +467,20 @@ def test_compose_commands_parse_with_the_real_cli(tmp_path: Path) -> None:
         assert args.url == service_env(svc)["PARALLAX_URL"]
         assert args.export_entry == f"/bundle/entries/{pname}.json"
     # Without PARALLAX_URL the image passes no --url at all.
-    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", **dockerfile_env(), "PARALLAX_NAME": "x y"}
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", **dockerfile_env(), "PARALLAX_NAME": "x y",
+           "PARALLAX_REGION": "eu-west"}
     out = subprocess.run(container_argv(None) + ["--allow-port", "any"], env=env,
                          capture_output=True, text=True, timeout=20, check=True)
     argv = json.loads(out.stdout)
     assert "--url" not in argv and argv[-2:] == ["--allow-port", "any"]
     assert parse_serve(["parallax", *argv]).export_entry == "/bundle/entries/x y.json"
+    # The image has no default region: without PARALLAX_REGION, serve refuses to start.
+    del env["PARALLAX_REGION"]
+    out = subprocess.run(container_argv(None), env=env, capture_output=True, text=True, timeout=20, check=True)
+    from client.cli._common import Exit
+
+    with pytest.raises(Exit, match="--region"):
+        parse_serve(["parallax", *json.loads(out.stdout)])
 
 
 # -- Kubernetes ----------------------------------------------------------------
