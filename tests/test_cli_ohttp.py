@@ -41,11 +41,11 @@ def test_ohttp_rotate(tmp_path: Path) -> None:
 
 def test_serve_relay_flags_need_each_other(tmp_path: Path) -> None:
     run("keygen", "--data-dir", str(tmp_path / "n"))
-    p = run("serve", "--data-dir", str(tmp_path / "n"), "--relay")
+    p = run("serve", "--region", "test", "--data-dir", str(tmp_path / "n"), "--relay")
     assert "--bundle" in assert_one_line_error(p, 64)
-    p = run("serve", "--data-dir", str(tmp_path / "n"), "--bundle", str(_bundle_file(tmp_path)))
+    p = run("serve", "--region", "test", "--data-dir", str(tmp_path / "n"), "--bundle", str(_bundle_file(tmp_path)))
     assert "--relay" in assert_one_line_error(p, 64)
-    p = run("serve", "--data-dir", str(tmp_path / "n"), "--relay", "--bundle", str(tmp_path / "missing.json"))
+    p = run("serve", "--region", "test", "--data-dir", str(tmp_path / "n"), "--relay", "--bundle", str(tmp_path / "missing.json"))
     assert_one_line_error(p, 66)
 
 
