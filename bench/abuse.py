@@ -11,7 +11,8 @@ each from its own 127.1.x.y source address) ask for it once every
 1. **baseline**: the well-behaved clients alone (5xx count, p50/p99 latency);
 2. **abuse**: the same, plus two abusive addresses (16 connections each) asking
    as fast as they can: 429s to them, and the others' p99 against the
-   baseline's (goal: ratio <= 2);
+   baseline's (goal: ratio <= 2).  Phases 1 and 2 run as ``--rounds``
+   interleaved segments (order alternating) whose latencies are pooled;
 3. **slowloris**: the same, plus ``--slow`` connections (from 100 addresses)
    that trickle one header byte a second and reconnect when closed: legit p99
    (goal < 1 s) and every slow connection closed by the head deadline
@@ -295,8 +296,9 @@ def _start_notary(data: Path, log: Path) -> tuple[subprocess.Popen[str], int]:
     return proc, int(json.loads(line)["listening"].rsplit(":", 1)[1])
 
 
-async def _legit_phase(port: int, path: str, clients: int, interval: float, duration: float) -> dict[str, Any]:
-    tally = Tally()
+async def _legit_phase(port: int, path: str, clients: int, interval: float, duration: float,
+                       tally: Tally | None = None) -> dict[str, Any]:
+    tally = tally if tally is not None else Tally()
     until = time.monotonic() + duration
     sources = [f"127.1.{i // 250}.{i % 250 + 1}" for i in range(clients)]
     await asyncio.gather(*(_client_loop(port, src, lambda: _get(path + _nonce()), until, interval, tally)
@@ -331,14 +333,37 @@ async def run(args: argparse.Namespace) -> int:
             assert status == 200, body
             d = args.duration
 
-            print(f"phase 1/4 baseline: {args.clients} clients, {d:g}s", flush=True)
-            rows["baseline"] = await _legit_phase(port, path, args.clients, args.interval, d)
-
-            print("phase 2/4 abuse: + 2 addresses at full speed", flush=True)
-            ab = Child("abuser", {"port": port, "path": path, "duration": d, "connections": 16,
-                                  "sources": ["127.2.0.1", "127.2.0.2"]})
-            rows["abuse"] = await _legit_phase(port, path, args.clients, args.interval, d)
-            extra["abusers"] = await asyncio.to_thread(ab.result, 60)
+            # Baseline and abuse are measured in interleaved segments (order alternating each
+            # round) and pooled, so noise from the shared machine falls on both alike.
+            seg = d / args.rounds
+            pooled = {"baseline": Tally(), "abuse": Tally()}
+            abusers: list[dict[str, Any]] = []
+            per_round: list[tuple[float, float]] = []
+            print(f"phases 1-2/4 baseline and abuse (2 addresses at full speed): {args.clients} clients, "
+                  f"{args.rounds} interleaved rounds of {seg:g}s each", flush=True)
+            for rnd in range(args.rounds):
+                order = ["baseline", "abuse"] if rnd % 2 == 0 else ["abuse", "baseline"]
+                p99 = {}
+                for cond in order:
+                    t = Tally()
+                    if cond == "abuse":
+                        ab = Child("abuser", {"port": port, "path": path, "duration": seg, "connections": 16,
+                                              "sources": ["127.2.0.1", "127.2.0.2"]})
+                    p99[cond] = (await _legit_phase(port, path, args.clients, args.interval, seg, t))["p99_ms"]
+                    pooled[cond].latencies += t.latencies
+                    pooled[cond].errors += t.errors
+                    for c, n in t.codes.items():
+                        pooled[cond].codes[c] = pooled[cond].codes.get(c, 0) + n
+                    if cond == "abuse":
+                        abusers.append(await asyncio.to_thread(ab.result, 60))
+                per_round.append((p99["baseline"], p99["abuse"]))
+            rows["baseline"], rows["abuse"] = pooled["baseline"].summary(), pooled["abuse"].summary()
+            codes: dict[str, int] = {}
+            for a in abusers:
+                for c, n in a.get("codes", {}).items():
+                    codes[c] = codes.get(c, 0) + n
+            extra["abusers"] = {"requests": sum(a.get("requests", 0) for a in abusers), "codes": codes}
+            extra["rounds_p99_ms"] = per_round
 
             print(f"phase 3/4 slowloris: + {args.slow} slow connections", flush=True)
             ds = max(d, HEAD_TIMEOUT + 4)  # long enough for the head deadline to act
@@ -369,6 +394,7 @@ async def run(args: argparse.Namespace) -> int:
         print(f"{name:<12} {r['requests']:>9} {r['5xx']:>5} {r['errors']:>7} {r['p50_ms']:>8} {r['p99_ms']:>8}  {r['codes']}")
     ab, sl, tp, fr = extra["abusers"], extra["slow"], extra["tarpit_flood"], extra["fresh_probe_during_flood"]
     print(f"abusers (2 addresses x 16 connections): requests={ab.get('requests')} codes={ab.get('codes')}")
+    print("p99 ms per round (baseline, abuse): " + ", ".join(f"({b}, {a})" for b, a in extra["rounds_p99_ms"]))
     print(f"slowloris: connections made={sl.get('made')} closed by server={sl.get('closed_by_server')} "
           f"longest life={sl.get('max_life_s')}s over deadline={sl.get('over_deadline')} refused={sl.get('refused')}")
     print(f"tarpit flood: requests={tp.get('requests')} codes={tp.get('codes')} probe statuses={tp.get('probe_statuses')}")
@@ -403,6 +429,7 @@ def main() -> int:
     p.add_argument("--interval", type=float, default=2.0, help="seconds between a client's requests")
     p.add_argument("--duration", type=float, default=60.0, help="seconds per phase (at most 120)")
     p.add_argument("--slow", type=int, default=1000, help="slowloris connections")
+    p.add_argument("--rounds", type=int, default=6, help="interleaved baseline/abuse rounds")
     p.add_argument("--role", choices=["abuser", "slow", "tarpit"], help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     args = p.parse_args()

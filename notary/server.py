@@ -287,7 +287,14 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    request.app[METRICS]["inflight"].set(request.app[SERVICE].inflight)
+    metrics, guard, service = request.app[METRICS], request.app[GUARD], request.app[SERVICE]
+    metrics["inflight"].set(service.inflight)
+    metrics["queued"].set(service.scheduler.queued)
+    metrics["connections"].set(guard.open)
+    for kind, n in guard.refused.items():
+        metrics["conn_events"].labels(event=f"refused_{kind}").set(n)
+    for kind, n in guard.closed.items():
+        metrics["conn_events"].labels(event=f"closed_{kind}").set(n)
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -302,6 +309,10 @@ def _make_metrics(registry: CollectorRegistry) -> dict[str, Any]:
         "probes": Counter("parallax_probes", "Probes by result status", ["status"], registry=registry),
         "inflight": Gauge("parallax_probes_inflight", "Probes in flight", registry=registry),
         "probe_seconds": Histogram("parallax_probe_seconds", "Probe duration", registry=registry),
+        "connections": Gauge("parallax_connections_open", "Client connections open now", registry=registry),
+        "conn_events": Gauge("parallax_connection_events", "Connections refused (client, global cap) or closed "
+                             "(head, idle deadline) since start", ["event"], registry=registry),
+        "queued": Gauge("parallax_probes_queued", "Probes waiting for a slot", registry=registry),
     }
 
 

@@ -149,9 +149,16 @@ async def test_per_client_and_global_connection_caps(tmp_path: Path) -> None:
         r, w = held[0]
         w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
+        assert guard.refused == {"client": 1, "global": 1}
+        r, w = held[1]
+        w.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+        length = int(next(ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")).split(b":")[1])
+        text = (await r.readexactly(length)).decode()
+        assert 'parallax_connection_events{event="refused_client"} 1.0' in text
+        assert 'parallax_connection_events{event="refused_global"} 1.0' in text
         for _, w in held:
             w.close()
-        assert guard.refused == {"client": 1, "global": 1}
 
 
 def test_throttled_log_folds_repeats() -> None:
