@@ -7,7 +7,10 @@ policy refusals.  Version 2 keeps each distinct chain once in ``chains``,
 keyed by the SHA-256 of its canonical JSON (a list of base64 DER, leaf first),
 and holds no ``blocked_by_policy`` rows.  :func:`migrate` brings any older
 database to :data:`SCHEMA_VERSION` in one transaction (a failed migration
-leaves the database as it was) and refuses a newer one.
+leaves the database as it was) and refuses a newer one.  It runs when a new
+notary (or ``parallax store compact``) first opens an older store; a large
+version-1 store takes a while (every chain is hashed once), and the space the
+old rows held is given back only by ``store compact``.
 """
 
 from __future__ import annotations

@@ -88,36 +88,44 @@ def _drop_orphan_chains(db: sqlite3.Connection) -> int:
     return cur.rowcount
 
 
-def _open(path: Path) -> sqlite3.Connection:
+def _open(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     from notary.migrations import migrate
 
     if not path.exists():
         raise StoreError(f"no observation store at {path}")
     try:
-        db = sqlite3.connect(path, isolation_level=None)
+        if read_only:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+        else:
+            db = sqlite3.connect(path, isolation_level=None)
         db.execute("PRAGMA busy_timeout=5000")
-        migrate(db)
+        if not read_only:
+            migrate(db)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open observation store {path}: {exc}") from None
     return db
 
 
 def store_info(path: Path) -> dict[str, Any]:
-    """Sizes and counts of the store at ``path`` (migrating it first if it is older)."""
-    db = _open(path)
+    """Sizes and counts of the store at ``path``.  Only reads: an older schema is reported, not migrated
+    (``chains`` is ``None`` before version 2, which stored each chain in its observation's row)."""
+    from notary.migrations import schema_version
+
+    db = _open(path, read_only=True)
     try:
         def one(sql: str) -> Any:
             return db.execute(sql).fetchone()[0]
         wal = path.with_name(path.name + "-wal")
+        version = schema_version(db)
         return {
             "path": str(path),
-            "schema_version": int(one("PRAGMA user_version")),
+            "schema_version": version,
             "file_bytes": path.stat().st_size,
             "wal_bytes": wal.stat().st_size if wal.exists() else 0,
             "live_bytes": _live_bytes(db),
             "rounds": int(one("SELECT count(*) FROM rounds")),
             "observations": int(one("SELECT count(*) FROM observations")),
-            "chains": int(one("SELECT count(*) FROM chains")),
+            "chains": int(one("SELECT count(*) FROM chains")) if version >= 2 else None,
             "oldest": one("SELECT min(observed_at) FROM rounds"),
             "newest": one("SELECT max(observed_at) FROM rounds"),
         }

@@ -142,13 +142,18 @@ def test_store_info_and_compact_commands(tmp_path: Path) -> None:
     info = subprocess.run([*PARALLAX, "store", "info", "--data-dir", str(data)], capture_output=True, text=True, timeout=60)
     assert info.returncode == 0, info.stderr
     doc = json.loads(info.stdout)
-    assert doc["schema_version"] == 2 and doc["observations"] == 3 and doc["chains"] == 1
+    assert doc["schema_version"] == 1 and doc["observations"] == 4 and doc["chains"] is None  # info only reads
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 0  # untouched
     out = subprocess.run([*PARALLAX, "store", "compact", "--data-dir", str(data), "--max-age-days", "1"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     done = json.loads(out.stdout)
-    assert done["deleted"]["rounds_by_age"] == 3  # everything is from 2023
+    assert done["deleted"]["rounds_by_age"] == 3  # everything is from 2023 (the refusal went in the migration)
     assert done["file_bytes_after"] <= done["file_bytes_before"]
+    after = json.loads(subprocess.run([*PARALLAX, "store", "info", "--data-dir", str(data)], capture_output=True,
+                                      text=True, timeout=60).stdout)
+    assert after["schema_version"] == 2 and after["chains"] == 0
     assert json.loads(subprocess.run([*PARALLAX, "store", "info", "--data-dir", str(data)], capture_output=True,
                                      text=True, timeout=60).stdout)["rounds"] == 0
     missing = subprocess.run([*PARALLAX, "store", "info", "--data-dir", str(tmp_path / "none")],
