@@ -347,7 +347,7 @@ async def run(args: argparse.Namespace) -> int:
                 for cond in order:
                     t = Tally()
                     if cond == "abuse":
-                        ab = Child("abuser", {"port": port, "path": path, "duration": seg, "connections": 16,
+                        ab = Child("abuser", {"port": port, "path": path, "duration": seg, "connections": args.abuse_connections,
                                               "sources": ["127.2.0.1", "127.2.0.2"]})
                     p99[cond] = (await _legit_phase(port, path, args.clients, args.interval, seg, t))["p99_ms"]
                     pooled[cond].latencies += t.latencies
@@ -430,6 +430,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=60.0, help="seconds per phase (at most 120)")
     p.add_argument("--slow", type=int, default=1000, help="slowloris connections")
     p.add_argument("--rounds", type=int, default=6, help="interleaved baseline/abuse rounds")
+    p.add_argument("--abuse-connections", type=int, default=16, help="connections per abusive address")
     p.add_argument("--role", choices=["abuser", "slow", "tarpit"], help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     args = p.parse_args()
