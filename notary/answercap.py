@@ -32,7 +32,8 @@ def _size(envelope: dict[str, Any]) -> int:
 
 
 def _payload(envelope: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(base64.b64decode(envelope["payload"]))
+    payload: dict[str, Any] = json.loads(base64.b64decode(envelope["payload"]))
+    return payload
 
 
 def cap_answer(groups: list[list[dict[str, Any]]], max_bytes: int, sign_error: SignError) -> tuple[list[list[dict[str, Any]]], int]:

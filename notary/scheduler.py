@@ -171,11 +171,10 @@ class _Fair:
 
     def _dispatch(self) -> None:
         while self.used < self.total:
-            for client, q in self._queues.items():
-                if self._by_client.get(client, 0) < self.per_client:
-                    break
-            else:
+            client = next((c for c in self._queues if self._by_client.get(c, 0) < self.per_client), None)
+            if client is None:
                 return  # every waiting client is at its own cap
+            q = self._queues[client]
             fut = q.popleft()
             if not q:
                 del self._queues[client]

@@ -10,9 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.proc import stop, wait_healthy
-from tests.test_cli_notary import PARALLAX, assert_one_line_error, free_port, keyed, run  # noqa: F401
+import pytest
 
-__all__: list[str] = []
+from tests.test_cli_notary import PARALLAX, assert_one_line_error, free_port, run
+
+
+@pytest.fixture
+def keyed(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    d = tmp_path / "notary"
+    p = run("keygen", "--data-dir", str(d))
+    assert p.returncode == 0, p.stderr
+    return d, json.loads(p.stdout)
 
 
 def test_a_serve_that_cannot_bind_leaves_identity_json_alone(keyed: tuple[Path, dict[str, Any]]) -> None:

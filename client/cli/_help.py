@@ -146,8 +146,12 @@ EXAMPLES: dict[str, str] = {
     "serve": """\
   parallax serve --data-dir /var/lib/parallax --init --name notary-eu --region eu-west \\
       --url https://notary-eu.example.net                   # behind a TLS-terminating proxy
-  parallax serve --data-dir /tmp/n1 --init --listen 127.0.0.1:18441 \\
+  parallax serve --data-dir /tmp/n1 --init --listen 127.0.0.1:18441 --region test \\
       --allow-network 127.0.0.0/8 --allow-port any --ttl 0   # testing against a local site""",
+    "store info": """\
+  parallax store info --data-dir /var/lib/parallax       # sizes and counts, as JSON (only reads)""",
+    "store compact": """\
+  parallax store compact --data-dir /var/lib/parallax --max-age-days 30   # with the notary stopped""",
     "notary-info": """\
   parallax notary-info https://notary-eu.example.net > eu.json
   parallax notary-info --data-dir /var/lib/parallax --public-url https://notary-eu.example.net""",

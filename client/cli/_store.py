@@ -53,11 +53,12 @@ def add_store_commands(sub: Any) -> None:
     defaults = RetentionLimits()
     p = sub.add_parser("store", help="a notary's observation store: size, compaction")
     cmds = p.add_subparsers(dest="store_command", required=True, metavar="{info,compact}")
+    # (examples: client/cli/_help.py EXAMPLES)
     q = cmds.add_parser("info", help="print the store's size and counts as JSON")
-    q.add_argument("--data-dir", required=True)
+    q.add_argument("--data-dir", required=True, metavar="DIR", help="the notary's data directory")
     q.set_defaults(func=_cmd_info)
     q = cmds.add_parser("compact", help="apply retention and give free space back (not while serving)")
-    q.add_argument("--data-dir", required=True)
+    q.add_argument("--data-dir", required=True, metavar="DIR", help="the notary's data directory")
     q.add_argument("--max-age-days", type=int, default=defaults.max_age_days,
                    help=f"keep rounds at most this many days (default {defaults.max_age_days})")
     q.add_argument("--max-bytes", type=int, default=defaults.max_bytes,

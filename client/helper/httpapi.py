@@ -129,9 +129,9 @@ def create_http_app(
         except (HttpProcessingError, web.RequestPayloadError):
             # A Content-Encoding (gzip, deflate) whose body does not decode: a 400, not a 500.
             request.content.feed_eof()  # the body is finished: aiohttp must not read and log it again
-            resp = _deny(400, "bad_encoding", "request body does not match its Content-Encoding")
-            resp.force_close()
-            return resp
+            denied = _deny(400, "bad_encoding", "request body does not match its Content-Encoding")
+            denied.force_close()
+            return denied
         try:
             msg = decode_message(body) if body else {}
         except BadMessage as exc:
