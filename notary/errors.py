@@ -17,6 +17,7 @@ __all__ = [
     "OhttpError",
     "EncodingError",
     "VerificationError",
+    "SignatureError",
     "RemoteError",
     "StoreError",
 ]
@@ -63,6 +64,10 @@ class EncodingError(ParallaxError):
 
 class VerificationError(ParallaxError):
     """A signature, payload type, nonce, target or timestamp check failed."""
+
+
+class SignatureError(VerificationError):
+    """Authenticity failed: a signature, or a Merkle inclusion path to a signed root, does not verify."""
 
 
 class RemoteError(ParallaxError):

@@ -4,7 +4,7 @@ Endpoints (all JSON; errors are ``{"error": code, "reason": text}``):
 
 * ``GET  /v1/notary``            the signed identity document (a DSSE envelope)
 * ``POST /v1/observe``           ``{"targets": [{"host", "port", "sni"?}], "nonce", "max_age"?, "all_addresses"?}``
-                                  -> ``{"results": [{"target", "envelopes": [...]}]}``, request order
+                                  -> ``{"results": [{"target", "envelopes": [...], "freshness": {...}}]}``, request order
 * ``GET  /v1/observe/{host}/{port}?nonce=...[&sni=&max_age=&all_addresses=1]``  the same for one target
 * ``GET  /healthz``, ``GET /metrics`` (Prometheus text), ``GET /v1/openapi.json``
 
@@ -197,14 +197,17 @@ def _parse_bool(value: Any, name: str) -> bool:
 async def _observe_many(request: web.Request, targets: list[Target], nonce: str, max_age: int | None,
                         all_addresses: bool) -> web.Response:
     service = request.app[SERVICE]
-    envelopes = await asyncio.gather(
-        *(service.observe(t, nonce, max_age=max_age, all_addresses=all_addresses) for t in targets)
-    )
+    if len(targets) == 1:  # the common case: no gather, no extra task
+        answers = [await service.observe(targets[0], nonce, max_age=max_age, all_addresses=all_addresses)]
+    else:
+        answers = await asyncio.gather(
+            *(service.observe(t, nonce, max_age=max_age, all_addresses=all_addresses) for t in targets)
+        )
     # One token per target was taken up front; an answer with several addresses per
     # target costs one token per envelope, so big answers cannot be had at a discount.
-    request.app[LIMITER].charge(_client(request), sum(map(len, envelopes)) - len(targets))
+    request.app[LIMITER].charge(_client(request), sum(len(a["envelopes"]) for a in answers) - len(targets))
     return web.json_response(
-        {"results": [{"target": t.to_json(), "envelopes": e} for t, e in zip(targets, envelopes)]}
+        {"results": [{"target": t.to_json(), **a} for t, a in zip(targets, answers)]}
     )
 
 

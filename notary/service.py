@@ -1,11 +1,16 @@
 """The observation service: cache, single-flight probes, concurrency caps, signing.
 
 Between the HTTP server and the prober/store.  For each requested target it
-either re-signs a cached probe round (younger than both the caller's
-``max_age`` and the notary's TTL) with this request's nonce, or runs a fresh
-probe.  Concurrent requests for the same target share one in-flight probe.
-A global semaphore caps concurrent probes; a per-host semaphore caps probes of
-one host.  Every result is stored before it is signed and returned.
+either answers from a cached probe round (younger than both the caller's
+``max_age`` and the notary's TTL) or runs a fresh probe.  Concurrent requests
+for the same target share one in-flight probe.  A global semaphore caps
+concurrent probes; a per-host semaphore caps probes of one host.  Every result
+is stored before it is signed and returned.
+
+Signing (:mod:`notary.signer`, protocol version 2): a round's observations are
+signed once, when the round is probed (or first read back from the store), and
+cached with it; each answer binds the request's nonce to them with a freshness
+leaf, signed in a batch with every other answer of the same event-loop turn.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, TypeVar
 
-from notary.core import KeySighting, Observation, ProbeResult, SigningKey, Target, sign_observation
+from notary.core import KeySighting, ProbeResult, SigningKey, Target
 from notary.prober import Prober
+from notary.signer import FreshnessBatcher, SignedRound, sign_round
 from notary.store import Store
 
 __all__ = ["ServiceLimits", "ObservationService"]
@@ -69,63 +75,53 @@ class ObservationService:
         self._global = asyncio.Semaphore(limits.max_concurrent_probes)
         # Per-host semaphores exist only while some probe of that host runs.
         self._per_host: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
-        self._inflight: dict[tuple[Target, bool], asyncio.Future[list[ProbeResult]]] = {}
-        # Write-through memory caches in front of the store (bounded LRU).
-        self._latest: OrderedDict[tuple[Target, bool], list[ProbeResult]] = OrderedDict()
-        self._history: OrderedDict[Target, tuple[KeySighting, ...]] = OrderedDict()
+        self._inflight_rounds: dict[tuple[Target, bool], asyncio.Future[SignedRound]] = {}
+        # Write-through memory cache of signed rounds in front of the store (bounded LRU).
+        self._latest: OrderedDict[tuple[Target, bool], SignedRound] = OrderedDict()
+        self.freshness = FreshnessBatcher(key, clock)
         self.cache_hits = 0
         self.probes = 0
         self.inflight = 0
 
     async def observe(
         self, target: Target, nonce: str, *, max_age: int | None = None, all_addresses: bool = False
-    ) -> list[dict[str, Any]]:
-        """Signed envelopes (one per probed address) for ``target``, bound to ``nonce``."""
-        results, source = await self._results(target, max_age, all_addresses)
-        history = await self._key_history(target)
-        now = self.clock()
-        return [
-            sign_observation(
-                Observation.from_probe(
-                    r, notary=self.key.key_id, nonce=nonce, signed_at=now, source=source,
-                    key_history=history,
-                ),
-                self.key,
-            )
-            for r in results
-        ]
+    ) -> dict[str, Any]:
+        """``{"envelopes", "freshness"}`` for ``target``: the round's observations, bound to ``nonce``."""
+        signed, source = await self._round(target, max_age, all_addresses)
+        freshness = await self.freshness.stamp(nonce, signed.digests, source)
+        return {"envelopes": signed.envelopes, "freshness": freshness}
 
-    async def _results(
-        self, target: Target, max_age: int | None, all_addresses: bool
-    ) -> tuple[list[ProbeResult], str]:
+    async def _round(self, target: Target, max_age: int | None, all_addresses: bool) -> tuple[SignedRound, str]:
         ttl = self.limits.ttl if max_age is None else min(max_age, self.limits.ttl)
         if ttl > 0:
-            cached = self._latest.get((target, all_addresses))
+            key = (target, all_addresses)
+            cached = self._latest.get(key)
             if cached is None:
-                cached = await self.store.latest(target, all_addresses=all_addresses)
-                if cached:
-                    _put(self._latest, (target, all_addresses), cached)
-            if cached and self.clock() - cached[0].observed_at <= ttl:
+                stored = await self.store.latest(target, all_addresses=all_addresses)
+                if stored and self.clock() - stored[0].observed_at <= ttl:
+                    cached = await self._sign(target, stored)
+                    _put(self._latest, key, cached)
+            if cached is not None and self.clock() - cached.observed_at <= ttl:
                 self.cache_hits += 1
                 return cached, "cached"
-        return await self.fresh(target, all_addresses=all_addresses), "fresh"
+        return await self._fresh_round(target, all_addresses), "fresh"
 
     async def fresh(self, target: Target, *, all_addresses: bool = False) -> list[ProbeResult]:
         """Probe now (sharing an in-flight probe of the same target) and store the result."""
+        return (await self._fresh_round(target, all_addresses)).results
+
+    async def _fresh_round(self, target: Target, all_addresses: bool) -> SignedRound:
         key = (target, all_addresses)
-        fut = self._inflight.get(key)
+        fut = self._inflight_rounds.get(key)
         if fut is None:
             fut = asyncio.ensure_future(self._probe_and_store(target, all_addresses))
-            self._inflight[key] = fut
-            fut.add_done_callback(lambda _f: self._inflight.pop(key, None))
+            self._inflight_rounds[key] = fut
+            fut.add_done_callback(lambda _f: self._inflight_rounds.pop(key, None))
         return await asyncio.shield(fut)
 
-    async def _key_history(self, target: Target) -> tuple[KeySighting, ...]:
-        history = self._history.get(target)
-        if history is None:
-            history = await self.store.key_history(target)
-            _put(self._history, target, history)
-        return history
+    async def _sign(self, target: Target, results: list[ProbeResult]) -> SignedRound:
+        history: tuple[KeySighting, ...] = await self.store.key_history(target)
+        return sign_round(results, self.key, history)
 
     @contextlib.asynccontextmanager
     async def _host_slot(self, host: str) -> AsyncIterator[None]:
@@ -141,7 +137,7 @@ class ObservationService:
             if entry[1][0] == 0:
                 del self._per_host[host]
 
-    async def _probe_and_store(self, target: Target, all_addresses: bool) -> list[ProbeResult]:
+    async def _probe_and_store(self, target: Target, all_addresses: bool) -> SignedRound:
         # Per-host slot first: requests queued for one slow host must not hold global slots.
         async with self._host_slot(target.host), self._global:
             self.probes += 1
@@ -154,10 +150,10 @@ class ObservationService:
                 if self.on_duration:
                     self.on_duration(time.monotonic() - started)
         await self.store.add(results, all_addresses=all_addresses)
-        _put(self._latest, (target, all_addresses), results)
-        self._history.pop(target, None)
+        signed = await self._sign(target, results)
+        _put(self._latest, (target, all_addresses), signed)
         for r in results:
             log.info("probed %s ip=%s status=%s spki=%s", target, r.ip, r.status, r.spki_sha256)
             if self.on_probe:
                 self.on_probe(r)
-        return results
+        return signed
