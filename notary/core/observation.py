@@ -257,8 +257,6 @@ def _parse(d: Mapping[str, Any]) -> Observation:
     spki = _req(d, "spki_sha256", str, True)
     leaf_hash = _req(d, "leaf_sha256", str, True)
     pin = _req(d, "pin", str, True)
-    if _req(d, "age", int) < 0:
-        raise ValueError("age is negative")
     if status == "ok":
         if not (spki and chain and leaf_hash):
             raise ValueError("an ok observation carries a key and a chain")
