@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 
 from notary.core import KeySighting, ProbeResult, SigningKey, Target
 from notary.prober import Prober
-from notary.signer import FreshnessBatcher, SignedRound, sign_round
+from notary.signer import Answer, FreshnessBatcher, SignedRound, sign_round
 from notary.store import Store
 
 __all__ = ["ServiceLimits", "ObservationService"]
@@ -85,11 +85,10 @@ class ObservationService:
 
     async def observe(
         self, target: Target, nonce: str, *, max_age: int | None = None, all_addresses: bool = False
-    ) -> dict[str, Any]:
-        """``{"envelopes", "freshness"}`` for ``target``: the round's observations, bound to ``nonce``."""
+    ) -> Answer:
+        """The answer for ``target``: the round's observations (signed once), bound to ``nonce``."""
         signed, source = await self._round(target, max_age, all_addresses)
-        freshness = await self.freshness.stamp(nonce, signed.digests, source)
-        return {"envelopes": signed.envelopes, "freshness": freshness}
+        return Answer(signed, await self.freshness.stamp(nonce, signed.digests, source))
 
     async def _round(self, target: Target, max_age: int | None, all_addresses: bool) -> tuple[SignedRound, str]:
         ttl = self.limits.ttl if max_age is None else min(max_age, self.limits.ttl)

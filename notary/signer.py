@@ -22,6 +22,7 @@ Ed25519 (tens of microseconds); nothing here does I/O.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any, Callable, Sequence
 
 from notary.core import (
@@ -36,18 +37,24 @@ from notary.core import (
 )
 from notary.core import canonical, merkle
 
-__all__ = ["SignedRound", "sign_round", "FreshnessBatcher"]
+__all__ = ["SignedRound", "sign_round", "Answer", "FreshnessBatcher"]
 
 
 class SignedRound:
-    """One probe round with its observation envelopes, each signed once, and their digests."""
+    """One probe round with its observation envelopes, each signed once, and their digests.
 
-    __slots__ = ("results", "envelopes", "digests")
+    ``envelopes_json`` is the JSON text of the envelope list, serialised once:
+    answers from the cache splice it into the response instead of encoding
+    the (certificate-sized) envelopes again.
+    """
+
+    __slots__ = ("results", "envelopes", "digests", "envelopes_json")
 
     def __init__(self, results: list[ProbeResult], envelopes: list[dict[str, Any]], digests: list[str]) -> None:
         self.results = results
         self.envelopes = envelopes
         self.digests = digests
+        self.envelopes_json = json.dumps(envelopes, separators=(",", ":"))
 
     @property
     def observed_at(self) -> int:
@@ -63,6 +70,24 @@ def sign_round(results: Sequence[ProbeResult], key: SigningKey, history: tuple[K
         envelopes.append(sign_observation(obs, key))
         digests.append(observation_digest(payload))
     return SignedRound(list(results), envelopes, digests)
+
+
+class Answer:
+    """One target's answer: the round's observation envelopes and this request's freshness proof."""
+
+    __slots__ = ("envelopes", "envelopes_json", "freshness")
+
+    def __init__(self, signed: SignedRound, freshness: dict[str, Any]) -> None:
+        self.envelopes = signed.envelopes
+        self.envelopes_json = signed.envelopes_json
+        self.freshness = freshness
+
+    def to_json(self) -> dict[str, Any]:
+        return {"envelopes": self.envelopes, "freshness": self.freshness}
+
+    def json_members(self) -> str:
+        """``"envelopes":[...],"freshness":{...}`` as JSON text (for a response built by splicing)."""
+        return '"envelopes":' + self.envelopes_json + ',"freshness":' + json.dumps(self.freshness, separators=(",", ":"))
 
 
 class FreshnessBatcher:

@@ -169,3 +169,20 @@ async def test_a_signing_failure_reaches_every_waiter() -> None:
     # The batcher keeps working afterwards.
     batcher.clock = lambda: 1
     await batcher.stamp("working-again-nonce-01", rnd.digests, "fresh")
+
+
+@settings(max_examples=200, deadline=None)
+@given(nonce=st.text(min_size=0, max_size=40) | st.from_regex(r"[A-Za-z0-9_-]{16,128}", fullmatch=True),
+       digests=st.lists(st.binary(min_size=32, max_size=32).map(bytes.hex) | st.text(max_size=70), min_size=1, max_size=4),
+       source=st.sampled_from(["fresh", "cached"]))
+def test_leaf_fast_path_is_byte_identical_to_rfc8785(nonce: str, digests: list[str], source: str) -> None:
+    from notary.core import canonical_encode
+    from notary.errors import EncodingError
+
+    try:
+        expected = canonical_encode({"nonce": nonce, "observations": digests, "source": source})
+    except EncodingError:  # e.g. a lone surrogate: not encodable, and the fast path does not apply
+        with pytest.raises(EncodingError):
+            leaf_bytes(nonce, digests, source)
+        return
+    assert leaf_bytes(nonce, digests, source) == expected
