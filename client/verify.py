@@ -35,7 +35,8 @@ warm check verifies the small freshness statements only.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any, Sequence
 
 from notary.core import (
     OBSERVATION_TYPE, Observation, Target, Verified, VerifyKey, verify_answer, verify_envelope, verify_identity,
@@ -58,6 +59,19 @@ IDENTITY_MAX_SKEW = 300
 #: How many verified observation envelopes are remembered (LRU).
 VERIFIED_CACHE = 4096
 _verified: "OrderedDict[tuple[Any, ...], Verified]" = OrderedDict()
+_parsed: "OrderedDict[bytes, Observation]" = OrderedDict()
+
+
+def _parse_cached(v: Verified) -> Observation:
+    """Observation.from_payload, memoised by the exact verified payload bytes (a pure function of them)."""
+    hit = _parsed.get(v.payload_bytes)
+    if hit is not None:
+        return hit
+    obs = Observation.from_payload(v.payload)
+    _parsed[v.payload_bytes] = obs
+    if len(_parsed) > VERIFIED_CACHE:
+        _parsed.popitem(last=False)
+    return obs
 
 
 def verify_cached(envelope: Any, key: VerifyKey, payload_type: str) -> Verified:
@@ -140,7 +154,7 @@ def check_answer(
     if len(envelopes) > MAX_ENVELOPES:
         return _fail(entry, "invalid", f"answer holds more than {MAX_ENVELOPES} observations")
     try:
-        out = verify_answer(envelopes, freshness, entry.verify_key, nonce=nonce, verify=verify_cached)
+        out = verify_answer(envelopes, freshness, entry.verify_key, nonce=nonce, verify=verify_cached, parse=_parse_cached)
     except SignatureError as exc:
         return _fail(entry, "bad_signature", f"rejected: {exc}")
     except VerificationError as exc:

@@ -44,7 +44,7 @@ from notary.relay import RelayConfig, install_relay, relay_enabled
 from notary.service import ObservationService
 from notary.store import SQLiteStore, Store
 
-__all__ = ["create_app", "run", "client_key", "CONFIG", "KEY", "SERVICE", "STORE"]
+__all__ = ["create_app", "run", "client_key", "CONFIG", "KEY", "SERVICE", "STORE", "WORKER"]
 
 log = logging.getLogger("parallax.notary")
 
@@ -57,6 +57,8 @@ METRICS = web.AppKey("metrics", dict)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 CLOCK = web.AppKey("clock", object)
 IDENTITY_CACHE = web.AppKey("identity_cache", list)
+#: Set by :mod:`notary.workers` in each worker process (``--workers N``): its index, shown by /healthz.
+WORKER = web.AppKey("worker", int)
 
 
 def _error(status: int, code: str, reason: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -268,7 +270,11 @@ async def _observe_get(request: web.Request) -> web.Response:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "key_id": request.app[KEY].key_id})
+    doc: dict[str, Any] = {"status": "ok", "key_id": request.app[KEY].key_id}
+    worker = request.app.get(WORKER)
+    if worker is not None:
+        doc["worker"] = worker
+    return web.json_response(doc)
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -16,6 +16,13 @@ and concurrent :meth:`~SQLiteStore.add` calls are *group-committed*: all rounds
 waiting when the writer runs go into one transaction with one fsync.  A failed
 transaction is rolled back whole and every waiting caller gets a
 :class:`~notary.errors.StoreError`.
+
+Several processes may open the same file (``parallax serve --workers N``, see
+:mod:`notary.workers`): each keeps its one writer thread; across processes
+SQLite's file lock serialises the writers, and ``busy_timeout`` (5 s) makes a
+``BEGIN IMMEDIATE`` wait for another process's commit instead of failing.  WAL
+readers never block.  ``tests/test_workers.py`` runs two processes writing
+concurrently.
 """
 
 from __future__ import annotations

@@ -26,6 +26,14 @@ def _listen(text: str) -> tuple[str, int]:
     return host_port(text)
 
 
+def _workers(text: str) -> int:
+    from notary.workers import MAX_WORKERS
+
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"--workers takes a whole number from 1 to {MAX_WORKERS}")
+    return int(text)
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from notary.keyfile import generate_encrypted_key_file, generate_key_file
 
@@ -72,6 +80,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from notary.identity_file import bundle_entry, write_identity
     from notary.keyfile import generate_key_file, key_path, load_key_file
     from notary.server import run
+    from notary.workers import default_workers, serve_workers
 
     host, port = args.listen
     if args.init and not key_path(args.data_dir).exists():
@@ -89,9 +98,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.export_entry:
         Path(args.export_entry).parent.mkdir(parents=True, exist_ok=True)
         Path(args.export_entry).write_text(json.dumps(entry, indent=2) + "\n")
-    print(json.dumps({"serving": url, "key_id": key.key_id, "region": config.region}), flush=True)
-    run(config, key, host, port, relay=relay, access_log=args.access_log)
-    return 0
+    workers = args.workers if args.workers is not None else default_workers()
+    print(json.dumps({"serving": url, "key_id": key.key_id, "region": config.region, "workers": workers}), flush=True)
+    if workers == 1:
+        run(config, key, host, port, relay=relay, access_log=args.access_log)
+        return 0
+    return serve_workers(config, key, host, port, workers, relay=relay, access_log=args.access_log)
 
 
 def _relay_config(args: argparse.Namespace, config: Any) -> Any:
@@ -218,6 +230,8 @@ def add_notary_commands(sub: Any) -> None:
     p.add_argument("--watch", action="append", default=[], metavar="HOST[:PORT]",
                    help="re-scan this target periodically to build key history (repeatable; default: none)")
     p.add_argument("--rescan-interval", type=int, default=3600, metavar="SECONDS", help="period of the --watch re-scans")
+    p.add_argument("--workers", type=_workers, default=None, metavar="N",
+                   help="notary processes sharing the port (SO_REUSEPORT) and the store (default: the number of cores)")
     p.add_argument("--init", action="store_true", help="generate a key on first start if none exists")
     p.add_argument("--export-entry", metavar="PATH", help="also write this notary's bundle entry to PATH (default: only DIR/identity.json)")
     p.add_argument("--access-log", action="store_true",

@@ -40,7 +40,8 @@ import base64
 import hashlib
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any, Callable, Sequence
 
 from notary.core import canonical, merkle
 from notary.core.envelope import Verified, sign_envelope, verify_envelope
@@ -70,6 +71,11 @@ _HEX = frozenset("0123456789abcdef")
 _PLAIN = re.compile(r"[A-Za-z0-9_-]*")
 
 VerifyFn = Callable[[Any, VerifyKey, str], Verified]
+ParseFn = Callable[[Verified], Observation]
+
+
+def _parse_observation(v: Verified) -> Observation:
+    return Observation.from_payload(v.payload)
 
 
 def _is_hex32(text: Any) -> bool:
@@ -177,6 +183,7 @@ def verify_answer(
     *,
     nonce: str,
     verify: VerifyFn = verify_envelope,
+    parse: ParseFn = _parse_observation,
 ) -> list[Observation]:
     """Verify one target's answer (observation envelopes plus ``freshness``) from the notary ``key``.
 
@@ -186,9 +193,10 @@ def verify_answer(
     :func:`~notary.core.envelope.verify_envelope` or a caching equivalent with
     the same contract.  Raises :class:`~notary.errors.SignatureError` when a
     signature or the Merkle path fails (nothing was parsed), and
-    :class:`VerificationError` for anything else.
+    :class:`VerificationError` for anything else.  ``parse`` turns a verified
+    observation envelope into an :class:`Observation` (a caller may memoise it).
     """
-    return _open(envelopes, freshness, key, nonce, verify)
+    return _open(envelopes, freshness, key, nonce, verify, parse)
 
 
 def open_answer(envelopes: Sequence[Any], freshness: Any, key: VerifyKey, *, verify: VerifyFn = verify_envelope) -> list[Observation]:
@@ -197,10 +205,11 @@ def open_answer(envelopes: Sequence[Any], freshness: Any, key: VerifyKey, *, ver
     For auditors and tests that inspect a recorded answer.  A client checking
     its own request MUST use :func:`verify_answer` with its nonce.
     """
-    return _open(envelopes, freshness, key, None, verify)
+    return _open(envelopes, freshness, key, None, verify, _parse_observation)
 
 
-def _open(envelopes: Sequence[Any], freshness: Any, key: VerifyKey, nonce: str | None, verify: VerifyFn) -> list[Observation]:
+def _open(envelopes: Sequence[Any], freshness: Any, key: VerifyKey, nonce: str | None, verify: VerifyFn,
+          parse: ParseFn) -> list[Observation]:
     if not isinstance(envelopes, (list, tuple)) or not 1 <= len(envelopes) <= MAX_OBSERVATIONS:
         raise VerificationError("an answer holds 1 to 16 observation envelopes")
     verified = [_authentic(verify, env, key, OBSERVATION_TYPE) for env in envelopes]
@@ -234,7 +243,7 @@ def _open(envelopes: Sequence[Any], freshness: Any, key: VerifyKey, nonce: str |
         raise VerificationError("freshness leaf names other observations than the ones received")
     out = []
     for v in verified:
-        obs = Observation.from_payload(v.payload)
+        obs = parse(v)
         if obs.notary != key.key_id:
             raise VerificationError("observation names another notary than its signer")
         out.append(replace(obs, nonce=leaf_nonce, signed_at=st.signed_at, source=source,
