@@ -48,8 +48,8 @@ def metric(url: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " "))
 
 
-def wrk(url: str, port: int, *, seconds: int, connections: int, max_requests: int) -> dict:
-    env = dict(os.environ, BENCH_TARGET_HOST=HOST, BENCH_TARGET_PORT=str(port),
+def wrk(url: str, port: int, *, seconds: int, connections: int, max_requests: int, host: str = HOST) -> dict:
+    env = dict(os.environ, BENCH_TARGET_HOST=host, BENCH_TARGET_PORT=str(port),
                BENCH_RUN_ID=secrets.token_hex(4), BENCH_MAX_REQUESTS=str(max_requests))
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency",
            "-s", str(BENCH / "observe.lua"), url]

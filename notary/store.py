@@ -36,7 +36,7 @@ from typing import Any, Callable, Protocol, Sequence, TypeVar
 from notary.core import KeySighting, ProbeResult, Target
 from notary.errors import StoreError
 
-__all__ = ["Store", "SQLiteStore"]
+__all__ = ["Store", "SQLiteStore", "prepare_store"]
 
 T = TypeVar("T")
 
@@ -78,6 +78,30 @@ CREATE INDEX IF NOT EXISTS observations_round ON observations (round_id);
 _Round = tuple[Sequence[ProbeResult], bool]
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the database: busy timeout first (another process may hold the
+    lock while switching to WAL or creating the schema), then WAL, FULL sync, the schema."""
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def prepare_store(path: str | Path) -> None:
+    """Create or check the database file synchronously (no threads): for a parent process
+    before it forks workers.  Raises :class:`StoreError` for an unusable file."""
+    try:
+        _connect(Path(path)).close()
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"cannot open observation store {path}: {exc}") from None
+
+
 class SQLiteStore:
     """One SQLite file, WAL mode, one connection used only from its own thread."""
 
@@ -94,20 +118,8 @@ class SQLiteStore:
         path = Path(path)
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="parallax-store")
 
-        def connect() -> sqlite3.Connection:
-            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
-                db.execute("PRAGMA busy_timeout=5000")
-                db.executescript(_SCHEMA)
-            except BaseException:
-                db.close()
-                raise
-            return db
-
         try:
-            db = await asyncio.get_running_loop().run_in_executor(executor, connect)
+            db = await asyncio.get_running_loop().run_in_executor(executor, _connect, path)
         except (sqlite3.Error, OSError) as exc:
             executor.shutdown(wait=False)
             raise StoreError(f"cannot open observation store {path}: {exc}") from None

@@ -75,9 +75,9 @@ def reuseport_socket(host: str, port: int, *, listen: bool = True) -> socket.soc
         if listen:
             sock.listen(1024)
         sock.setblocking(False)
-    except OSError as exc:
+    except OSError as exc:  # e.g. address already in use: an I/O error (exit 74), like a single notary's
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {(exc.strerror or str(exc)).lower()}") from None
     return sock
 
 
@@ -102,6 +102,16 @@ def _worker(index: int, config: NotaryConfig, key: SigningKey, host: str, port: 
     if os.getppid() != parent:  # the parent died before prctl took effect
         return
     placeholder.close()
+    from notary.errors import ParallaxError
+
+    try:
+        _run_worker(index, config, key, host, port)
+    except (ParallaxError, OSError) as exc:  # one line, no traceback; the parent then stops the group
+        print(f"parallax: worker {index}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _run_worker(index: int, config: NotaryConfig, key: SigningKey, host: str, port: int) -> None:
     from aiohttp import web
 
     from notary.server import WORKER, create_app
@@ -123,8 +133,11 @@ def serve_workers(config: NotaryConfig, key: SigningKey, host: str, port: int, w
     """
     if not 1 <= workers <= MAX_WORKERS:
         raise ConfigError(f"--workers must be from 1 to {MAX_WORKERS}")
-    # Check the address now (a clean error instead of N failing children), and hold it:
-    # a bound, non-listening member of the group receives no connections.
+    # Check the store and the address now (a clean error instead of N failing children),
+    # and hold the address: a bound, non-listening member of the group receives no connections.
+    from notary.store import prepare_store
+
+    prepare_store(config.db_path)
     placeholder = reuseport_socket(host, port, listen=False)
     port = placeholder.getsockname()[1]
     ctx = multiprocessing.get_context("fork")
