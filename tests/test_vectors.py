@@ -282,7 +282,8 @@ def test_freshness_tree_independently_of_notary_core() -> None:
     digests = f["observation_digests"]
     for name in ("observation_ok", "observation_timeout"):
         assert digests[name] == hashlib.sha256(stored(INDEX["vectors"][name]["payload_file"])).hexdigest()
-    assert json.loads(leaves[2])["observations"] == [digests["observation_ok"], digests["observation_timeout"]]
+    assert json.loads(leaves[2])["observations"] == json.loads(leaves[0])["observations"] == [digests["observation_ok"]]
+    assert json.loads(leaves[1])["observations"] == [digests["observation_timeout"]]
 
 
 @pytest.mark.parametrize("name", sorted(INDEX["answers"]))
@@ -294,7 +295,7 @@ def test_answer_verifies_with_its_nonce_only(name: str) -> None:
     assert obs[0].target.to_json() == answer["target"]
     stable = [dataclasses.replace(o, nonce="", signed_at=0, source="", age=0) for o in obs]
     expected = {"answer_ok": ["observation_ok"], "answer_timeout": ["observation_timeout"],
-                "answer_both": ["observation_ok", "observation_timeout"]}[name]
+                "answer_ok_other_client": ["observation_ok"]}[name]
     assert stable == [model(n) for n in expected]
     for other in INDEX["answers"].values():
         if other["nonce"] != entry["nonce"]:
@@ -308,3 +309,32 @@ def test_must_reject_answer(name: str) -> None:
     answer = json.loads(stored(entry["file"]))
     with pytest.raises(VerificationError):
         verify_answer(answer["envelopes"], answer["freshness"], trusted_key(), nonce=entry["nonce"])
+
+
+# -- the third-party recipe (docs/recipes/verify_answer.py: PyNaCl + hashlib, no Parallax import) ---
+
+RECIPE = Path(__file__).resolve().parent.parent / "docs" / "recipes" / "verify_answer.py"
+
+
+def _recipe(file: str, nonce: str) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-I", str(RECIPE), str(VECTORS / file), INDEX["key"]["public_key_b64"],
+                           nonce, str(INDEX["freshness"]["signed_at"])], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("name", sorted(INDEX["answers"]))
+def test_standalone_recipe_accepts_the_vector_answers(name: str) -> None:
+    entry = INDEX["answers"][name]
+    p = _recipe(entry["file"], entry["nonce"])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.startswith("OK ")
+    assert _recipe(entry["file"], "some-other-nonce-000001").returncode == 1
+
+
+@pytest.mark.parametrize("name", sorted(INDEX["must_reject_answers"]))
+def test_standalone_recipe_rejects_the_vector_rejects(name: str) -> None:
+    entry = INDEX["must_reject_answers"][name]
+    p = _recipe(entry["file"], entry["nonce"])
+    assert p.returncode == 1 and p.stdout.startswith("REJECTED"), p.stdout + p.stderr
