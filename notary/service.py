@@ -21,7 +21,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import AsyncIterator, Callable, TypeVar
 
 from notary.core import KeySighting, ProbeResult, SigningKey, Target
 from notary.prober import Prober

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import subprocess
+import sys
 import hashlib
 import importlib.util
 import json
@@ -316,10 +318,7 @@ def test_must_reject_answer(name: str) -> None:
 RECIPE = Path(__file__).resolve().parent.parent / "docs" / "recipes" / "verify_answer.py"
 
 
-def _recipe(file: str, nonce: str) -> "subprocess.CompletedProcess[str]":
-    import subprocess
-    import sys
-
+def _recipe(file: str, nonce: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-I", str(RECIPE), str(VECTORS / file), INDEX["key"]["public_key_b64"],
                            nonce, str(INDEX["freshness"]["signed_at"])], capture_output=True, text=True, timeout=30)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from notary.core import ProbeResult, Target, VerifyKey, verify_answer
+from notary.core import Target, VerifyKey, verify_answer
 from notary.store import SQLiteStore
 from tests.support.proc import stop, wait_healthy
 from tests.support.tls import make_ca, server_context, tls_target_in_thread
