@@ -21,6 +21,9 @@ Shared state:
   readers never block in WAL mode, so every worker sees the others' committed
   probes (its in-memory cache aside, which only ever holds rounds younger than
   the TTL).
+* **Keys**: the signing key is loaded once, before the fork; the Oblivious
+  HTTP gateway keys are created (if absent) by the parent, so every worker
+  reads and advertises the same ones.
 * **Per-process state** is not shared: the in-memory cache, in-flight probe
   sharing, the rate limiter (a client gets up to ``N`` times the per-client
   rate), the probe caps (``N`` times the global cap), ``/metrics`` (each worker
@@ -105,13 +108,14 @@ def _worker(index: int, config: NotaryConfig, key: SigningKey, host: str, port: 
     from notary.errors import ParallaxError
 
     try:
-        _run_worker(index, config, key, host, port)
+        _run_worker(index, config, key, host, port, **options)
     except (ParallaxError, OSError) as exc:  # one line, no traceback; the parent then stops the group
         print(f"parallax: worker {index}: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
 
 
-def _run_worker(index: int, config: NotaryConfig, key: SigningKey, host: str, port: int) -> None:
+def _run_worker(index: int, config: NotaryConfig, key: SigningKey, host: str, port: int, *,
+                relay: Any = None, access_log: bool = False) -> None:
     from aiohttp import web
 
     from notary.server import WORKER, create_app
@@ -135,9 +139,11 @@ def serve_workers(config: NotaryConfig, key: SigningKey, host: str, port: int, w
         raise ConfigError(f"--workers must be from 1 to {MAX_WORKERS}")
     # Check the store and the address now (a clean error instead of N failing children),
     # and hold the address: a bound, non-listening member of the group receives no connections.
+    from notary.ohttp_gateway import load_gateway_keys
     from notary.store import prepare_store
 
     prepare_store(config.db_path)
+    load_gateway_keys(config.data_dir)  # created once, here: every worker then reads the same gateway keys
     placeholder = reuseport_socket(host, port, listen=False)
     port = placeholder.getsockname()[1]
     ctx = multiprocessing.get_context("fork")

@@ -469,7 +469,7 @@ async def claims_blocked(request: web.Request, resp: web.Response, key: SigningK
             p.update(status="blocked_by_policy", detail="blocked (claimed)", chain=[], leaf=None, leaf_sha256=None,
                      spki_sha256=None, pin=None, tls_version=None)
         return _resign(e, p, key)
-    return _json_response(resp, _map_envelopes(doc, block))
+    return _json_response(resp, _map_envelopes(doc, block, restamp=key))
 
 
 def test_notary_that_connects_but_claims_refusal_fails(bg: LoopThread, site: str, tmp_path: Path,
