@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from typing import AsyncIterator
+from typing import AsyncGenerator
 
 import aiohttp
 
@@ -27,12 +27,12 @@ __all__ = ["shared_session", "close_shared_session", "KEEPALIVE", "LIMIT"]
 KEEPALIVE = 30.0
 LIMIT = 100
 
-_sessions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncIterator[None]]]" = (
+_sessions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncGenerator[None, None]]]" = (
     weakref.WeakKeyDictionary()
 )
 
 
-async def _closer(session: aiohttp.ClientSession) -> AsyncIterator[None]:
+async def _closer(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
     """Parked async generator: its ``finally`` runs at ``loop.shutdown_asyncgens()``."""
     try:
         yield
@@ -52,7 +52,7 @@ def shared_session() -> aiohttp.ClientSession:
     )
     gen = _closer(session)
     # Start the generator so the loop tracks it (asyncgen hooks) and closes it at shutdown.
-    step = gen.__anext__()
+    step = gen.asend(None)
     try:
         step.send(None)
     except StopIteration:
@@ -67,4 +67,4 @@ async def close_shared_session() -> None:
     if got is not None:
         await got[0].close()
         with contextlib.suppress(Exception):
-            await got[1].aclose()  # type: ignore[attr-defined]
+            await got[1].aclose()

@@ -41,7 +41,8 @@ def openapi_document(config: "NotaryConfig") -> dict[str, Any]:
         },
     }
     results = {
-        "description": "One result per target, in request order; each holds signed observation envelopes and the freshness proof binding them to the nonce",
+        "description": ("One result per target, in request order; each holds signed observation envelopes"
+                        " and the freshness proof binding them to the nonce"),
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Results"}}},
     }
     nonce = {"type": "string", "minLength": 16, "maxLength": 128, "pattern": "^[A-Za-z0-9_-]+$"}

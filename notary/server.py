@@ -101,7 +101,21 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
         log.exception("unexpected error")
         return _error(500, "internal", "internal error")
     finally:
-        metrics["requests"].labels(route=route, code=str(code)).inc()
+        _request_counter(metrics, route, code).inc()
+
+
+@functools.lru_cache(maxsize=4096)
+def _target_json(target: Target) -> str:
+    return json.dumps(target.to_json(), separators=(",", ":"))
+
+
+def _request_counter(metrics: dict[str, Any], route: str, code: int) -> Any:
+    """The ``parallax_http_requests`` child for (route, code), looked up once (labels() is slow)."""
+    children = metrics.setdefault("_request_children", {})
+    child = children.get((route, code))
+    if child is None:
+        child = children[(route, code)] = metrics["requests"].labels(route=route, code=str(code))
+    return child
 
 
 def _clock(app: web.Application) -> int:
@@ -219,7 +233,7 @@ async def _observe_many(request: web.Request, targets: list[Target], nonce: str,
     request.app[LIMITER].charge(_client(request), sum(len(a.envelopes) for a in answers) - len(targets))
     # Spliced JSON: the cached envelopes' text is reused, not encoded again per request.
     body = '{"results":[' + ",".join(
-        '{"target":' + json.dumps(t.to_json(), separators=(",", ":")) + "," + a.json_members() + "}"
+        '{"target":' + _target_json(t) + "," + a.json_members() + "}"
         for t, a in zip(targets, answers)
     ) + "]}"
     return web.Response(text=body, content_type="application/json")

@@ -88,7 +88,7 @@ class ObservationService:
     ) -> Answer:
         """The answer for ``target``: the round's observations (signed once), bound to ``nonce``."""
         signed, source = await self._round(target, max_age, all_addresses)
-        return Answer(signed, await self.freshness.stamp(nonce, signed.digests, source))
+        return Answer(signed, *await self.freshness.stamp_with_json(nonce, signed.digests, source))
 
     async def _round(self, target: Target, max_age: int | None, all_addresses: bool) -> tuple[SignedRound, str]:
         ttl = self.limits.ttl if max_age is None else min(max_age, self.limits.ttl)

@@ -75,19 +75,27 @@ def sign_round(results: Sequence[ProbeResult], key: SigningKey, history: tuple[K
 class Answer:
     """One target's answer: the round's observation envelopes and this request's freshness proof."""
 
-    __slots__ = ("envelopes", "envelopes_json", "freshness")
+    __slots__ = ("envelopes", "envelopes_json", "freshness", "freshness_json")
 
-    def __init__(self, signed: SignedRound, freshness: dict[str, Any]) -> None:
+    def __init__(self, signed: SignedRound, freshness: dict[str, Any], freshness_json: str) -> None:
         self.envelopes = signed.envelopes
         self.envelopes_json = signed.envelopes_json
         self.freshness = freshness
+        self.freshness_json = freshness_json
 
     def to_json(self) -> dict[str, Any]:
         return {"envelopes": self.envelopes, "freshness": self.freshness}
 
     def json_members(self) -> str:
         """``"envelopes":[...],"freshness":{...}`` as JSON text (for a response built by splicing)."""
-        return '"envelopes":' + self.envelopes_json + ',"freshness":' + json.dumps(self.freshness, separators=(",", ":"))
+        return '"envelopes":' + self.envelopes_json + ',"freshness":' + self.freshness_json
+
+
+def _proof_json(proof: dict[str, Any], statement_json: str) -> str:
+    """JSON text of one ``freshness`` member; the batch's statement is serialised once, by the caller."""
+    path = ",".join(f'"{h}"' for h in proof["path"])  # lower-case hex: nothing to escape
+    return (f'{{"statement":{statement_json},"leaf":"{proof["leaf"]}","index":{proof["index"]},'
+            f'"path":[{path}]}}')
 
 
 class FreshnessBatcher:
@@ -99,15 +107,19 @@ class FreshnessBatcher:
         self.key = key
         self.clock = clock
         self.max_batch = max_batch
-        self._pending: list[tuple[bytes, asyncio.Future[dict[str, Any]]]] = []
+        self._pending: list[tuple[bytes, asyncio.Future[tuple[dict[str, Any], str]]]] = []
         self._scheduled = False
         self.statements = 0
         self.leaves = 0
 
     async def stamp(self, nonce: str, digests: Sequence[str], source: str) -> dict[str, Any]:
         """The ``freshness`` member binding ``nonce`` to the observations ``digests``."""
+        return (await self.stamp_with_json(nonce, digests, source))[0]
+
+    async def stamp_with_json(self, nonce: str, digests: Sequence[str], source: str) -> tuple[dict[str, Any], str]:
+        """:meth:`stamp`, and the member's JSON text (the statement serialised once per batch)."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        fut: asyncio.Future[tuple[dict[str, Any], str]] = loop.create_future()
         self._pending.append((leaf_bytes(nonce, digests, source), fut))
         if not self._scheduled:
             self._scheduled = True
@@ -120,16 +132,17 @@ class FreshnessBatcher:
         for start in range(0, len(pending), self.max_batch):
             self._sign([p for p in pending[start:start + self.max_batch] if not p[1].done()])
 
-    def _sign(self, batch: list[tuple[bytes, asyncio.Future[dict[str, Any]]]]) -> None:
+    def _sign(self, batch: list[tuple[bytes, asyncio.Future[tuple[dict[str, Any], str]]]]) -> None:
         if not batch:
             return
         try:
             proofs = stamp_batch(self.key, self.clock(), [leaf for leaf, _ in batch])
+            statement_json = json.dumps(proofs[0]["statement"], separators=(",", ":"))
             self.statements += 1
             self.leaves += len(batch)
             for (_, fut), proof in zip(batch, proofs):
                 if not fut.done():
-                    fut.set_result(proof)
+                    fut.set_result((proof, _proof_json(proof, statement_json)))
         except Exception as exc:  # every waiter gets it; none is left hanging
             for _, fut in batch:
                 if not fut.done():

@@ -933,3 +933,15 @@ def test_identity_from_payload_rejects_malformed(mutate: Callable[[dict[str, Any
     mutate(payload)
     with pytest.raises(VerificationError, match="malformed identity"):
         Identity.from_payload(payload)
+
+
+def test_target_parse_memo_never_confuses_a_bool_with_a_port() -> None:
+    """Target.parse is memoised for plain (str, int, str|None); True == 1 must still be refused."""
+    assert Target.parse("memo.example", 1).port == 1
+    with pytest.raises(InputError):
+        Target.parse("memo.example", True)
+    assert Target.parse("MEMO.example.", 443) == Target.parse("memo.example", 443)
+    with pytest.raises(InputError):
+        Target.parse("bad..host", 443)
+    with pytest.raises(InputError):
+        Target.parse("bad..host", 443)  # errors are not cached into successes

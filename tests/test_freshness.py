@@ -186,3 +186,17 @@ def test_leaf_fast_path_is_byte_identical_to_rfc8785(nonce: str, digests: list[s
             leaf_bytes(nonce, digests, source)
         return
     assert leaf_bytes(nonce, digests, source) == expected
+
+
+async def test_the_spliced_json_of_an_answer_is_the_json_of_its_object() -> None:
+    """The notary writes answers by splicing pre-serialised text; it must parse to the answer object."""
+    from notary.signer import Answer
+
+    batcher = FreshnessBatcher(KEY, lambda: 1234)
+    rnd = _obs_round()
+    got = await asyncio.gather(*(batcher.stamp_with_json(f"splice-nonce-{i:06d}", rnd.digests, "cached")
+                                 for i in range(5)))
+    for proof, text in got:
+        assert json.loads(text) == proof
+        answer = Answer(rnd, proof, text)
+        assert json.loads("{" + answer.json_members() + "}") == answer.to_json()
