@@ -34,20 +34,24 @@ warm check verifies the small freshness statements only.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Sequence
 
 from notary.core import (
-    OBSERVATION_TYPE, Observation, Target, Verified, VerifyKey, verify_answer, verify_envelope, verify_identity,
+    OBSERVATION_TYPE, Observation, Target, Verified, VerifyKey, canonical_decode, verify_answer, verify_envelope,
+    verify_identity,
 )
-from notary.errors import InputError, SignatureError, VerificationError
+from notary.core.canonical import b64decode_strict
+from notary.core.envelope import MAX_ENVELOPE_BYTES
+from notary.errors import EncodingError, InputError, SignatureError, VerificationError
 from client.bundle import BundleEntry
 from client.policy import Policy
 from client.verdict import Evidence
 
-__all__ = ["check_answer", "check_identity", "verify_cached", "MAX_ENVELOPES", "VERIFIED_CACHE", "IDENTITY_MAX_AGE",
-           "IDENTITY_MAX_SKEW"]
+__all__ = ["check_answer", "check_identity", "verify_cached", "MAX_ENVELOPES", "VERIFIED_CACHE", "PARSED_CACHE",
+           "IDENTITY_MAX_AGE", "IDENTITY_MAX_SKEW"]
 
 MAX_ENVELOPES = 16
 #: Seconds an identity document may be old (its ``signed_at``).  A notary re-signs its identity
@@ -57,43 +61,72 @@ IDENTITY_MAX_AGE = 3600
 #: Seconds an identity document's ``signed_at`` may lie in the future (clock skew).
 IDENTITY_MAX_SKEW = 300
 #: How many verified observation envelopes are remembered (LRU).
-VERIFIED_CACHE = 4096
-_verified: "OrderedDict[tuple[Any, ...], Verified]" = OrderedDict()
+VERIFIED_CACHE = 65536
+#: How many parsed observations are remembered (LRU; each holds its certificate chain).
+PARSED_CACHE = 1024
+# Digests of (key, payload type, payload text, signature entries) that verified: 32 bytes each,
+# so remembering many costs little memory (tens of thousands of observations ~ a few MB).
+_verified: "OrderedDict[bytes, None]" = OrderedDict()
 _parsed: "OrderedDict[bytes, Observation]" = OrderedDict()
 
 
 def _parse_cached(v: Verified) -> Observation:
-    """Observation.from_payload, memoised by the exact verified payload bytes (a pure function of them)."""
+    """Observation.from_payload, memoised by the exact verified payload bytes (a pure function of them).
+
+    ``v.payload`` is ``None`` when :func:`verify_cached` answered from its memory
+    (the payload was verified before, not parsed again): it is parsed here on a miss.
+    """
     hit = _parsed.get(v.payload_bytes)
     if hit is not None:
         return hit
-    obs = Observation.from_payload(v.payload)
+    payload = v.payload
+    if payload is None:
+        try:
+            payload = canonical_decode(v.payload_bytes, max_bytes=MAX_ENVELOPE_BYTES)
+        except EncodingError as exc:  # cannot happen for bytes that verified and parsed before
+            raise VerificationError(f"signed payload is not valid JSON: {exc}") from None
+    obs = Observation.from_payload(payload)
     _parsed[v.payload_bytes] = obs
-    if len(_parsed) > VERIFIED_CACHE:
+    if len(_parsed) > PARSED_CACHE:
         _parsed.popitem(last=False)
     return obs
+
+
+def _field(h: Any, text: str) -> None:
+    raw = text.encode("utf-8", "surrogatepass")
+    h.update(len(raw).to_bytes(8, "big"))
+    h.update(raw)
 
 
 def verify_cached(envelope: Any, key: VerifyKey, payload_type: str) -> Verified:
     """:func:`~notary.core.verify_envelope`, remembering successes for observation envelopes.
 
-    A hit needs the same key, payload type, payload text and signature entries,
-    so it returns exactly what verifying again would.  Failures are never cached.
+    A hit needs the same key, payload type, payload text and signature entries
+    (compared by a SHA-256 over all of them, length-prefixed), so the signature
+    it skips is one that verified before over the same bytes; the payload is
+    still decoded strictly.  On a hit the returned ``payload`` is ``None`` (it
+    is parsed, if needed, by the observation parser).  Failures are never cached.
     """
     if payload_type != OBSERVATION_TYPE or not isinstance(envelope, Mapping):
         return verify_envelope(envelope, key, payload_type)
-    payload, sigs = envelope.get("payload"), envelope.get("signatures")
-    if not isinstance(payload, str) or not isinstance(sigs, list) or not all(
+    payload, sigs, ptype = envelope.get("payload"), envelope.get("signatures"), envelope.get("payloadType")
+    if not isinstance(payload, str) or ptype != payload_type or not isinstance(sigs, list) or not all(
         isinstance(x, Mapping) and isinstance(x.get("keyid"), str) and isinstance(x.get("sig"), str) for x in sigs
     ):
         return verify_envelope(envelope, key, payload_type)
-    ck = (key.key_id, key.b64, envelope.get("payloadType"), payload, tuple((x["keyid"], x["sig"]) for x in sigs))
-    hit = _verified.get(ck)
-    if hit is not None:
+    h = hashlib.sha256(key.raw)
+    for text in (payload_type, payload, *(t for x in sigs for t in (x["keyid"], x["sig"]))):
+        _field(h, text)
+    ck = h.digest()
+    if ck in _verified:
         _verified.move_to_end(ck)
-        return hit
+        try:
+            payload_bytes = b64decode_strict(payload)
+        except EncodingError:  # cannot happen: it decoded when it verified
+            return verify_envelope(envelope, key, payload_type)
+        return Verified(key_id=key.key_id, payload_type=payload_type, payload_bytes=payload_bytes, payload=None)
     got = verify_envelope(envelope, key, payload_type)
-    _verified[ck] = got
+    _verified[ck] = None
     if len(_verified) > VERIFIED_CACHE:
         _verified.popitem(last=False)
     return got

@@ -707,3 +707,26 @@ def test_arbitrary_signed_payload_is_a_verdict_not_a_crash(keys, leaf_der, field
         assert o.age >= 0 and o.target.sni == HOST
     else:
         assert ev.failure in ("invalid", "stale") and ev.observations == ()
+
+
+def test_verified_envelope_memory_never_accepts_a_changed_envelope(keys, leaf_der) -> None:
+    """verify_cached skips a signature only for the exact envelope that verified before, under the same key."""
+    from client.verify import verify_cached
+    from notary.errors import VerificationError as VE
+
+    env = signed(keys[0], leaf_der, observed_at=NOW - 123)
+    first = verify_cached(env, keys[0].verify_key, OBSERVATION_TYPE)
+    again = verify_cached(copy.deepcopy(env), keys[0].verify_key, OBSERVATION_TYPE)  # a hit
+    assert again.payload_bytes == first.payload_bytes and again.key_id == first.key_id
+    for mutate in (lambda e: e.__setitem__("payload", flip_b64(e["payload"], 30)),
+                   lambda e: e["signatures"][0].__setitem__("sig", flip_b64(e["signatures"][0]["sig"], 3)),
+                   lambda e: e["signatures"][0].__setitem__("keyid", keys[1].key_id)):
+        bad = copy.deepcopy(env)
+        mutate(bad)
+        with pytest.raises(VE):
+            verify_cached(bad, keys[0].verify_key, OBSERVATION_TYPE)
+    with pytest.raises(VE):  # the same envelope under another notary's key
+        verify_cached(copy.deepcopy(env), keys[1].verify_key, OBSERVATION_TYPE)
+    # And a whole answer checked twice (the second from memory) gives the same observations.
+    e = entry_for(keys[0], 0)
+    assert check(e, [env]).observations == check(e, [copy.deepcopy(env)]).observations
