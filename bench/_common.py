@@ -87,6 +87,95 @@ def serve(role: str, spec: dict[str, Any], *, lifetime: float = 900.0, ready_tim
     return Child([PY, str(BENCH / "_serve.py"), role, json.dumps(spec)], ready_timeout=ready_timeout, name=role)
 
 
+def free_port() -> int:
+    """An unused loopback TCP port (bound and released: a small race, fine on loopback)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli() -> list[str]:
+    """The ``parallax`` command line of the code under test (before/after the CLI moved to client/cli/)."""
+    module = "notary.cli" if (ROOT / "notary" / "cli.py").exists() else "client.cli"
+    return [PY, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); from {module} import run_main; run_main()"]
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    """Until GET ``url`` answers 200 (a server child finished starting)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} not up within {timeout}s")
+        time.sleep(0.1)
+
+
+class ServeProcesses:
+    """``n`` notaries, each its own ``parallax serve`` process on loopback, and their bundle.
+
+    Each allows loopback targets on any port (a benchmark's sites), has its
+    rate limit out of the way, and exits when this object stops it (SIGTERM to
+    its own pid, then SIGKILL).  ``extra`` flags are passed to every one.
+    """
+
+    def __init__(self, n: int, workdir: Path, *, extra: list[str] | None = None, ttl: int = 300) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.urls: list[str] = []
+        entries = []
+        try:
+            for i in range(n):
+                d = workdir / f"notary-{i + 1}"
+                port = free_port()
+                args = _cli() + [
+                    "serve", "--data-dir", str(d), "--init", "--listen", f"127.0.0.1:{port}",
+                    "--name", f"notary-{i + 1}", "--region", f"local-{i + 1}",
+                    "--allow-network", "127.0.0.0/8", "--allow-port", "any", "--ttl", str(ttl),
+                    "--rate", "1000000", "--burst", "2000000", "--export-entry", str(d / "entry.json"),
+                    *(extra or []),
+                ]
+                self.procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                                   stderr=subprocess.DEVNULL, cwd=str(ROOT)))
+                self.urls.append(f"http://127.0.0.1:{port}")
+            for i, url in enumerate(self.urls):
+                wait_http(url + "/healthz")
+                entries.append(json.loads((workdir / f"notary-{i + 1}" / "entry.json").read_text()))
+        except BaseException:
+            self.stop()
+            raise
+        self.bundle_path = workdir / "bundle.json"
+        self.bundle_path.write_text(json.dumps({"version": 1, "notaries": entries}, indent=2) + "\n")
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+    def __enter__(self) -> "ServeProcesses":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def run_load(spec: dict[str, Any], *, timeout: float = 300.0) -> dict[str, Any]:
     """Run ``bench/_load.py`` (a separate process) once and return its JSON result."""
     out = subprocess.run(
@@ -144,6 +233,13 @@ def busy_processes(top: int = 5) -> list[str]:
 
 def decode_envelope_payload(env: dict[str, Any]) -> dict[str, Any]:
     return json.loads(base64.b64decode(env["payload"]))
+
+
+def answer_source(result: dict[str, Any]) -> str:
+    """``fresh``/``cached`` of one observe result: protocol 2 keeps it in the freshness leaf, 1 in the payload."""
+    if "freshness" in result:
+        return str(json.loads(base64.b64decode(result["freshness"]["leaf"]))["source"])
+    return str(decode_envelope_payload(result["envelopes"][0])["source"])
 
 
 def verdict_line(name: str, subject: str, baseline: str, ratio: float, goal: str, met: bool | None) -> str:

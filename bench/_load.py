@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import client_ctx, decode_envelope_payload, raw_handshake  # noqa: E402
+from bench._common import client_ctx, decode_envelope_payload, answer_source, raw_handshake  # noqa: E402
 
 
 async def run_ops(spec: dict[str, Any], op: Any) -> dict[str, Any]:
@@ -94,10 +94,11 @@ async def mode_observe(spec: dict[str, Any]) -> dict[str, Any]:
                     raise RuntimeError(f"HTTP {resp.status}")
             if i % check_every == 0:
                 doc = json.loads(raw)
-                for env in doc["results"][0]["envelopes"]:
+                result = doc["results"][0]
+                for env in result["envelopes"]:
                     p = decode_envelope_payload(env)
                     statuses[p["status"]] += 1
-                    sources[p["source"]] += 1
+                    sources[answer_source(result)] += 1
 
         out = await run_ops(spec, op)
     out.update(statuses=dict(statuses), sources=dict(sources))

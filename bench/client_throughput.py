@@ -12,7 +12,9 @@ Subject:  verify_with_notaries for every target with ``--concurrency`` (16)
 Baseline: raw asyncio TLS handshakes (unverified, then abort) to the same
           1,000 targets with the same concurrency, from this process.
 Bounds:   1,000 checks a pass and ``--max-seconds`` per pass.
-No goal is set for this ratio: it is reported as checks/s and checks/s / handshakes/s.
+Goals (checks/s / handshakes/s): warm >= 0.25, cold >= 0.1.  The 5 notaries run on the
+same machine and share its cores with the client, so a check costs the client's own
+probe plus five notary answers (five probes when cold) of the same CPU.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import busy_processes, client_ctx, raw_handshake, save, serve, verdict_line  # noqa: E402
 
 NAME = "client_throughput"
+GOALS = {"warm": 0.25, "cold": 0.1}
 
 
 async def bounded(items: list, conc: int, fn, max_seconds: float) -> tuple[float, int, collections.Counter]:  # type: ignore[no-untyped-def]
@@ -109,7 +112,7 @@ def main() -> int:
             f"{NAME}_{label}", f"{rate:.1f} checks/s ({good} consistent of {r['done']} checks, "
             f"{'fresh probes' if label == 'cold' else 'cached'}, 5 notaries)",
             f"{base:.1f} handshakes/s (raw TLS, mean of 2 runs)", rate / base,
-            "checks/s / handshakes/s", None))
+            f"checks/s / handshakes/s; goal >= {GOALS[label]}", rate / base >= GOALS[label]))
     save(NAME, {"runs": out, "baseline_rate": base, "args": vars(args)}, lines)
     return 0
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import busy_processes, median, save, serve, verdict_line  # noqa: E402
 
 NAME = "vs_open_mpic"
-GOAL = 0.2
+GOAL = 10.0  # open-mpic time / Parallax time (P2)
 HOST = "localhost"
 
 
@@ -154,10 +154,10 @@ def main() -> int:
         print(f"[{NAME}] {k:14s} median {med[k]:7.2f} ms  min {vs[0]:7.2f}  max {vs[-1]:7.2f}  (n={len(vs)})")
     lines = []
     for k, what in (("parallax_cold", "fresh probes, max_age=0"), ("parallax_warm", "notaries' cache")):
-        r = med[k] / med["open_mpic"]
-        lines.append(verdict_line(f"{NAME}_{k.split('_')[1]}", f"{med[k]:.2f} ms (Parallax verify_with_notaries, 5 notaries, {what})",
-                                  f"{med['open_mpic']:.2f} ms (open-mpic-core TLS-ALPN-01 DCV, 5 perspectives)", r,
-                                  f"Parallax/open-mpic time; goal <= {GOAL} (5x faster)", r <= GOAL))
+        r = med["open_mpic"] / med[k]
+        lines.append(verdict_line(f"{NAME}_{k.split('_')[1]} (P2)", f"{med['open_mpic']:.2f} ms (open-mpic-core TLS-ALPN-01 DCV, 5 perspectives)",
+                                  f"{med[k]:.2f} ms (Parallax verify_with_notaries, 5 notaries, {what})", r,
+                                  f"open-mpic/Parallax time; goal >= {GOAL:g}", r >= GOAL))
     save(NAME, {"times_s": times, "medians_ms": med}, lines)
     return 0
 

@@ -6,6 +6,13 @@ verifies every answer (:mod:`client.verify`), and decides (:mod:`client.verdict`
 It stops early once more answers cannot change the outcome class
 (accept / mitm / other), unless ``wait_all``; notaries not waited for are
 reported as ``not_waited`` and count against the quorum.
+
+Per-check cost is kept low for callers that check every page (the browser
+helper): notaries are asked over one kept-alive session per event loop
+(:mod:`client.pool`) unless the caller passes ``session=``; identity documents
+are re-fetched only every :data:`IDENTITY_TTL` seconds; observation envelopes
+already verified are remembered (:func:`client.verify.verify_cached`); each
+answer is judged once, when it arrives.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from client.interception import proven_keys
 from client.keymemory import KeyStore
 from client.policy import Policy, get_policy
 from client.socks import MAX_VIAS, ProxySpec, parse_via, probe_all_via
+from client.pool import shared_session
 from client.verdict import ClientView, Evidence, NotaryResult, Verdict, conclude, judge_all, outcome_class
 from client.verify import check_answer
 
@@ -56,6 +64,10 @@ def _remember_identity(e: BundleEntry, now: float) -> None:
     _identities[(e.url, e.key_id)] = now
 
 
+#: Probers by (timeout, connect_to, clock[, host, port]): a Prober holds an SSL context; reuse it.
+_probers: dict[tuple[object, ...], Prober] = {}
+
+
 async def client_probe(
     target: Target,
     *,
@@ -68,9 +80,14 @@ async def client_probe(
 
     ``extra_cas`` (DER): CA certificates a declared interceptor issues from; see :mod:`client.interception`.
     """
-    override = {(target.host, target.port): connect_to} if connect_to else None
-    prober = Prober(_ANY, clock=lambda: int(clock()), limits=ProbeLimits(connect_timeout=timeout, handshake_timeout=timeout),
-                    connect_override=override)
+    prober = _probers.get((timeout, connect_to, clock, target.host, target.port) if connect_to else (timeout, None, clock))
+    if prober is None:
+        override = {(target.host, target.port): connect_to} if connect_to else None
+        prober = Prober(_ANY, clock=lambda: int(clock()), limits=ProbeLimits(connect_timeout=timeout, handshake_timeout=timeout),
+                        connect_override=override)
+        if len(_probers) > 64:
+            _probers.clear()
+        _probers[(timeout, connect_to, clock, target.host, target.port) if connect_to else (timeout, None, clock)] = prober
     result = (await prober.probe(target))[0]
     return ClientView(result.status, result.spki_sha256, result.ip, result.detail, "probe",
                       proven_keys=proven_keys(result.chain, extra_cas))
@@ -80,8 +97,8 @@ def _evidence(answer: RawAnswer, *, nonce: str, target: Target, now: int, policy
     e = answer.entry
     if answer.error is not None or answer.envelopes is None:
         return Evidence(e.name, e.region, e.key_id, e.url, failure=answer.kind, reason=answer.error or "no answer")
-    ev = check_answer(e, answer.envelopes, nonce=nonce, host=target.host, port=target.port, now=now,
-                      policy=policy, identity=answer.identity, sni=target.sni)
+    ev = check_answer(e, answer.envelopes, freshness=answer.freshness, nonce=nonce, host=target.host,
+                      port=target.port, now=now, policy=policy, identity=answer.identity, sni=target.sni)
     if answer.identity is not None and ev.failure is None:
         _remember_identity(e, now)
     return ev
@@ -129,7 +146,9 @@ async def verify_with_notaries(
     policy's ``max_age``, the age the client accepts).  ``relay`` (``"auto"``,
     ``"none"``/None, or a relay URL) asks the notaries through an Oblivious HTTP
     relay (:mod:`client.ohttp`); ``"auto"`` picks a relay-capable notary of the
-    bundle and does not ask it; the verdict's ``relays`` names the relays used.  Raises :class:`~notary.errors.InputError`
+    bundle and does not ask it; the verdict's ``relays`` names the relays used.
+    ``session`` is the caller's aiohttp session; by default one kept-alive
+    session per event loop is shared by every call (:mod:`client.pool`).  Raises :class:`~notary.errors.InputError`
     for bad arguments; network trouble is reported in the verdict, never raised.
     """
     h, p = split_target(host, 443 if port is None else port)
@@ -161,8 +180,7 @@ async def verify_with_notaries(
     else:
         client_view = None
 
-    own_session = session is None
-    sess = session or aiohttp.ClientSession()
+    sess = session if session is not None else shared_session()
     tasks: dict[asyncio.Task[RawAnswer], BundleEntry] = {}
     probe_task: asyncio.Task[ClientView] | None = None
     proxy_task: asyncio.Task[Any] = asyncio.create_task(probe_all_via(target, specs, timeout=timeout, isolate=isolate, clock=clock))
@@ -177,6 +195,7 @@ async def verify_with_notaries(
             probe_task = asyncio.create_task(client_probe(target, timeout=timeout, connect_to=connect_to, clock=clock,
                                                           extra_cas=extra_cas))
         evidence: dict[str, Evidence] = {}
+        judged: dict[str, tuple[int, NotaryResult]] = {}  # each answer judged once (per second of `now`)
         pending: set[asyncio.Task[Any]] = set(tasks) | ({probe_task} if probe_task else set())
         pending.add(proxy_task)
         while pending:
@@ -192,7 +211,7 @@ async def verify_with_notaries(
                     evidence[entry.key_id + entry.url] = _evidence(t.result(), nonce=nonce, target=target, now=now, policy=pol)
             if wait_all or client_view is None or not pending or not proxy_task.done() or (specs and pol.proxies == "count"):
                 continue  # counted proxies are not in _settled's arithmetic: wait for every notary
-            if _settled(client_view, entries, evidence, pol, now, target):
+            if _settled(client_view, entries, evidence, pol, now, target, judged):
                 break
         now = int(clock())
         assert client_view is not None
@@ -218,8 +237,6 @@ async def verify_with_notaries(
             t.cancel()
         with contextlib.suppress(BaseException):
             await asyncio.gather(*tasks, *([probe_task] if probe_task else []), proxy_task, return_exceptions=True)
-        if own_session:
-            await sess.close()
 
 
 def _expectation(declared: Sequence[str | bytes]) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
@@ -237,16 +254,28 @@ def _expectation(declared: Sequence[str | bytes]) -> tuple[tuple[str, ...], tupl
 
 
 def _settled(client: ClientView, entries: Sequence[BundleEntry], evidence: dict[str, Evidence],
-             pol: Policy, now: int, target: Target) -> bool:
+             pol: Policy, now: int, target: Target, judged: dict[str, tuple[int, NotaryResult]]) -> bool:
     """True when no way the outstanding notaries could answer changes the outcome class."""
-    known = judge_all(client, [evidence[e.key_id + e.url] for e in entries if e.key_id + e.url in evidence], pol, now)
-    missing = [e for e in entries if e.key_id + e.url not in evidence]
+    keys = [e.key_id + e.url for e in entries]
+    if len({e.key_id for e in entries}) == len(entries):
+        known = []
+        for k in keys:
+            if k in evidence:
+                hit = judged.get(k)
+                if hit is None or hit[0] != now:
+                    hit = judged[k] = (now, judge_all(client, [evidence[k]], pol, now)[0])
+                known.append(hit[1])
+    else:  # a repeated key is excluded by position: judge the whole list
+        known = judge_all(client, [evidence[k] for k in keys if k in evidence], pol, now)
+    missing = [e for e, k in zip(entries, keys) if k not in evidence]
     classes = set()
     for fill in ("agrees", "disagrees", "unreachable"):
         results = known + [_placeholder(e, fill) for e in missing]
         v = conclude(client, results, pol, now, host=target.host, port=target.port)
         classes.add(outcome_class(v.status))
-    return len(classes) == 1
+        if len(classes) > 1:
+            return False
+    return True
 
 
 def verify_with_notaries_sync(host: str, port: int | None = None, **kwargs: object) -> Verdict:

@@ -32,6 +32,8 @@ Lookup order: an explicit path, ``$PARALLAX_BUNDLE``, then
 
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import time
@@ -72,6 +74,12 @@ def _good_url(url: str) -> bool:
         and not url.endswith(("?", "#"))
 
 
+@functools.lru_cache(maxsize=1024)
+def _verify_key(public_key: str) -> VerifyKey:
+    """Parsed once per key (every check of every answer needs it); VerifyKey is immutable."""
+    return VerifyKey.from_b64(public_key)
+
+
 @dataclass(frozen=True, slots=True)
 class BundleEntry:
     name: str
@@ -85,7 +93,7 @@ class BundleEntry:
 
     @property
     def verify_key(self) -> VerifyKey:
-        return VerifyKey.from_b64(self.public_key)
+        return _verify_key(self.public_key)
 
     @classmethod
     def from_json(cls, d: Any) -> "BundleEntry":

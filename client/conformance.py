@@ -4,14 +4,20 @@ The checks, in order (one ``PASS``/``FAIL``/``SKIP`` line each):
 
 ``identity``            ``GET /v1/notary`` is a DSSE envelope of the identity type,
                         signed by the key it names, whose ``key_id`` is that key's id,
-                        with protocol ``parallax/1`` and a ``signed_at`` near now
+                        with protocol ``parallax/2`` and a ``signed_at`` near now
                         (and, with ``--public-key``/``--key-id``, the key expected);
 ``healthz``             ``GET /healthz`` answers 200 ``{"status": "ok"}`` (same key id);
 ``openapi``             ``GET /v1/openapi.json`` is an OpenAPI 3 document listing the API;
-``observe``             ``POST /v1/observe`` for ``--target``: signed envelopes that
-                        verify against the identity key, echo the nonce, name the
-                        target asked for, and carry sane times;
+``observe``             ``POST /v1/observe`` for ``--target``: observation envelopes
+                        and a freshness statement that verify against the identity
+                        key, a freshness leaf under the signed Merkle root that names
+                        the nonce sent and exactly the envelopes' digests, the target
+                        asked for, and sane times (protocol version 2);
 ``observe-get``         the same through ``GET /v1/observe/{host}/{port}``;
+``freshness``           two concurrent requests for ``--target`` with different
+                        nonces: each answer verifies with its own nonce and not with
+                        the other's (and, informationally, whether the notary served
+                        one observation signed once and batched the two leaves);
 ``refuse loopback``, ``refuse ipv4-mapped``
                         a correct notary answers a signed ``blocked_by_policy``
                         observation, without connecting, for ``127.0.0.1:P``
@@ -68,8 +74,8 @@ from notary.core import (
     Target,
     VerifyKey,
     canonical_decode,
+    verify_answer,
     verify_identity,
-    verify_observation,
 )
 from notary.errors import EncodingError, InputError, OhttpError, VerificationError
 
@@ -342,24 +348,18 @@ def _verify_answer(ctx: _Ctx, doc: Any, target: Target, nonce: str) -> list[Any]
         raise _Fail(f"{len(envelopes)} envelopes for one target (clients accept at most {MAX_ENVELOPES})")
     if result.get("target") != target.to_json():
         raise _Fail(f"result names target {result.get('target')!r}, asked for {target.to_json()!r}")
+    try:
+        out = verify_answer(envelopes, result.get("freshness"), ctx.key, nonce=nonce)
+    except VerificationError as exc:
+        raise _Fail(f"the answer does not verify against the identity key: {exc}") from None
     now = int(ctx.clock())
-    out = []
-    for i, env in enumerate(envelopes):
-        try:
-            obs = verify_observation(env, ctx.key)
-        except VerificationError as exc:
-            raise _Fail(f"envelope {i} does not verify against the identity key: {exc}") from None
-        if obs.nonce != nonce:
-            raise _Fail(f"envelope {i} carries nonce {obs.nonce!r}, not the one sent")
+    for i, obs in enumerate(out):
         if obs.target != target:
             raise _Fail(f"envelope {i} is for {obs.target} (sni {obs.target.sni}), not {target} (sni {target.sni})")
         if abs(obs.signed_at - now) > MAX_SKEW:
             raise _Fail(f"envelope {i}: signed_at is {obs.signed_at - now:+d}s from now (max {MAX_SKEW}s)")
         if obs.observed_at > obs.signed_at:
             raise _Fail(f"envelope {i}: observed_at is after signed_at")
-        if obs.age != obs.signed_at - obs.observed_at:
-            raise _Fail(f"envelope {i}: age {obs.age} is not signed_at - observed_at")
-        out.append(obs)
     return out
 
 
@@ -397,6 +397,29 @@ def _covered(address: str, nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6
     ip = ipaddress.ip_address(address)
     ips = [ip] + ([ip.ipv4_mapped] if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else [])
     return any(a.version == n.version and a in n for a in ips for n in nets)
+
+
+async def _check_freshness(ctx: _Ctx, target: Target) -> str:
+    nonces = [secrets.token_urlsafe(24) for _ in range(2)]
+    resps = await asyncio.gather(*(
+        _request(ctx, "POST", "/v1/observe", data=_observe_body([target.to_json()], n),
+                 headers={"Content-Type": "application/json"}) for n in nonces))
+    docs = []
+    for r, n in zip(resps, nonces):
+        _expect_200(r, "POST /v1/observe")
+        doc = _json(r, "POST /v1/observe", strict=True)
+        _verify_answer(ctx, doc, target, n)
+        docs.append(doc["results"][0])
+    try:
+        verify_answer(docs[0]["envelopes"], docs[0].get("freshness"), ctx.key, nonce=nonces[1])  # type: ignore[arg-type]
+    except VerificationError:
+        pass
+    else:
+        raise _Fail("an answer verified under another request's nonce")
+    same_obs = docs[0]["envelopes"] == docs[1]["envelopes"]
+    same_batch = docs[0]["freshness"].get("statement") == docs[1]["freshness"].get("statement")
+    return (f"each answer bound to its own nonce; observation signed once: {'yes' if same_obs else 'no'}; "
+            f"one statement for both: {'yes' if same_batch else 'no'}")
 
 
 async def _check_refusal(ctx: _Ctx, address: str, expect_allowed: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
@@ -531,9 +554,11 @@ async def run_conformance(
                     "only its own loopback listener, for the refusal checks a correct notary never connects to)")
             out.append(CheckResult("observe", "skip", note))
             out.append(CheckResult("observe-get", "skip", note))
+            out.append(CheckResult("freshness", "skip", note))
         else:
             await run("observe", _check_observe_post(ctx, target))
             await run("observe-get", _check_observe_get(ctx, target))
+            await run("freshness", _check_freshness(ctx, target))
         for name, address in REFUSAL_TARGETS:
             await run(name, _check_refusal(ctx, address, nets))
         await run("limit too-many-targets", _check_too_many(ctx))

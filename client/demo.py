@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from notary.core import pin_from_spki_hex, verify_observation
+from notary.core import pin_from_spki_hex, verify_answer
 from client.api import verify_with_notaries
 from client.cli import render_table
 from client.cluster import local_cluster
@@ -62,13 +62,14 @@ async def run_demo(data_dir: Path, *, verbose: bool = False) -> int:
             async with s.get(f"{entry.url}/v1/observe/{HOST}/{site.port}", params={"nonce": nonce},
                              allow_redirects=False) as r:
                 doc = await r.json()
-        obs = verify_observation(doc["results"][0]["envelopes"][0], key)
-        assert obs.nonce == nonce
+        res = doc["results"][0]
+        obs = verify_answer(res["envelopes"], res["freshness"], key, nonce=nonce)[0]
         seen = pin_from_spki_hex(obs.spki_sha256) if obs.spki_sha256 else "-"
         print(f"\n== observation by {entry.name}: signature verified, nonce echoed, key {seen} ==")
         if verbose:
             shown = {k: v for k, v in obs.to_payload().items() if k != "chain"}
             shown["chain"] = f"<{len(obs.chain)} certificate(s)>"
+            shown.update(nonce=obs.nonce, signed_at=obs.signed_at, source=obs.source)  # from the freshness proof
             print(json.dumps(shown, indent=2))
         else:
             print("(the whole signed observation: parallax demo --verbose)")

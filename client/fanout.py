@@ -38,6 +38,7 @@ class RawAnswer:
     identity: Any = None
     error: str | None = None
     kind: str = "unreachable"  # the verdict result when ``error`` is set: unreachable | invalid
+    freshness: Any = None
 
 
 class Redirected(Exception):
@@ -100,6 +101,7 @@ async def ask_notary(
         envelopes = results[0]["envelopes"]
         if not isinstance(envelopes, list):
             raise TypeError("envelopes is not a list")
-    except (KeyError, TypeError, IndexError) as exc:
+        freshness = results[0].get("freshness")
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
         return RawAnswer(entry, error=f"malformed answer: {exc}")
-    return RawAnswer(entry, envelopes=envelopes, identity=got[1] if fetch_identity else None)
+    return RawAnswer(entry, envelopes=envelopes, identity=got[1] if fetch_identity else None, freshness=freshness)

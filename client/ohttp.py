@@ -201,9 +201,10 @@ async def _ask_once(session: aiohttp.ClientSession, entry: BundleEntry, route: R
         envelopes = results[0]["envelopes"]
         if not isinstance(envelopes, list):
             raise TypeError("envelopes is not a list")
-    except (KeyError, TypeError, IndexError) as exc:
+        freshness = results[0].get("freshness")
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
         return RawAnswer(entry, error=f"malformed answer: {exc}")
-    return RawAnswer(entry, envelopes=envelopes, identity=identity)
+    return RawAnswer(entry, envelopes=envelopes, identity=identity, freshness=freshness)
 
 
 async def ask_notary_relayed(

@@ -1,19 +1,22 @@
 """Checking a notary's answer before anything in it counts (pure: ``now`` is passed in).
 
-For each envelope a notary returned, in this order:
+An answer for one target is a list of observation envelopes plus a freshness
+proof (protocol version 2, :mod:`notary.core.freshness`).  In this order:
 
-1. the DSSE signature verifies against the notary's bundle key, over the exact
-   payload bytes (else ``bad_signature``); only then is the payload parsed;
-2. the payload is a well-formed observation naming that notary (else ``invalid``);
-3. the nonce is this call's fresh nonce (else ``invalid``: replayed);
-4. the target (host, port and SNI) is the one asked for (else ``invalid``); the
+1. every observation envelope's DSSE signature verifies against the notary's
+   bundle key over the exact payload bytes; so does the freshness statement's;
+   the freshness leaf is under the signed Merkle root (else ``bad_signature``);
+   only then is anything parsed;
+2. the leaf names this call's nonce (else ``invalid``: replayed) and exactly
+   the digests of the envelopes received; the payloads are well-formed
+   observations naming that notary (else ``invalid``);
+3. the target (host, port and SNI) is the one asked for (else ``invalid``); the
    SNI asked for defaults to the host's own (none for an IP literal), exactly
    as :meth:`~notary.core.Target.parse` derives it, so an observation made with
    another SNI (another virtual host) never counts;
-5. ``signed_at`` is within ``policy.max_skew`` of ``now`` (else ``stale``);
-6. ``observed_at`` is at most ``policy.max_age`` old and not after ``signed_at``,
-   (else ``stale``/``invalid``).  A negative ``age`` is refused when the payload
-   is parsed (step 2, :meth:`~notary.core.Observation.from_payload`).
+4. the statement's ``signed_at`` is within ``policy.max_skew`` of ``now`` (else ``stale``);
+5. ``observed_at`` is at most ``policy.max_age`` old and not after ``signed_at``
+   (else ``stale``/``invalid``); the age is ``signed_at - observed_at``, so never negative.
 
 One bad envelope rejects the notary's whole answer: a notary either answers
 correctly or does not count.  If an identity document was fetched, it must
@@ -22,19 +25,33 @@ fresh: ``signed_at`` at most :data:`IDENTITY_MAX_AGE` seconds old and not more
 than the allowed skew in the future (else ``excluded``).  A notary signs its
 identity afresh for every request (at most once a second), so only a replay
 (e.g. by a relay undoing a gateway key rotation) is ever that old.
+
+Observation envelopes are signed once by a notary and served unchanged while
+cached, so a successful verification of one is remembered (:data:`VERIFIED_CACHE`
+entries, keyed by the exact key id, payload type, payload and signatures): a
+warm check verifies the small freshness statements only.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any, Sequence
 
-from notary.core import OBSERVATION_TYPE, Observation, Target, verify_envelope, verify_identity
-from notary.errors import InputError, VerificationError
+from notary.core import (
+    OBSERVATION_TYPE, Observation, Target, Verified, VerifyKey, canonical_decode, verify_answer, verify_envelope,
+    verify_identity,
+)
+from notary.core.canonical import b64decode_strict
+from notary.core.envelope import MAX_ENVELOPE_BYTES
+from notary.errors import EncodingError, InputError, SignatureError, VerificationError
 from client.bundle import BundleEntry
 from client.policy import Policy
 from client.verdict import Evidence
 
-__all__ = ["check_answer", "check_identity", "MAX_ENVELOPES", "IDENTITY_MAX_AGE", "IDENTITY_MAX_SKEW"]
+__all__ = ["check_answer", "check_identity", "verify_cached", "MAX_ENVELOPES", "VERIFIED_CACHE", "PARSED_CACHE",
+           "IDENTITY_MAX_AGE", "IDENTITY_MAX_SKEW"]
 
 MAX_ENVELOPES = 16
 #: Seconds an identity document may be old (its ``signed_at``).  A notary re-signs its identity
@@ -43,6 +60,76 @@ MAX_ENVELOPES = 16
 IDENTITY_MAX_AGE = 3600
 #: Seconds an identity document's ``signed_at`` may lie in the future (clock skew).
 IDENTITY_MAX_SKEW = 300
+#: How many verified observation envelopes are remembered (LRU).
+VERIFIED_CACHE = 65536
+#: How many parsed observations are remembered (LRU; each holds its certificate chain).
+PARSED_CACHE = 1024
+# Digests of (key, payload type, payload text, signature entries) that verified: 32 bytes each,
+# so remembering many costs little memory (tens of thousands of observations ~ a few MB).
+_verified: "OrderedDict[bytes, None]" = OrderedDict()
+_parsed: "OrderedDict[bytes, Observation]" = OrderedDict()
+
+
+def _parse_cached(v: Verified) -> Observation:
+    """Observation.from_payload, memoised by the exact verified payload bytes (a pure function of them).
+
+    ``v.payload`` is ``None`` when :func:`verify_cached` answered from its memory
+    (the payload was verified before, not parsed again): it is parsed here on a miss.
+    """
+    hit = _parsed.get(v.payload_bytes)
+    if hit is not None:
+        return hit
+    payload = v.payload
+    if payload is None:
+        try:
+            payload = canonical_decode(v.payload_bytes, max_bytes=MAX_ENVELOPE_BYTES)
+        except EncodingError as exc:  # cannot happen for bytes that verified and parsed before
+            raise VerificationError(f"signed payload is not valid JSON: {exc}") from None
+    obs = Observation.from_payload(payload)
+    _parsed[v.payload_bytes] = obs
+    if len(_parsed) > PARSED_CACHE:
+        _parsed.popitem(last=False)
+    return obs
+
+
+def _field(h: Any, text: str) -> None:
+    raw = text.encode("utf-8", "surrogatepass")
+    h.update(len(raw).to_bytes(8, "big"))
+    h.update(raw)
+
+
+def verify_cached(envelope: Any, key: VerifyKey, payload_type: str) -> Verified:
+    """:func:`~notary.core.verify_envelope`, remembering successes for observation envelopes.
+
+    A hit needs the same key, payload type, payload text and signature entries
+    (compared by a SHA-256 over all of them, length-prefixed), so the signature
+    it skips is one that verified before over the same bytes; the payload is
+    still decoded strictly.  On a hit the returned ``payload`` is ``None`` (it
+    is parsed, if needed, by the observation parser).  Failures are never cached.
+    """
+    if payload_type != OBSERVATION_TYPE or not isinstance(envelope, Mapping):
+        return verify_envelope(envelope, key, payload_type)
+    payload, sigs, ptype = envelope.get("payload"), envelope.get("signatures"), envelope.get("payloadType")
+    if not isinstance(payload, str) or ptype != payload_type or not isinstance(sigs, list) or not all(
+        isinstance(x, Mapping) and isinstance(x.get("keyid"), str) and isinstance(x.get("sig"), str) for x in sigs
+    ):
+        return verify_envelope(envelope, key, payload_type)
+    h = hashlib.sha256(key.raw)
+    for text in (payload_type, payload, *(t for x in sigs for t in (x["keyid"], x["sig"]))):
+        _field(h, text)
+    ck = h.digest()
+    if ck in _verified:
+        _verified.move_to_end(ck)
+        try:
+            payload_bytes = b64decode_strict(payload)
+        except EncodingError:  # cannot happen: it decoded when it verified
+            return verify_envelope(envelope, key, payload_type)
+        return Verified(key_id=key.key_id, payload_type=payload_type, payload_bytes=payload_bytes, payload=None)
+    got = verify_envelope(envelope, key, payload_type)
+    _verified[ck] = None
+    if len(_verified) > VERIFIED_CACHE:
+        _verified.popitem(last=False)
+    return got
 
 
 def _fail(entry: BundleEntry, kind: str, reason: str) -> Evidence:
@@ -72,6 +159,7 @@ def check_answer(
     entry: BundleEntry,
     envelopes: Sequence[Any],
     *,
+    freshness: Any,
     nonce: str,
     host: str,
     port: int,
@@ -80,7 +168,7 @@ def check_answer(
     identity: Any = None,
     sni: str | None | object = ...,
 ) -> Evidence:
-    """Verify one notary's envelopes for one target; return its :class:`Evidence`.
+    """Verify one notary's answer (envelopes and freshness proof) for one target; return its :class:`Evidence`.
 
     ``sni`` is the SNI the caller asked for (``None``: none sent); left out, it is
     the default SNI for ``host``.  ``now`` is unix seconds.
@@ -98,21 +186,13 @@ def check_answer(
         return _fail(entry, "invalid", "answer holds no observation")
     if len(envelopes) > MAX_ENVELOPES:
         return _fail(entry, "invalid", f"answer holds more than {MAX_ENVELOPES} observations")
-    key = entry.verify_key
-    out: list[Observation] = []
-    for env in envelopes:
-        try:
-            verified = verify_envelope(env, key, OBSERVATION_TYPE)
-        except VerificationError as exc:
-            return _fail(entry, "bad_signature", f"rejected: {exc}")
-        try:
-            obs = Observation.from_payload(verified.payload)
-        except VerificationError as exc:
-            return _fail(entry, "invalid", str(exc))
-        if obs.notary != entry.key_id:
-            return _fail(entry, "invalid", "observation names another notary")
-        if obs.nonce != nonce:
-            return _fail(entry, "invalid", "nonce does not match this request (replayed answer?)")
+    try:
+        out = verify_answer(envelopes, freshness, entry.verify_key, nonce=nonce, verify=verify_cached, parse=_parse_cached)
+    except SignatureError as exc:
+        return _fail(entry, "bad_signature", f"rejected: {exc}")
+    except VerificationError as exc:
+        return _fail(entry, "invalid", str(exc))
+    for obs in out:
         if obs.target.host != host or obs.target.port != port:
             return _fail(entry, "invalid", f"observation is for {obs.target}, not {host}:{port}")
         if obs.target.sni != sni:
@@ -123,5 +203,4 @@ def check_answer(
             return _fail(entry, "invalid", "observed after it was signed")
         if now - obs.observed_at > policy.max_age:
             return _fail(entry, "stale", f"observation is {now - obs.observed_at}s old (max {policy.max_age}s)")
-        out.append(obs)
     return Evidence(entry.name, entry.region, entry.key_id, entry.url, observations=tuple(out))

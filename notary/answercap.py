@@ -21,8 +21,10 @@ __all__ = ["REPLACEMENT_BYTES", "cap_answer"]
 
 #: An upper bound of one replacement envelope's JSON size (a detail of at most 200 characters).
 REPLACEMENT_BYTES = 2048
-#: Per-target JSON around the envelopes ({"target": ..., "envelopes": []}), a bound.
-TARGET_OVERHEAD = 600
+#: Per-target JSON around the envelopes, a bound: the target (host and SNI up to 253
+#: characters each), and the freshness proof (its statement envelope, the leaf and an
+#: inclusion path of at most 10 hashes for a batch of 1,024 leaves).
+TARGET_OVERHEAD = 3000
 
 SignError = Callable[[dict[str, Any], str | None, str], dict[str, Any]]
 

@@ -18,6 +18,7 @@ __all__ = [
     "OhttpError",
     "EncodingError",
     "VerificationError",
+    "SignatureError",
     "RemoteError",
     "StoreError",
     "BusyError",
@@ -69,6 +70,10 @@ class EncodingError(ParallaxError):
 
 class VerificationError(ParallaxError):
     """A signature, payload type, nonce, target or timestamp check failed."""
+
+
+class SignatureError(VerificationError):
+    """Authenticity failed: a signature, or a Merkle inclusion path to a signed root, does not verify."""
 
 
 class RemoteError(ParallaxError):

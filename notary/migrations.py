@@ -111,6 +111,10 @@ def migrate(db: sqlite3.Connection) -> int:
         return found
     db.execute("BEGIN IMMEDIATE")
     try:
+        # Again under the write lock: another process (``serve --workers``) may have migrated meanwhile.
+        found = schema_version(db)
+        if found > SCHEMA_VERSION:
+            raise StoreError(f"store schema version {found} is newer than this notary understands ({SCHEMA_VERSION})")
         if found == 0:
             for statement in filter(None, (s.strip() for s in SCHEMA_V1.split(";"))):
                 db.execute(statement)

@@ -14,7 +14,7 @@
   seconds (else a 400 ``body_timeout``).  The inner request is rate-limited
   once, as the client of the outer request (trusted-proxy aware), whatever
   the encrypted headers say.  Answers are zero-padded to a power of two of at
-  least 4 KiB (:func:`notary.core.bhttp.response_bucket`).
+  least 8 KiB (:func:`notary.core.bhttp.response_bucket`).
 
 Keys live in ``<data-dir>/ohttp-gateway.keys`` (JSON, mode 0600, created
 exclusively, refused when group- or world-accessible, never logged)::

@@ -41,7 +41,8 @@ def openapi_document(config: "NotaryConfig") -> dict[str, Any]:
         },
     }
     results = {
-        "description": "One result per target, in request order; each holds signed observation envelopes",
+        "description": ("One result per target, in request order; each holds signed observation envelopes"
+                        " and the freshness proof binding them to the nonce"),
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Results"}}},
     }
     nonce = {"type": "string", "minLength": 16, "maxLength": 128, "pattern": "^[A-Za-z0-9_-]+$"}
@@ -84,6 +85,10 @@ def openapi_document(config: "NotaryConfig") -> dict[str, Any]:
             "Envelope": _ENVELOPE,
             "Results": {"type": "object", "required": ["results"], "properties": {"results": {
                 "type": "array", "items": {"type": "object", "properties": {
-                    "target": target, "envelopes": {"type": "array", "items": _ENVELOPE}}}}}},
+                    "target": target, "envelopes": {"type": "array", "items": _ENVELOPE},
+                    "freshness": {"type": "object", "required": ["statement", "leaf", "index", "path"], "properties": {
+                        "statement": _ENVELOPE, "leaf": {"type": "string", "description": "base64 of the leaf bytes"},
+                        "index": {"type": "integer", "minimum": 0},
+                        "path": {"type": "array", "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}}}}}}}},
         }},
     }

@@ -4,7 +4,7 @@ Endpoints (all JSON; errors are ``{"error": code, "reason": text}``):
 
 * ``GET  /v1/notary``            the signed identity document (a DSSE envelope)
 * ``POST /v1/observe``           ``{"targets": [{"host", "port", "sni"?}], "nonce", "max_age"?, "all_addresses"?}``
-                                  -> ``{"results": [{"target", "envelopes": [...]}]}``, request order
+                                  -> ``{"results": [{"target", "envelopes": [...], "freshness": {...}}]}``, request order
 * ``GET  /v1/observe/{host}/{port}?nonce=...[&sni=&max_age=&all_addresses=1]``  the same for one target
 * ``GET  /healthz``, ``GET /metrics`` (Prometheus text), ``GET /v1/openapi.json``
 
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
+import json
 import logging
 import math
 import time
@@ -43,9 +45,10 @@ from notary.ratelimit import RateLimiter
 from notary.relay import RelayConfig, install_relay, relay_enabled
 from notary.serving import serve_app
 from notary.service import ObservationService
+from notary.signer import SignedRound
 from notary.store import SQLiteStore, Store
 
-__all__ = ["create_app", "run", "client_key", "CONFIG", "KEY", "SERVICE", "STORE"]
+__all__ = ["create_app", "run", "client_key", "CONFIG", "KEY", "SERVICE", "STORE", "WORKER", "GUARD"]
 
 log = logging.getLogger("parallax.notary")
 
@@ -59,6 +62,8 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 CLOCK = web.AppKey("clock", object)
 IDENTITY_CACHE = web.AppKey("identity_cache", list)
 GUARD = web.AppKey("guard", ConnectionGuard)
+#: Set by :mod:`notary.workers` in each worker process (``--workers N``): its index, shown by /healthz.
+WORKER = web.AppKey("worker", int)
 
 
 def _error(status: int, code: str, reason: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -111,7 +116,21 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
         return _error(500, "internal", "internal error")
     finally:
         guard.request_finished(request.protocol)
-        metrics["requests"].labels(route=route, code=str(code)).inc()
+        _request_counter(metrics, route, code).inc()
+
+
+@functools.lru_cache(maxsize=4096)
+def _target_json(target: Target) -> str:
+    return json.dumps(target.to_json(), separators=(",", ":"))
+
+
+def _request_counter(metrics: dict[str, Any], route: str, code: int) -> Any:
+    """The ``parallax_http_requests`` child for (route, code), looked up once (labels() is slow)."""
+    children = metrics.setdefault("_request_children", {})
+    child = children.get((route, code))
+    if child is None:
+        child = children[(route, code)] = metrics["requests"].labels(route=route, code=str(code))
+    return child
 
 
 def _clock(app: web.Application) -> int:
@@ -148,8 +167,15 @@ def client_key(peer: str | None, forwarded: list[str], trusted: tuple[IPNetwork,
     return str(addr.ipv4_mapped or addr) if addr.version == 6 else str(addr)
 
 
+@functools.lru_cache(maxsize=4096)
+def _client_key_cached(peer: str | None, forwarded: tuple[str, ...], trusted: tuple[IPNetwork, ...]) -> str:
+    return client_key(peer, list(forwarded), trusted)
+
+
 def _client(request: web.Request) -> str:
-    return client_key(request.remote, request.headers.getall("X-Forwarded-For", []), request.app[CONFIG].trusted_proxies)
+    """The request's rate-limit key (memoised: the same peer asks again and again)."""
+    return _client_key_cached(request.remote, tuple(request.headers.getall("X-Forwarded-For", [])),
+                              request.app[CONFIG].trusted_proxies)
 
 
 def _rate_limit(request: web.Request, cost: int) -> None:
@@ -221,21 +247,50 @@ async def _observe_many(request: web.Request, targets: list[Target], nonce: str,
     # One deadline for the whole request: no probe waits for a slot past it (then: ``busy``).
     client = _client(request)
     deadline = asyncio.get_running_loop().time() + service.limits.queue_timeout
-    envelopes = await asyncio.gather(
-        *(service.observe(t, nonce, max_age=max_age, all_addresses=all_addresses, client=client, deadline=deadline)
-          for t in targets)
-    )
+    if len(targets) == 1:  # the common case: no gather, no extra task
+        rounds = [await service.round(targets[0], max_age=max_age, all_addresses=all_addresses, client=client,
+                                      deadline=deadline)]
+    else:
+        rounds = list(await asyncio.gather(
+            *(service.round(t, max_age=max_age, all_addresses=all_addresses, client=client, deadline=deadline)
+              for t in targets)
+        ))
     # One token per target was taken up front; an answer with several addresses per
     # target costs one token per envelope, so big answers cannot be had at a discount.
-    request.app[LIMITER].charge(_client(request), sum(map(len, envelopes)) - len(targets))
-    capped, _ = cap_answer(
-        list(envelopes), request.app[CONFIG].max_answer_bytes,
-        lambda t, ip, detail: service.sign_error(
-            Target(t["host"], t["port"], t["sni"]), ip, nonce, "answer_too_large", detail),
-    )
-    return web.json_response(
-        {"results": [{"target": t.to_json(), "envelopes": e} for t, e in zip(targets, capped)]}
-    )
+    request.app[LIMITER].charge(client, sum(len(r.envelopes) for r, _ in rounds) - len(targets))
+    # The cap replaces what does not fit before the nonce is bound: the freshness leaf names what is sent.
+    rounds = _capped(service, rounds, request.app[CONFIG].max_answer_bytes)
+    if len(rounds) == 1:
+        answers = [await service.stamp(rounds[0][0], nonce, rounds[0][1])]
+    else:  # stamped in one event-loop turn: one freshness statement for the whole request
+        answers = list(await asyncio.gather(*(service.stamp(r, nonce, source) for r, source in rounds)))
+    # Spliced JSON: the cached envelopes' text is reused, not encoded again per request.
+    body = '{"results":[' + ",".join(
+        '{"target":' + _target_json(t) + "," + a.json_members() + "}"
+        for t, a in zip(targets, answers)
+    ) + "]}"
+    return web.Response(text=body, content_type="application/json")
+
+
+def _capped(service: ObservationService, rounds: list[tuple[SignedRound, str]],
+            max_bytes: int) -> list[tuple[SignedRound, str]]:
+    """``rounds`` with the envelopes that would overflow ``max_bytes`` replaced (see :mod:`notary.answercap`)."""
+    made: dict[int, str] = {}
+
+    def replace(t: dict[str, Any], ip: str | None, detail: str) -> dict[str, Any]:
+        envelope, digest = service.sign_error(Target(t["host"], t["port"], t["sni"]), ip, "answer_too_large", detail)
+        made[id(envelope)] = digest
+        return envelope
+
+    capped, replaced = cap_answer([r.envelopes for r, _ in rounds], max_bytes, replace)
+    if not replaced:
+        return rounds
+    out = []
+    for (signed, source), envelopes in zip(rounds, capped):
+        digest_of = {id(e): d for e, d in zip(signed.envelopes, signed.digests)}
+        digests = [made.get(id(e)) or digest_of[id(e)] for e in envelopes]
+        out.append((SignedRound(signed.results, envelopes, digests), source))
+    return out
 
 
 async def _observe_post(request: web.Request) -> web.Response:
@@ -283,7 +338,11 @@ async def _observe_get(request: web.Request) -> web.Response:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "key_id": request.app[KEY].key_id})
+    doc: dict[str, Any] = {"status": "ok", "key_id": request.app[KEY].key_id}
+    worker = request.app.get(WORKER)
+    if worker is not None:
+        doc["worker"] = worker
+    return web.json_response(doc)
 
 
 async def _metrics(request: web.Request) -> web.Response:

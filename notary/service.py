@@ -1,9 +1,9 @@
 """The observation service: cache, single-flight probes, concurrency caps, signing.
 
 Between the HTTP server and the prober/store.  For each requested target it
-either re-signs a cached probe round (younger than both the caller's
-``max_age`` and the notary's TTL) with this request's nonce, or runs a fresh
-probe.  Concurrent requests for the same target share one in-flight probe.
+either answers from a cached probe round (younger than both the caller's
+``max_age`` and the notary's TTL) or runs a fresh probe.  Concurrent requests
+for the same target share one in-flight probe.
 Probe slots (per host name, per resolved address, per client, global, fair
 between clients, bounded wait) belong to :mod:`notary.scheduler`; a probe that
 cannot get its slots before the request's deadline is a ``busy`` observation.
@@ -12,6 +12,11 @@ nothing about the target: ``busy`` and ``blocked_by_policy`` (a refusal is
 decided afresh under the policy in force, never stored or cached).  A cached
 round is served only if the current address policy still allows its port and
 every address in it.
+
+Signing (:mod:`notary.signer`, protocol version 2): a round's observations are
+signed once, when the round is probed (or first read back from the store), and
+cached with it; each answer binds the request's nonce to them with a freshness
+leaf, signed in a batch with every other answer of the same event-loop turn.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-from notary.core import KeySighting, Observation, ProbeResult, SigningKey, Target, sign_observation
+from notary.core import KeySighting, ProbeResult, SigningKey, Target
 from notary.prober import Prober
 from notary.scheduler import ProbeScheduler, SchedulerLimits, request_context
+from notary.signer import Answer, FreshnessBatcher, SignedRound, sign_round
 from notary.store import Store
 
 __all__ = ["ServiceLimits", "ObservationService"]
@@ -89,10 +95,10 @@ class ObservationService:
         self.on_duration = on_duration
         self.scheduler = ProbeScheduler(limits.scheduler_limits())
         prober.admit = self.scheduler.admit  # the prober asks the scheduler before it connects
-        self._inflight: dict[tuple[Target, bool], asyncio.Future[list[ProbeResult]]] = {}
-        # Write-through memory caches in front of the store (bounded LRU).
-        self._latest: OrderedDict[tuple[Target, bool], list[ProbeResult]] = OrderedDict()
-        self._history: OrderedDict[Target, tuple[KeySighting, ...]] = OrderedDict()
+        self._inflight_rounds: dict[tuple[Target, bool], asyncio.Future[SignedRound]] = {}
+        # Write-through memory cache of signed rounds in front of the store (bounded LRU).
+        self._latest: OrderedDict[tuple[Target, bool], SignedRound] = OrderedDict()
+        self.freshness = FreshnessBatcher(key, clock)
         self.cache_hits = 0
         self.probes = 0
 
@@ -104,50 +110,50 @@ class ObservationService:
     async def observe(
         self, target: Target, nonce: str, *, max_age: int | None = None, all_addresses: bool = False,
         client: str = "", deadline: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """Signed envelopes (one per probed address) for ``target``, bound to ``nonce``.
+    ) -> Answer:
+        """The answer for ``target``: the round's observations (signed once), bound to ``nonce``.
 
         ``client`` (the rate-limit key) and ``deadline`` (event-loop seconds) bound the
         wait for probe slots; see :mod:`notary.scheduler`.
         """
+        signed, source = await self.round(target, max_age=max_age, all_addresses=all_addresses,
+                                          client=client, deadline=deadline)
+        return await self.stamp(signed, nonce, source)
+
+    async def round(
+        self, target: Target, *, max_age: int | None = None, all_addresses: bool = False,
+        client: str = "", deadline: float | None = None,
+    ) -> tuple[SignedRound, str]:
+        """The signed round that answers ``target`` and its source (``cached`` or ``fresh``)."""
         with request_context(client, deadline):
-            results, source = await self._results(target, max_age, all_addresses)
-        history = await self._key_history(target)
-        now = self.clock()
-        return [
-            sign_observation(
-                Observation.from_probe(
-                    r, notary=self.key.key_id, nonce=nonce, signed_at=now, source=source,
-                    key_history=history,
-                ),
-                self.key,
-            )
-            for r in results
-        ]
+            return await self._round(target, max_age, all_addresses)
 
-    def sign_error(self, target: Target, ip: str | None, nonce: str, status: str, detail: str) -> dict[str, Any]:
-        """A signed error observation made now (not a probe: ``answer_too_large`` and the like)."""
-        now = self.clock()
-        return sign_observation(
-            Observation.from_probe(ProbeResult.failure(target, ip, now, status, detail), notary=self.key.key_id,
-                                   nonce=nonce, signed_at=now, source="fresh"),
-            self.key,
-        )
+    async def stamp(self, signed: SignedRound, nonce: str, source: str) -> Answer:
+        """``signed`` bound to ``nonce`` by a freshness leaf (batched with this turn's other answers)."""
+        return Answer(signed, *await self.freshness.stamp_with_json(nonce, signed.digests, source))
 
-    async def _results(
-        self, target: Target, max_age: int | None, all_addresses: bool
-    ) -> tuple[list[ProbeResult], str]:
+    def sign_error(self, target: Target, ip: str | None, status: str, detail: str) -> tuple[dict[str, Any], str]:
+        """A signed error observation made now (not a probe: ``answer_too_large`` and the like).
+
+        Returns the envelope and its observation digest (what a freshness leaf names).
+        """
+        signed = sign_round([ProbeResult.failure(target, ip, self.clock(), status, detail)], self.key, ())
+        return signed.envelopes[0], signed.digests[0]
+
+    async def _round(self, target: Target, max_age: int | None, all_addresses: bool) -> tuple[SignedRound, str]:
         ttl = self.limits.ttl if max_age is None else min(max_age, self.limits.ttl)
         if ttl > 0:
-            cached = self._latest.get((target, all_addresses))
+            key = (target, all_addresses)
+            cached = self._latest.get(key)
             if cached is None:
-                cached = await self.store.latest(target, all_addresses=all_addresses)
-                if cached:
-                    _put(self._latest, (target, all_addresses), cached)
-            if cached and self.clock() - cached[0].observed_at <= ttl and self._allowed_now(cached):
+                stored = await self.store.latest(target, all_addresses=all_addresses)
+                if stored and self.clock() - stored[0].observed_at <= ttl:
+                    cached = await self._sign(target, stored)
+                    _put(self._latest, key, cached)
+            if cached is not None and self.clock() - cached.observed_at <= ttl and self._allowed_now(cached.results):
                 self.cache_hits += 1
                 return cached, "cached"
-        return await self.fresh(target, all_addresses=all_addresses), "fresh"
+        return await self._fresh_round(target, all_addresses), "fresh"
 
     def _allowed_now(self, results: list[ProbeResult]) -> bool:
         """Whether the address policy in force still allows this cached round (port and every address)."""
@@ -160,22 +166,22 @@ class ObservationService:
 
     async def fresh(self, target: Target, *, all_addresses: bool = False) -> list[ProbeResult]:
         """Probe now (sharing an in-flight probe of the same target) and store the result."""
+        return (await self._fresh_round(target, all_addresses)).results
+
+    async def _fresh_round(self, target: Target, all_addresses: bool) -> SignedRound:
         key = (target, all_addresses)
-        fut = self._inflight.get(key)
+        fut = self._inflight_rounds.get(key)
         if fut is None:
             fut = asyncio.ensure_future(self._probe_and_store(target, all_addresses))
-            self._inflight[key] = fut
-            fut.add_done_callback(lambda _f: self._inflight.pop(key, None))
+            self._inflight_rounds[key] = fut
+            fut.add_done_callback(lambda _f: self._inflight_rounds.pop(key, None))
         return await asyncio.shield(fut)
 
-    async def _key_history(self, target: Target) -> tuple[KeySighting, ...]:
-        history = self._history.get(target)
-        if history is None:
-            history = await self.store.key_history(target)
-            _put(self._history, target, history)
-        return history
+    async def _sign(self, target: Target, results: list[ProbeResult]) -> SignedRound:
+        history: tuple[KeySighting, ...] = await self.store.key_history(target)
+        return sign_round(results, self.key, history)
 
-    async def _probe_and_store(self, target: Target, all_addresses: bool) -> list[ProbeResult]:
+    async def _probe_and_store(self, target: Target, all_addresses: bool) -> SignedRound:
         self.probes += 1
         started = time.monotonic()
         try:
@@ -183,12 +189,14 @@ class ObservationService:
         finally:
             if self.on_duration:
                 self.on_duration(time.monotonic() - started)
-        if not any(r.status in UNSTORED for r in results):
+        if any(r.status in UNSTORED for r in results):
+            signed = sign_round(results, self.key, ())  # says nothing about the target: no history, not kept
+        else:
             await self.store.add(results, all_addresses=all_addresses)
-            _put(self._latest, (target, all_addresses), results)
-            self._history.pop(target, None)
+            signed = await self._sign(target, results)
+            _put(self._latest, (target, all_addresses), signed)
         for r in results:
             log.info("probed %s ip=%s status=%s spki=%s", target, r.ip, r.status, r.spki_sha256)
             if self.on_probe:
                 self.on_probe(r)
-        return results
+        return signed

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import signal
+import socket
 from typing import Any, Callable
 
 from aiohttp import web
@@ -98,14 +99,15 @@ def json_parse_errors(factory: Callable[[], asyncio.Protocol]) -> Callable[[], a
 class GuardedSite(web.BaseSite):
     """A TCP site whose connections pass the guard and answer parse errors in JSON."""
 
-    __slots__ = ("_host", "_port", "_guard", "_bound")
+    __slots__ = ("_host", "_port", "_guard", "_bound", "_sock")
 
     def __init__(self, runner: web.BaseRunner, host: str | None, port: int, guard: ConnectionGuard,
-                 ) -> None:
+                 sock: socket.socket | None = None) -> None:
         super().__init__(runner, backlog=guard.limits.backlog)
         self._host = host
         self._port = port
         self._guard = guard
+        self._sock = sock  # an already bound socket (``--workers``: each worker's SO_REUSEPORT socket)
         self._bound: tuple[str, int] | None = None
 
     @property
@@ -124,18 +126,21 @@ class GuardedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._guard.protocol_factory(json_parse_errors(server)), self._host, self._port,
-            backlog=self._backlog, reuse_address=True,
-        )
+        factory = self._guard.protocol_factory(json_parse_errors(server))
+        if self._sock is not None:
+            self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)
+        else:
+            self._server = await loop.create_server(factory, self._host, self._port, backlog=self._backlog,
+                                                    reuse_address=True)
         sock = self._server.sockets[0].getsockname()
         self._bound = (str(sock[0]), int(sock[1]))
 
 
 async def serve_app(app: web.Application, host: str, port: int, guard: ConnectionGuard,
                     on_bound: Callable[[tuple[str, int]], None] | None = None,
-                    stop: asyncio.Event | None = None, access_log: logging.Logger | None = None) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM (or ``stop`` is set).
+                    stop: asyncio.Event | None = None, access_log: logging.Logger | None = None,
+                    sock: socket.socket | None = None) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM (or ``stop`` is set), on ``sock`` if given (else ``host:port``).
 
     ``on_bound`` runs once the listener is bound, and only then (the CLI writes
     ``identity.json`` there, so a ``serve`` that cannot bind changes nothing).
@@ -146,7 +151,7 @@ async def serve_app(app: web.Application, host: str, port: int, guard: Connectio
                            shutdown_timeout=5.0)
     await runner.setup()
     try:
-        site = GuardedSite(runner, host, port, guard)
+        site = GuardedSite(runner, host, port, guard, sock)
         await site.start()
         if on_bound is not None:
             on_bound(site.bound)

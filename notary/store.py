@@ -22,12 +22,20 @@ SHA-256 of its canonical form (content-addressed); an observation row keeps
 only a reference.  The schema is versioned (``PRAGMA user_version``) and
 migrated forward on open (:mod:`notary.migrations`).  Retention by age and by
 total size (:mod:`notary.retention`) runs through :meth:`SQLiteStore.enforce_retention`.
+
+Several processes may open the same file (``parallax serve --workers N``, see
+:mod:`notary.workers`): each keeps its one writer thread; across processes
+SQLite's file lock serialises the writers, and ``busy_timeout`` (5 s) makes a
+``BEGIN IMMEDIATE`` wait for another process's commit instead of failing.  WAL
+readers never block.  ``tests/test_workers.py`` runs two processes writing
+concurrently.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
 import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, TypeVar
@@ -37,7 +45,7 @@ from notary.errors import StoreError
 from notary.migrations import SCHEMA_VERSION, join_record, migrate, split_record
 from notary.retention import RetentionLimits, enforce_retention
 
-__all__ = ["Store", "SQLiteStore", "SCHEMA_VERSION"]
+__all__ = ["Store", "SQLiteStore", "SCHEMA_VERSION", "prepare_store"]
 
 T = TypeVar("T")
 
@@ -60,6 +68,36 @@ class Store(Protocol):
 _Round = tuple[Sequence[ProbeResult], bool]
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the database: busy timeout first (another process may hold the
+    lock while switching to WAL or migrating the schema), then WAL, FULL sync, the schema
+    (created or migrated forward: :mod:`notary.migrations`)."""
+    # Processes opening one new file at once (``--workers``) would race to switch it to WAL and to
+    # create the schema; SQLite answers one of them "database is locked" without waiting.  A lock
+    # file beside the database serialises the opening (not the use) across processes.
+    with open(path.with_name(path.name + ".open-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            migrate(db)
+        except BaseException:
+            db.close()
+            raise
+    return db
+
+
+def prepare_store(path: str | Path) -> None:
+    """Create or check the database file synchronously (no threads): for a parent process
+    before it forks workers.  Raises :class:`StoreError` for an unusable file."""
+    try:
+        _connect(Path(path)).close()
+    except (sqlite3.Error, OSError, StoreError) as exc:
+        raise StoreError(f"cannot open observation store {path}: {exc}") from None
+
+
 class SQLiteStore:
     """One SQLite file, WAL mode, one connection used only from its own thread."""
 
@@ -76,20 +114,8 @@ class SQLiteStore:
         path = Path(path)
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="parallax-store")
 
-        def connect() -> sqlite3.Connection:
-            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
-                db.execute("PRAGMA busy_timeout=5000")
-                migrate(db)
-            except BaseException:
-                db.close()
-                raise
-            return db
-
         try:
-            db = await asyncio.get_running_loop().run_in_executor(executor, connect)
+            db = await asyncio.get_running_loop().run_in_executor(executor, _connect, path)
         except (sqlite3.Error, OSError, StoreError) as exc:
             executor.shutdown(wait=False)
             raise StoreError(f"cannot open observation store {path}: {exc}") from None

@@ -11,7 +11,8 @@ import aiohttp
 from aiohttp import web
 
 from notary.config import NotaryConfig
-from notary.core import AddressPolicy, SigningKey, parse_networks, verify_identity, verify_observation
+from notary.core import AddressPolicy, SigningKey, parse_networks, verify_identity
+from notary.core.freshness import verify_answer
 from notary.server import create_app
 from tests.support.tls import make_ca, server_context, tls_server
 
@@ -44,11 +45,14 @@ async def test_a_small_request_cannot_buy_a_huge_answer(tmp_path: Path) -> None:
     assert len(body) <= CAP
     results = json.loads(body)["results"]
     assert [r["target"]["sni"] for r in results] == [t["sni"] for t in targets]  # every target answered, in order
-    statuses = [verify_observation(r["envelopes"][0], key.verify_key).status for r in results]
+    # Every answer verifies whole: the freshness leaf names the replacements, not what was dropped.
+    opened = [verify_answer(r["envelopes"], r["freshness"], key.verify_key, nonce="amplification-nonce-1")[0]
+              for r in results]
+    statuses = [o.status for o in opened]
     assert statuses[0] == "ok" and "answer_too_large" in statuses
     assert set(statuses) == {"ok", "answer_too_large"}
     assert statuses == sorted(statuses, key=lambda s: s != "ok")  # kept in request order, the rest replaced
-    big = verify_observation(results[-1]["envelopes"][0], key.verify_key)
+    big = opened[-1]
     assert big.chain == () and "max_answer_bytes" in (big.detail or "")
     # The uncapped answer would have been several times larger.
     assert len(json.dumps(results[0]["envelopes"][0])) * 16 > 2 * CAP

@@ -1,13 +1,16 @@
 """A corpus of tampered notary answers: every one rejected by client.verify.check_answer, none counted.
 
 Envelopes are really signed (notary.core.sign_observation / sign_envelope with Ed25519
-keys) over observations of a real trustme certificate; each case then breaks one thing.
+keys) over observations of a real trustme certificate, and each answer carries a real
+freshness proof (protocol 2: a statement signed over the Merkle root of a batch of four
+leaves, this answer's leaf at index 2); each case then breaks one thing.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 from typing import Any, Callable
 
 import pytest
@@ -22,6 +25,7 @@ from client.policy import PRESETS
 from client.verdict import ClientView, Evidence, decide
 from client.verify import MAX_ENVELOPES, check_answer, check_identity
 from notary.core import (
+    FRESHNESS_TYPE,
     IDENTITY_TYPE,
     OBSERVATION_TYPE,
     Identity,
@@ -30,11 +34,15 @@ from notary.core import (
     SigningKey,
     Target,
     canonical_encode,
+    leaf_bytes,
+    observation_digest,
     sign_envelope,
     sign_identity,
     sign_observation,
     spki_sha256,
+    stamp_batch,
 )
+from notary.core import merkle
 
 NOW = 1_700_000_000
 HOST, PORT = "example.com", 443
@@ -53,20 +61,23 @@ def keys() -> list[SigningKey]:
     return [SigningKey.generate() for _ in range(4)]
 
 
+_KEYS: dict[str, SigningKey] = {}
+
+
 def entry_for(key: SigningKey, i: int, region: str = "eu") -> BundleEntry:
+    _KEYS[key.key_id] = key
     return BundleEntry(f"notary-{i}", f"http://127.0.0.1:{9100 + i}", region, key.key_id, key.verify_key.b64)
 
 
 _DEFAULT_SNI: Any = object()
 
 
-def make_obs(key: SigningKey, der: bytes, *, nonce: str = NONCE, host: str = HOST, port: int = PORT,
-             observed_at: int = NOW - 10, signed_at: int = NOW, notary: str | None = None,
-             sni: Any = _DEFAULT_SNI) -> Observation:
+def make_obs(key: SigningKey, der: bytes, *, host: str = HOST, port: int = PORT,
+             observed_at: int = NOW - 10, notary: str | None = None, sni: Any = _DEFAULT_SNI) -> Observation:
     target = Target(host, port, host if sni is _DEFAULT_SNI else sni)
     probe = ProbeResult.success(target, "192.0.2.1", observed_at, "TLSv1.3", (der,))
     assert probe.status == "ok"
-    obs = Observation.from_probe(probe, notary=key.key_id, nonce=nonce, signed_at=signed_at, source="fresh")
+    obs = Observation.from_probe(probe, notary=key.key_id)
     if notary is not None:
         obs = Observation(**{**{f: getattr(obs, f) for f in obs.__slots__}, "notary": notary})  # type: ignore[attr-defined]
     return obs
@@ -96,11 +107,32 @@ def flip_b64(text: str, at: int = 5) -> str:
     return base64.b64encode(bytes(raw)).decode()
 
 
+def _digest(env: Any) -> str:
+    try:
+        return observation_digest(base64.b64decode(env["payload"]))
+    except Exception:  # junk envelopes: the leaf names some digest; the signature check fails first anyway
+        return "00" * 32
+
+
+def stamp(envelopes: Any, key: SigningKey, *, nonce: str = NONCE, signed_at: int = NOW, source: str = "fresh",
+          digests: list[str] | None = None, leaf: bytes | None = None) -> dict[str, Any]:
+    """An honest freshness proof for ``envelopes``: this leaf at index 2 of a batch of four."""
+    if digests is None:
+        digests = [_digest(e) for e in envelopes] if isinstance(envelopes, list) and envelopes else ["00" * 32]
+    mine = leaf if leaf is not None else leaf_bytes(nonce, digests, source)
+    others = [leaf_bytes(f"another-clients-nonce-{i:04d}", ["11" * 32], "cached") for i in range(3)]
+    return stamp_batch(key, signed_at, others[:2] + [mine] + others[2:])[2]
+
+
 def check(entry: BundleEntry, envelopes: Any, *, nonce: str = NONCE, host: str = HOST, port: int = PORT,
-          now: int = NOW, ident: Any = None, **sni: Any) -> Evidence:
-    """check_answer as the client calls it; ``sni=...`` passes an SNI, left out it is the host's default."""
-    return check_answer(entry, envelopes, nonce=nonce, host=host, port=port, now=now, policy=POLICY,
-                        identity=ident, **sni)
+          now: int = NOW, ident: Any = None, freshness: Any = ..., stamp_kw: dict[str, Any] | None = None,
+          **sni: Any) -> Evidence:
+    """check_answer as the client calls it, with by default an honest freshness proof by the entry's key
+    (``stamp_kw`` tunes it); ``sni=...`` passes an SNI, left out it is the host's default."""
+    if freshness is ...:
+        freshness = stamp(envelopes, _KEYS[entry.key_id], **(stamp_kw or {}))
+    return check_answer(entry, envelopes, freshness=freshness, nonce=nonce, host=host, port=port, now=now,
+                        policy=POLICY, identity=ident, **sni)
 
 
 def counted_with(bad: Evidence, good: list[Evidence], client_spki: str) -> tuple[int, str, bool]:
@@ -129,8 +161,8 @@ def test_exactly_max_envelopes_is_accepted(keys, leaf_der) -> None:
 
 def test_edges_of_freshness_are_accepted(keys, leaf_der) -> None:
     e = entry_for(keys[0], 0)
-    at_skew = signed(keys[0], leaf_der, signed_at=NOW + POLICY.max_skew, observed_at=NOW)
-    assert check(e, [at_skew]).failure is None
+    at_skew = signed(keys[0], leaf_der, observed_at=NOW)
+    assert check(e, [at_skew], stamp_kw={"signed_at": NOW + POLICY.max_skew}).failure is None
     at_age = signed(keys[0], leaf_der, observed_at=NOW - POLICY.max_age)
     assert check(e, [at_age]).failure is None
 
@@ -191,7 +223,7 @@ def _no_signatures(keys, der):
 
 
 def _replayed_nonce(keys, der):
-    return [signed(keys[0], der, nonce="an-earlier-calls-nonce-0001")], {}
+    return [signed(keys[0], der)], {"stamp_kw": {"nonce": "an-earlier-calls-nonce-0001"}}
 
 
 def _stale_observed_at(keys, der):
@@ -199,15 +231,202 @@ def _stale_observed_at(keys, der):
 
 
 def _signed_in_future(keys, der):
-    return [signed(keys[0], der, signed_at=NOW + POLICY.max_skew + 1, observed_at=NOW)], {}
+    return [signed(keys[0], der, observed_at=NOW)], {"stamp_kw": {"signed_at": NOW + POLICY.max_skew + 1}}
 
 
 def _signed_in_past(keys, der):
-    return [signed(keys[0], der, signed_at=NOW - POLICY.max_skew - 1, observed_at=NOW - POLICY.max_skew - 1)], {}
+    return [signed(keys[0], der, observed_at=NOW - POLICY.max_skew - 1)], {"stamp_kw": {"signed_at": NOW - POLICY.max_skew - 1}}
 
 
 def _observed_after_signed(keys, der):
-    return [signed(keys[0], der, observed_at=NOW, signed_at=NOW - 1)], {}
+    return [signed(keys[0], der, observed_at=NOW)], {"stamp_kw": {"signed_at": NOW - 1}}
+
+
+# -- freshness proof (protocol 2) cases ---------------------------------------------------------
+
+def _fresh(keys, der, **kw):
+    envs = [signed(keys[0], der)]
+    return envs, stamp(envs, keys[0], **kw)
+
+
+def _path_hash_flipped(keys, der):
+    envs, f = _fresh(keys, der)
+    f["path"][0] = ("1" if f["path"][0][0] == "0" else "0") + f["path"][0][1:]
+    return envs, {"freshness": f}
+
+
+def _path_reordered(keys, der):
+    envs, f = _fresh(keys, der)
+    f["path"].reverse()
+    return envs, {"freshness": f}
+
+
+def _path_truncated(keys, der):
+    envs, f = _fresh(keys, der)
+    f["path"].pop()
+    return envs, {"freshness": f}
+
+
+def _path_extended(keys, der):
+    envs, f = _fresh(keys, der)
+    f["path"].append("22" * 32)
+    return envs, {"freshness": f}
+
+
+def _wrong_index(keys, der):
+    envs, f = _fresh(keys, der)
+    f["index"] = 3
+    return envs, {"freshness": f}
+
+
+def _index_beyond_tree(keys, der):
+    envs, f = _fresh(keys, der)
+    f["index"] = 4
+    return envs, {"freshness": f}
+
+
+def _index_is_a_bool(keys, der):
+    envs, f = _fresh(keys, der)
+    f["index"] = True
+    return envs, {"freshness": f}
+
+
+def _leaf_tampered_nonce(keys, der):
+    # The leaf rewritten to name this call's nonce, the path and signature left: not under the root.
+    envs, f = _fresh(keys, der, nonce="an-earlier-calls-nonce-0001")
+    f["leaf"] = base64.b64encode(leaf_bytes(NONCE, [_digest(envs[0])], "fresh")).decode()
+    return envs, {"freshness": f}
+
+
+def _leaf_wrong_digest(keys, der):
+    # Honestly stamped, but the leaf names an observation other than the one sent.
+    envs = [signed(keys[0], der)]
+    other = signed(keys[0], der, observed_at=NOW - 20)
+    return envs, {"freshness": stamp(envs, keys[0], digests=[_digest(other)])}
+
+
+def _leaf_names_envelope_bytes_not_payload(keys, der):
+    envs = [signed(keys[0], der)]
+    wrong = hashlib.sha256(canonical_encode(envs[0])).hexdigest()
+    return envs, {"freshness": stamp(envs, keys[0], digests=[wrong])}
+
+
+def _leaf_names_fewer(keys, der):
+    envs = [signed(keys[0], der), signed(keys[0], der, observed_at=NOW - 20)]
+    return envs, {"freshness": stamp(envs, keys[0], digests=[_digest(envs[0])])}
+
+
+def _envelopes_reordered(keys, der):
+    envs = [signed(keys[0], der), signed(keys[0], der, observed_at=NOW - 20)]
+    f = stamp(envs, keys[0])
+    return envs[::-1], {"freshness": f}
+
+
+def _statement_other_key(keys, der):
+    envs = [signed(keys[0], der)]
+    return envs, {"freshness": stamp(envs, keys[1])}
+
+
+def _statement_keyid_relabelled(keys, der):
+    envs = [signed(keys[0], der)]
+    f = stamp(envs, keys[1])
+    f["statement"]["signatures"][0]["keyid"] = keys[0].key_id
+    return envs, {"freshness": f}
+
+
+def _statement_sig_flipped(keys, der):
+    envs, f = _fresh(keys, der)
+    f["statement"]["signatures"][0]["sig"] = flip_b64(f["statement"]["signatures"][0]["sig"], 3)
+    return envs, {"freshness": f}
+
+
+def _statement_root_flipped(keys, der):
+    envs, f = _fresh(keys, der)
+    f["statement"]["payload"] = flip_b64(f["statement"]["payload"], 60)
+    return envs, {"freshness": f}
+
+
+def _statement_is_an_observation(keys, der):
+    envs, f = _fresh(keys, der)
+    f["statement"] = envs[0]  # a valid envelope by the right key, of the wrong type
+    return envs, {"freshness": f}
+
+
+def _statement_type_relabelled(keys, der):
+    envs, f = _fresh(keys, der)
+    f["statement"]["payloadType"] = OBSERVATION_TYPE
+    return envs, {"freshness": f}
+
+
+def _statement_names_other_notary(keys, der):
+    envs, f = _fresh(keys, der)
+    payload = base64.b64decode(f["statement"]["payload"])
+    st_obj = __import__("json").loads(payload)
+    st_obj["notary"] = keys[1].key_id
+    f["statement"] = raw_signed(keys[0], st_obj, FRESHNESS_TYPE)
+    return envs, {"freshness": f}
+
+
+def _statement_signed_at_bool(keys, der):
+    envs, f = _fresh(keys, der)
+    st_obj = __import__("json").loads(base64.b64decode(f["statement"]["payload"]))
+    st_obj["signed_at"] = True
+    f["statement"] = raw_signed(keys[0], st_obj, FRESHNESS_TYPE)
+    return envs, {"freshness": f}
+
+
+def _statement_bigger_tree(keys, der):
+    # Same root, a larger claimed size: the path no longer fits the tree.
+    envs, f = _fresh(keys, der)
+    st_obj = __import__("json").loads(base64.b64decode(f["statement"]["payload"]))
+    st_obj["tree_size"] = 9
+    f["statement"] = raw_signed(keys[0], st_obj, FRESHNESS_TYPE)
+    return envs, {"freshness": f}
+
+
+def _inner_node_as_leaf(keys, der):
+    # Second-preimage attempt: present an inner node's children as a leaf of a one-leaf tree.
+    # RFC 6962 domain separation (0x00 leaf / 0x01 node) makes the root differ.
+    envs = [signed(keys[0], der)]
+    a = merkle.leaf_hash(leaf_bytes(NONCE, [_digest(envs[0])], "fresh"))
+    b = merkle.leaf_hash(b"other")
+    st_env = raw_signed(keys[0], {"notary": keys[0].key_id, "signed_at": NOW, "tree_size": 1,
+                                  "root": merkle.node_hash(a, b).hex()}, FRESHNESS_TYPE)
+    return envs, {"freshness": {"statement": st_env, "leaf": base64.b64encode(a + b).decode(), "index": 0, "path": []}}
+
+
+def _leaf_extra_member(keys, der):
+    envs = [signed(keys[0], der)]
+    leaf = canonical_encode({"nonce": NONCE, "observations": [_digest(envs[0])], "source": "fresh", "x": 1})
+    return envs, {"freshness": stamp(envs, keys[0], leaf=leaf)}
+
+
+def _leaf_no_observations(keys, der):
+    envs = [signed(keys[0], der)]
+    leaf = canonical_encode({"nonce": NONCE, "observations": [], "source": "fresh"})
+    return envs, {"freshness": stamp(envs, keys[0], leaf=leaf)}
+
+
+def _leaf_unknown_source(keys, der):
+    envs = [signed(keys[0], der)]
+    leaf = canonical_encode({"nonce": NONCE, "observations": [_digest(envs[0])], "source": "invented"})
+    return envs, {"freshness": stamp(envs, keys[0], leaf=leaf)}
+
+
+def _leaf_not_canonical_b64(keys, der):
+    envs, f = _fresh(keys, der)
+    f["leaf"] = f["leaf"].rstrip("=") + "\n"
+    return envs, {"freshness": f}
+
+
+def _answer_of_another_request(keys, der):
+    # A complete, genuine answer for an earlier request of this client, replayed.
+    envs = [signed(keys[0], der)]
+    return envs, {"freshness": stamp(envs, keys[0], nonce="an-earlier-calls-nonce-0001")}
+
+
+def _freshness_junk(value: Any) -> Case:
+    return lambda keys, der: ([signed(keys[0], der)], {"freshness": value})
 
 
 def _wrong_host(keys, der):
@@ -250,7 +469,7 @@ def _names_other_notary(keys, der):
 
 
 def _good_then_bad(keys, der):
-    return [signed(keys[0], der), signed(keys[0], der, nonce="an-earlier-calls-nonce-0001")], {}
+    return [signed(keys[0], der), signed(keys[0], der, port=8443)], {}
 
 
 def _malformed(mutate: Callable[[dict[str, Any]], None]) -> Case:
@@ -312,6 +531,37 @@ CORPUS: dict[str, tuple[Case, str]] = {
     "wrong payloadType, validly signed": (_wrong_payload_type_signed, "bad_signature"),
     "no signatures": (_no_signatures, "bad_signature"),
     "replayed nonce": (_replayed_nonce, "invalid"),
+    "freshness: a path hash flipped": (_path_hash_flipped, "bad_signature"),
+    "freshness: path reordered": (_path_reordered, "bad_signature"),
+    "freshness: path truncated": (_path_truncated, "bad_signature"),
+    "freshness: path extended": (_path_extended, "bad_signature"),
+    "freshness: wrong index": (_wrong_index, "bad_signature"),
+    "freshness: index beyond the tree": (_index_beyond_tree, "bad_signature"),
+    "freshness: index is a bool": (_index_is_a_bool, "bad_signature"),
+    "freshness: leaf rewritten to this nonce": (_leaf_tampered_nonce, "bad_signature"),
+    "freshness: leaf names another observation": (_leaf_wrong_digest, "invalid"),
+    "freshness: digest over the envelope, not the payload": (_leaf_names_envelope_bytes_not_payload, "invalid"),
+    "freshness: leaf names fewer observations": (_leaf_names_fewer, "invalid"),
+    "freshness: envelopes reordered": (_envelopes_reordered, "invalid"),
+    "freshness: statement by another notary's key": (_statement_other_key, "bad_signature"),
+    "freshness: statement keyid relabelled": (_statement_keyid_relabelled, "bad_signature"),
+    "freshness: statement signature flipped": (_statement_sig_flipped, "bad_signature"),
+    "freshness: statement payload flipped": (_statement_root_flipped, "bad_signature"),
+    "freshness: an observation as the statement": (_statement_is_an_observation, "bad_signature"),
+    "freshness: statement type relabelled": (_statement_type_relabelled, "bad_signature"),
+    "freshness: statement names another notary": (_statement_names_other_notary, "invalid"),
+    "freshness: statement signed_at is a bool": (_statement_signed_at_bool, "invalid"),
+    "freshness: statement claims a bigger tree": (_statement_bigger_tree, "bad_signature"),
+    "freshness: inner node passed as a leaf": (_inner_node_as_leaf, "bad_signature"),
+    "freshness: leaf with an extra member": (_leaf_extra_member, "invalid"),
+    "freshness: leaf names no observation": (_leaf_no_observations, "invalid"),
+    "freshness: leaf with an unknown source": (_leaf_unknown_source, "invalid"),
+    "freshness: leaf not canonical base64": (_leaf_not_canonical_b64, "bad_signature"),
+    "freshness: a whole earlier answer replayed": (_answer_of_another_request, "invalid"),
+    "freshness: missing": (_freshness_junk(None), "bad_signature"),
+    "freshness: a string": (_freshness_junk("proof"), "bad_signature"),
+    "freshness: a list": (_freshness_junk([1, 2]), "bad_signature"),
+    "freshness: an empty object": (_freshness_junk({}), "bad_signature"),
     "stale observed_at": (_stale_observed_at, "stale"),
     "signed_at beyond skew (future)": (_signed_in_future, "stale"),
     "signed_at beyond skew (past)": (_signed_in_past, "stale"),
@@ -324,9 +574,9 @@ CORPUS: dict[str, tuple[Case, str]] = {
     "SNI sent, none asked": (_sni_sent_when_none_asked, "invalid"),
     "default SNI, another asked": (_default_sni_when_another_asked, "invalid"),
     "valid envelope then a wrong-SNI one": (_good_then_wrong_sni, "invalid"),
-    "negative age": (_malformed(_set("age", -5)), "invalid"),
+    # Protocol 2 signs no "age": it is signed_at (statement) - observed_at, and "observed after signed" covers < 0.
     "observation names another notary": (_names_other_notary, "invalid"),
-    "valid envelope then a replayed one": (_good_then_bad, "invalid"),
+    "valid envelope then one for another port": (_good_then_bad, "invalid"),
     "spki not matching the chain": (_malformed(_set("spki_sha256", "00" * 32)), "invalid"),
     "pin not matching the spki": (_malformed(_set("pin", "sha256/" + "A" * 43 + "=")), "invalid"),
     "unknown status": (_malformed(_set("status", "great")), "invalid"),
@@ -335,8 +585,8 @@ CORPUS: dict[str, tuple[Case, str]] = {
     "key_history is an object": (_malformed(_set("key_history", {"a": 1})), "invalid"),
     "target is a list": (_malformed(_set("target", ["example.com", 443])), "invalid"),
     "port is a string": (_malformed(lambda p: p["target"].__setitem__("port", "443")), "invalid"),
-    "nonce missing": (_malformed(lambda p: p.pop("nonce")), "invalid"),
-    "signed_at is a bool": (_malformed(_set("signed_at", True)), "invalid"),
+    "notary missing": (_malformed(lambda p: p.pop("notary")), "invalid"),
+    "observed_at is a bool": (_malformed(_set("observed_at", True)), "invalid"),
     "chain not base64": (_malformed(_set("chain", ["!!!"])), "invalid"),
     "error status carrying a key": (_malformed(_set("status", "timeout")), "invalid"),
     "identity: another name": (_identity_name, "excluded"),
@@ -390,7 +640,9 @@ def test_every_tampered_answer_would_have_counted_untampered(keys, leaf_der) -> 
 def test_nonce_target_and_clock_are_the_callers(keys, leaf_der) -> None:
     e = entry_for(keys[0], 0)
     env = [signed(keys[0], leaf_der)]
-    assert check(e, env, nonce="another-fresh-nonce-0000").failure == "invalid"
+    proof = stamp(env, keys[0])
+    assert check(e, env, freshness=proof).failure is None
+    assert check(e, env, freshness=proof, nonce="another-fresh-nonce-0000").failure == "invalid"
     assert check(e, env, host="example.org").failure == "invalid"
     assert check(e, env, port=444).failure == "invalid"
     assert check(e, env, sni="www.example.com").failure == "invalid"
@@ -430,8 +682,8 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12,
 )
-FIELDS = ["notary", "target", "ip", "nonce", "observed_at", "signed_at", "status", "detail", "tls_version",
-          "leaf_sha256", "spki_sha256", "pin", "chain", "leaf", "source", "age", "key_history"]
+FIELDS = ["notary", "target", "ip", "observed_at", "status", "detail", "tls_version",
+          "leaf_sha256", "spki_sha256", "pin", "chain", "leaf", "key_history"]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -455,3 +707,26 @@ def test_arbitrary_signed_payload_is_a_verdict_not_a_crash(keys, leaf_der, field
         assert o.age >= 0 and o.target.sni == HOST
     else:
         assert ev.failure in ("invalid", "stale") and ev.observations == ()
+
+
+def test_verified_envelope_memory_never_accepts_a_changed_envelope(keys, leaf_der) -> None:
+    """verify_cached skips a signature only for the exact envelope that verified before, under the same key."""
+    from client.verify import verify_cached
+    from notary.errors import VerificationError as VE
+
+    env = signed(keys[0], leaf_der, observed_at=NOW - 123)
+    first = verify_cached(env, keys[0].verify_key, OBSERVATION_TYPE)
+    again = verify_cached(copy.deepcopy(env), keys[0].verify_key, OBSERVATION_TYPE)  # a hit
+    assert again.payload_bytes == first.payload_bytes and again.key_id == first.key_id
+    for mutate in (lambda e: e.__setitem__("payload", flip_b64(e["payload"], 30)),
+                   lambda e: e["signatures"][0].__setitem__("sig", flip_b64(e["signatures"][0]["sig"], 3)),
+                   lambda e: e["signatures"][0].__setitem__("keyid", keys[1].key_id)):
+        bad = copy.deepcopy(env)
+        mutate(bad)
+        with pytest.raises(VE):
+            verify_cached(bad, keys[0].verify_key, OBSERVATION_TYPE)
+    with pytest.raises(VE):  # the same envelope under another notary's key
+        verify_cached(copy.deepcopy(env), keys[1].verify_key, OBSERVATION_TYPE)
+    # And a whole answer checked twice (the second from memory) gives the same observations.
+    e = entry_for(keys[0], 0)
+    assert check(e, [env]).observations == check(e, [copy.deepcopy(env)]).observations

@@ -38,7 +38,10 @@ from notary.core import (
     SigningKey,
     Target,
     canonical_encode,
+    leaf_bytes,
+    observation_digest,
     parse_networks,
+    stamp_batch,
     sign_envelope,
 )
 from notary.server import create_app
@@ -146,12 +149,12 @@ def test_real_notary_passes(real_notary: str, site: str) -> None:
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    for name in ("identity", "healthz", "openapi", "observe", "observe-get", "refuse loopback",
+    for name in ("identity", "healthz", "openapi", "observe", "observe-get", "freshness", "refuse loopback",
                  "refuse ipv4-mapped", "limit too-many-targets", "limit body-too-large", "limit bad-nonce",
                  "limit bad-json", "ohttp-keys", "ohttp-gateway"):
         assert any(line.startswith("PASS") and f" {name} " in line + " " for line in lines), (name, proc.stdout)
     assert "FAIL" not in proc.stdout
-    assert "13 passed, 0 failed, 0 skipped" in proc.stdout
+    assert "14 passed, 0 failed, 0 skipped" in proc.stdout
     # The site was really observed: a certificate, not an error status.
     assert any(line.startswith("PASS  observe ") and " ok sha256/" in line for line in lines), proc.stdout
 
@@ -162,6 +165,7 @@ def test_without_target_the_observation_checks_are_skipped(real_notary: str, cap
     checks = _by_name(doc)
     assert checks["observe"]["status"] == "skip" and "--target" in checks["observe"]["detail"]
     assert checks["observe-get"]["status"] == "skip"
+    assert checks["freshness"]["status"] == "skip"
     assert checks["refuse ipv4-mapped"]["status"] == "pass"
 
 
@@ -237,9 +241,19 @@ def _resign(env: dict[str, Any], payload: dict[str, Any], key: SigningKey) -> di
     return sign_envelope(env["payloadType"], canonical_encode(payload), key)
 
 
-def _map_envelopes(doc: dict[str, Any], fn: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+def _map_envelopes(doc: dict[str, Any], fn: Callable[[dict[str, Any]], dict[str, Any]],
+                   restamp: SigningKey | None = None, nonce: str | None = None) -> dict[str, Any]:
+    """Apply ``fn`` to every observation envelope; with ``restamp``, sign a new freshness proof
+    that names the new envelopes (and ``nonce`` instead of the request's), so that only the
+    mutation is wrong."""
     for result in doc["results"]:
         result["envelopes"] = [fn(e) for e in result["envelopes"]]
+        if restamp is not None:
+            old = json.loads(base64.b64decode(result["freshness"]["leaf"]))
+            digests = [observation_digest(base64.b64decode(e["payload"])) for e in result["envelopes"]]
+            leaf = leaf_bytes(nonce or old["nonce"], digests, old["source"])
+            signed_at = _decode(result["freshness"]["statement"])["signed_at"]
+            [result["freshness"]] = stamp_batch(restamp, signed_at, [leaf])
     return doc
 
 
@@ -300,7 +314,32 @@ async def nonce_not_echoed(request: web.Request, resp: web.Response, key: Signin
     if not request.path.startswith("/v1/observe") or resp.status != 200:
         return resp
     doc = json.loads(resp.body)  # type: ignore[arg-type]
-    return _json_response(resp, _map_envelopes(doc, lambda e: _resign(e, {**_decode(e), "nonce": "a-stale-nonce-from-before"}, key)))
+    return _json_response(resp, _map_envelopes(doc, lambda e: e, restamp=key, nonce="a-stale-nonce-from-before"))
+
+
+async def freshness_bad_path(request: web.Request, resp: web.Response, key: SigningKey) -> web.StreamResponse:
+    """The freshness leaf is not under the signed root (a path hash flipped, or a wrong index)."""
+    if not request.path.startswith("/v1/observe") or resp.status != 200:
+        return resp
+    doc = json.loads(resp.body)  # type: ignore[arg-type]
+    for result in doc["results"]:
+        f = result["freshness"]
+        if f["path"]:
+            f["path"][0] = ("0" if f["path"][0][0] != "0" else "1") + f["path"][0][1:]
+        else:  # a batch of one: claim another position in a bigger tree
+            statement = _decode(f["statement"])
+            statement["tree_size"] = 2
+            f["statement"] = _resign(f["statement"], statement, key)
+            f["index"] = 1
+    return _json_response(resp, doc)
+
+
+async def observation_resigned_per_request(request: web.Request, resp: web.Response, key: SigningKey) -> web.StreamResponse:
+    """A notary that swaps in an observation its freshness leaf does not name (stale digest)."""
+    if not request.path.startswith("/v1/observe") or resp.status != 200:
+        return resp
+    doc = json.loads(resp.body)  # type: ignore[arg-type]
+    return _json_response(resp, _map_envelopes(doc, lambda e: _resign(e, {**_decode(e), "observed_at": _decode(e)["observed_at"] - 1}, key)))
 
 
 async def wrong_target(request: web.Request, resp: web.Response, key: SigningKey) -> web.StreamResponse:
@@ -312,7 +351,7 @@ async def wrong_target(request: web.Request, resp: web.Response, key: SigningKey
         p = _decode(e)
         p["target"] = {**p["target"], "port": p["target"]["port"] + 1}
         return _resign(e, p, key)
-    return _json_response(resp, _map_envelopes(doc, swap))
+    return _json_response(resp, _map_envelopes(doc, swap, restamp=key))
 
 
 async def probes_private(request: web.Request, resp: web.Response, key: SigningKey) -> web.StreamResponse:
@@ -326,7 +365,7 @@ async def probes_private(request: web.Request, resp: web.Response, key: SigningK
         if p["status"] == "blocked_by_policy":
             p.update(status="refused", detail="connection refused")
         return _resign(e, p, key)
-    return _json_response(resp, _map_envelopes(doc, unblock))
+    return _json_response(resp, _map_envelopes(doc, unblock, restamp=key))
 
 
 async def error_500(request: web.Request, resp: web.Response, key: SigningKey) -> web.StreamResponse:
@@ -358,12 +397,14 @@ async def ohttp_tamper_accepted(request: web.Request, resp: web.Response, key: S
 
 
 BROKEN: list[tuple[Mutator, set[str]]] = [
-    (unsigned, {"identity", "observe", "observe-get", "refuse loopback", "refuse ipv4-mapped"}),
+    (unsigned, {"identity", "observe", "observe-get", "freshness", "refuse loopback", "refuse ipv4-mapped"}),
     (identity_wrong_key, {"identity", "observe", "refuse ipv4-mapped"}),
     (identity_key_id_mismatch, {"identity"}),
     (identity_old_protocol, {"identity"}),
     (observations_wrong_key, {"observe", "observe-get", "refuse loopback", "refuse ipv4-mapped"}),
-    (nonce_not_echoed, {"observe", "observe-get", "refuse ipv4-mapped"}),
+    (nonce_not_echoed, {"observe", "observe-get", "freshness", "refuse ipv4-mapped"}),
+    (freshness_bad_path, {"observe", "observe-get", "freshness", "refuse loopback", "refuse ipv4-mapped"}),
+    (observation_resigned_per_request, {"observe", "observe-get", "freshness", "refuse ipv4-mapped"}),
     (wrong_target, {"observe", "observe-get", "refuse ipv4-mapped"}),
     (probes_private, {"refuse loopback", "refuse ipv4-mapped"}),
     # These two break every 400, the gateway's answer to a tampered encapsulation too.
@@ -428,7 +469,7 @@ async def claims_blocked(request: web.Request, resp: web.Response, key: SigningK
             p.update(status="blocked_by_policy", detail="blocked (claimed)", chain=[], leaf=None, leaf_sha256=None,
                      spki_sha256=None, pin=None, tls_version=None)
         return _resign(e, p, key)
-    return _json_response(resp, _map_envelopes(doc, block))
+    return _json_response(resp, _map_envelopes(doc, block, restamp=key))
 
 
 def test_notary_that_connects_but_claims_refusal_fails(bg: LoopThread, site: str, tmp_path: Path,
@@ -458,4 +499,4 @@ async def test_library_call(bg: LoopThread, site: str, tmp_path: Path) -> None:
     with _serve(bg, _notary_app(tmp_path, SigningKey.generate())) as url:
         host, port = site.split(":")
         results = await run_conformance(url, target=Target.parse(host, int(port)))
-    assert [r.status for r in results] == ["pass"] * 13
+    assert [r.status for r in results] == ["pass"] * 14

@@ -767,22 +767,15 @@ OK_MUTATIONS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("target.port float", _set("target.port", 443.0)),
     ("target.sni int", _set("target.sni", 1)),
     ("ip int", _set("ip", 3221225994)),
-    ("nonce null", _set("nonce", None)),
     ("observed_at string", _set("observed_at", "1700000000")),
     ("observed_at bool", _set("observed_at", True)),
     ("observed_at null", _set("observed_at", None)),
-    ("signed_at bool", _set("signed_at", False)),
-    ("signed_at float", _set("signed_at", 1700000042.0)),
-    ("age bool", _set("age", True)),
-    ("age null", _set("age", None)),
     ("status int", _set("status", 0)),
     ("status unknown", _set("status", "weird")),
     ("status upper", _set("status", "OK")),
     ("status null", _set("status", None)),
     ("detail int", _set("detail", 1)),
     ("tls_version int", _set("tls_version", 13)),
-    ("source unknown", _set("source", "stale")),
-    ("source null", _set("source", None)),
     ("leaf_sha256 int", _set("leaf_sha256", 1)),
     ("leaf_sha256 mismatch", _set("leaf_sha256", hashlib.sha256(CA_DER).hexdigest())),
     ("leaf_sha256 upper", lambda d: d.update(leaf_sha256=d["leaf_sha256"].upper())),
@@ -878,15 +871,14 @@ def test_every_error_status_parses(status: str) -> None:
     assert Observation.from_payload(d).status == status
 
 
-def test_from_probe_computes_age_and_truncates_history() -> None:
+def test_from_probe_truncates_history_and_signs_no_request_fields() -> None:
     probe = ProbeResult.success(Target("example.com", 443, "example.com"), "192.0.2.10", 100, "TLSv1.3", (LEAF_DER,))
-    obs = Observation.from_probe(probe, notary=KEY.key_id, nonce="n" * 16, signed_at=90, source="fresh")
-    assert obs.age == 0  # never negative
     obs = Observation.from_probe(
-        probe, notary=KEY.key_id, nonce="n" * 16, signed_at=160, source="cached",
-        key_history=tuple(mv.KeySighting(mv.OLD_SPKI, i, i) for i in range(40)),
+        probe, notary=KEY.key_id, key_history=tuple(mv.KeySighting(mv.OLD_SPKI, i, i) for i in range(40)),
     )
-    assert obs.age == 60 and len(obs.key_history) == 32
+    assert len(obs.key_history) == 32
+    # Protocol 2: what one request adds (nonce, signing time, source, age) is not in the observation.
+    assert not {"nonce", "signed_at", "source", "age"} & set(obs.to_payload())
     assert verify_observation(sign_observation(obs, KEY), KEY.verify_key) == obs
 
 
@@ -941,3 +933,15 @@ def test_identity_from_payload_rejects_malformed(mutate: Callable[[dict[str, Any
     mutate(payload)
     with pytest.raises(VerificationError, match="malformed identity"):
         Identity.from_payload(payload)
+
+
+def test_target_parse_memo_never_confuses_a_bool_with_a_port() -> None:
+    """Target.parse is memoised for plain (str, int, str|None); True == 1 must still be refused."""
+    assert Target.parse("memo.example", 1).port == 1
+    with pytest.raises(InputError):
+        Target.parse("memo.example", True)
+    assert Target.parse("MEMO.example.", 443) == Target.parse("memo.example", 443)
+    with pytest.raises(InputError):
+        Target.parse("bad..host", 443)
+    with pytest.raises(InputError):
+        Target.parse("bad..host", 443)  # errors are not cached into successes

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from notary.config import NotaryConfig
-from notary.core import AddressPolicy, Observation, SigningKey, parse_networks, verify_observation
+from notary.core import AddressPolicy, Observation, SigningKey, parse_networks, verify_answer
 from notary.core.observation import MAX_CHAIN_BYTES, MAX_CHAIN_CERTS
 from notary.prober import ProbeLimits
 from notary.server import create_app
@@ -58,8 +58,7 @@ class Notary:
             assert resp.status == 200, body
         [result] = body["results"]
         assert result["target"] == {"host": host, "port": port, "sni": None}
-        [envelope] = result["envelopes"]
-        obs = verify_observation(envelope, self.key.verify_key)
+        [obs] = verify_answer(result["envelopes"], result["freshness"], self.key.verify_key, nonce=nonce)
         assert obs.nonce == nonce
         assert obs.notary == self.key.key_id
         assert obs.source == "fresh"

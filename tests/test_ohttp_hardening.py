@@ -204,7 +204,7 @@ def test_padding_rules_and_the_decoder_reads_padded_messages() -> None:
     assert bhttp.request_padded_size(len(req)) == bhttp.REQUEST_PAD_BYTES  # every Parallax request: one KiB
     assert bhttp.decode_request(bhttp.pad(req, 1024)).content == bhttp.decode_request(req).content
     assert bhttp.request_padded_size(1025) == 2048 and bhttp.request_padded_size(0) == 1024
-    assert [bhttp.response_bucket(n) for n in (0, 4096, 4097, 9000, 70000)] == [4096, 4096, 8192, 16384, 131072]
+    assert [bhttp.response_bucket(n) for n in (0, 4096, 8192, 8193, 70000)] == [8192, 8192, 8192, 16384, 131072]
     resp = bhttp.encode_response(bhttp.Response(200, (("content-type", "application/json"),), b"{}"))
     assert bhttp.decode_response(bhttp.pad(resp, 4096)).content == b"{}"
     with pytest.raises(ValueError):

@@ -15,7 +15,8 @@ import aiohttp
 from aiohttp import web
 
 from notary.config import NotaryConfig
-from notary.core import AddressPolicy, ProbeResult, SigningKey, Target, parse_networks, verify_observation
+from notary.core import AddressPolicy, ProbeResult, SigningKey, Target, parse_networks
+from notary.core.freshness import verify_answer
 from notary.store import SQLiteStore
 from tests.support.tls import make_ca, server_context, tls_server
 
@@ -40,7 +41,8 @@ async def notary(data: Path, key: SigningKey, policy: AddressPolicy) -> AsyncIte
                                                           "nonce": "policy-cache-nonce-01"}) as r:
                 assert r.status == 200, await r.text()
                 doc = await r.json()
-        return verify_observation(doc["results"][0]["envelopes"][0], key.verify_key)
+        res = doc["results"][0]
+        return verify_answer(res["envelopes"], res["freshness"], key.verify_key, nonce="policy-cache-nonce-01")[0]
 
     try:
         yield observe

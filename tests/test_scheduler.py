@@ -18,7 +18,8 @@ import aiohttp
 from aiohttp import web
 
 from notary.config import NotaryConfig
-from notary.core import AddressPolicy, SigningKey, parse_networks, verify_observation
+from notary.core import AddressPolicy, SigningKey, parse_networks
+from notary.core.freshness import verify_answer
 from notary.errors import BusyError
 from notary.prober import ProbeLimits
 from notary.scheduler import ProbeScheduler, SchedulerLimits, request_context
@@ -172,7 +173,9 @@ async def test_tarpit_flood_from_two_clients_does_not_starve_a_third(tmp_path: P
                     assert r.status == 200
                     doc = await r.json()
             finished.append("abuse")
-            return [verify_observation(e, key.verify_key).status for res in doc["results"] for e in res["envelopes"]]
+            return [o.status for res in doc["results"]
+                    for o in verify_answer(res["envelopes"], res["freshness"], key.verify_key,
+                                           nonce=f"abuse-nonce-{round_:04d}xx")]
 
         async def legit() -> str:
             async with _session("127.0.0.9") as s:
@@ -181,7 +184,8 @@ async def test_tarpit_flood_from_two_clients_does_not_starve_a_third(tmp_path: P
                     assert r.status == 200
                     doc = await r.json()
             finished.append("legit")
-            return verify_observation(doc["results"][0]["envelopes"][0], key.verify_key).status
+            res = doc["results"][0]
+            return verify_answer(res["envelopes"], res["freshness"], key.verify_key, nonce="legit-nonce-0000000")[0].status
 
         try:
             abusers = [asyncio.create_task(abuse(src, i)) for i in range(3) for src in ("127.0.0.2", "127.0.0.3")]

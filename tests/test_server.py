@@ -29,7 +29,7 @@ from notary.core import (
     Target,
     parse_networks,
     verify_identity,
-    verify_observation,
+    open_answer,
 )
 from notary.errors import VerificationError
 from notary.server import SERVICE, STORE, create_app
@@ -80,8 +80,9 @@ class Notary:
         assert headers["Content-Type"].startswith("application/json")
         return json.loads(body)
 
-    def verify(self, env: dict[str, Any]):  # -> Observation
-        return verify_observation(env, self.key.verify_key)
+    def verify(self, result: dict[str, Any]):  # -> Observation
+        """The first observation of one result, after checking the whole answer (signatures, Merkle path)."""
+        return open_answer(result["envelopes"], result.get("freshness"), self.key.verify_key)[0]
 
 
 NotaryFactory = Callable[..., Awaitable[Notary]]
@@ -218,7 +219,7 @@ async def test_identity_document_verifies_and_describes_the_notary(make_notary: 
     assert ident.url == "http://127.0.0.1:1"
     assert ident.key_id == n.key.key_id
     assert ident.public_key == n.key.verify_key.b64
-    assert ident.protocol == "parallax/1"
+    assert ident.protocol == "parallax/2"
     assert ident.limits["max_targets"] == 7
     assert ident.limits["ttl_seconds"] == 123
     assert ident.limits["burst_per_client"] == 1000
@@ -261,7 +262,7 @@ async def test_observe_several_targets_in_order_with_verified_envelopes(make_not
     expected_spki = [leaf_spki(cert2), leaf_spki(cert), leaf_spki(cert)]
     for result, spki in zip(results, expected_spki):
         assert len(result["envelopes"]) == 1
-        obs = n.verify(result["envelopes"][0])
+        obs = n.verify(result)
         assert obs.notary == n.key.key_id
         assert obs.nonce == nonce("multi")
         assert obs.target.to_json() == result["target"]
@@ -283,10 +284,10 @@ async def test_hostname_target_with_connect_override(make_notary: NotaryFactory,
         gbody = await guarded.observe([{"host": "notary-test.example", "port": 443}], nonce("h2"))
     (result,) = body["results"]
     assert result["target"] == {"host": "notary-test.example", "port": 443, "sni": "notary-test.example"}
-    obs = n.verify(result["envelopes"][0])
+    obs = n.verify(result)
     assert (obs.status, obs.ip, obs.target.sni) == ("ok", "127.0.0.1", "notary-test.example")
     assert obs.spki_sha256 == leaf_spki(cert)
-    blocked = guarded.verify(gbody["results"][0]["envelopes"][0])
+    blocked = guarded.verify(gbody["results"][0])
     assert blocked.status == "blocked_by_policy"
 
 
@@ -295,13 +296,13 @@ async def test_cached_result_is_resigned_with_the_new_nonce(make_notary: NotaryF
     n = await make_notary(clock=clock, service_limits=ServiceLimits(ttl=300))
     async with tls_server(tls12(cert)) as srv:
         t = [{"host": "127.0.0.1", "port": srv.port}]
-        first = n.verify((await n.observe(t, nonce(1)))["results"][0]["envelopes"][0])
+        first = n.verify((await n.observe(t, nonce(1)))["results"][0])
         await settle(srv, 1)
         assert srv.handshakes == 1
         assert (first.source, first.nonce, first.observed_at, first.age) == ("fresh", nonce(1), T0, 0)
 
         clock.now += 7
-        second = n.verify((await n.observe(t, nonce(2)))["results"][0]["envelopes"][0])
+        second = n.verify((await n.observe(t, nonce(2)))["results"][0])
         assert second.source == "cached"
         assert second.nonce == nonce(2)
         assert second.observed_at == T0
@@ -311,29 +312,29 @@ async def test_cached_result_is_resigned_with_the_new_nonce(make_notary: NotaryF
         # The GET form is served from the same cache.
         status, got = await n.get_json(f"/v1/observe/127.0.0.1/{srv.port}?nonce={nonce(3)}")
         assert status == 200
-        third = n.verify(got["results"][0]["envelopes"][0])
+        third = n.verify(got["results"][0])
         assert (third.source, third.nonce, third.age) == ("cached", nonce(3), 7)
         await asyncio.sleep(0.1)
         assert srv.handshakes == 1  # no new handshake for cached answers
 
         # A max_age below the cached age forces a fresh probe ...
-        fresh = n.verify((await n.observe(t, nonce(4), max_age=5))["results"][0]["envelopes"][0])
+        fresh = n.verify((await n.observe(t, nonce(4), max_age=5))["results"][0])
         assert (fresh.source, fresh.observed_at, fresh.age) == ("fresh", T0 + 7, 0)
         await settle(srv, 2)
         assert srv.handshakes == 2
         # ... and so does max_age=0, even for a result observed this very second.
-        zero = n.verify((await n.observe(t, nonce(5), max_age=0))["results"][0]["envelopes"][0])
+        zero = n.verify((await n.observe(t, nonce(5), max_age=0))["results"][0])
         assert zero.source == "fresh"
         await settle(srv, 3)
         assert srv.handshakes == 3
 
         # Past the notary's TTL the cache is not used even without max_age.
         clock.now += 301
-        late = n.verify((await n.observe(t, nonce(6)))["results"][0]["envelopes"][0])
+        late = n.verify((await n.observe(t, nonce(6)))["results"][0])
         assert (late.source, late.observed_at) == ("fresh", clock.now)
         # A large max_age cannot stretch the notary's TTL either.
         clock.now += 301
-        capped = n.verify((await n.observe(t, nonce(7), max_age=86400))["results"][0]["envelopes"][0])
+        capped = n.verify((await n.observe(t, nonce(7), max_age=86400))["results"][0])
         assert capped.source == "fresh"
         await settle(srv, 5)
         assert srv.handshakes == 5
@@ -344,14 +345,14 @@ async def test_key_history_records_first_and_last_sighting_of_each_key(make_nota
     n = await make_notary(clock=clock)
     async with tls_server(server_context(cert)) as a, tls_server(server_context(cert2)) as b, Relay(a.port) as relay:
         t = [{"host": "127.0.0.1", "port": relay.port}]
-        one = n.verify((await n.observe(t, nonce(1), max_age=0))["results"][0]["envelopes"][0])
+        one = n.verify((await n.observe(t, nonce(1), max_age=0))["results"][0])
         assert [k.to_json() for k in one.key_history] == [
             {"spki_sha256": leaf_spki(cert), "first_seen": T0, "last_seen": T0}]
         clock.now = T0 + 5
-        n.verify((await n.observe(t, nonce(2), max_age=0))["results"][0]["envelopes"][0])
+        n.verify((await n.observe(t, nonce(2), max_age=0))["results"][0])
         relay.backend_port = b.port  # the target now presents another key
         clock.now = T0 + 10
-        three = n.verify((await n.observe(t, nonce(3), max_age=0))["results"][0]["envelopes"][0])
+        three = n.verify((await n.observe(t, nonce(3), max_age=0))["results"][0])
     assert three.spki_sha256 == leaf_spki(cert2)
     assert three.source == "fresh"
     assert [k.to_json() for k in three.key_history] == [
@@ -386,7 +387,7 @@ async def test_concurrent_requests_share_one_inflight_probe(make_notary: NotaryF
         await asyncio.sleep(0.1)
         assert relay.connections == 1
         assert srv.handshakes == 1
-    observations = [n.verify(b["results"][0]["envelopes"][0]) for b in bodies]
+    observations = [n.verify(b["results"][0]) for b in bodies]
     assert [o.nonce for o in observations] == [nonce(f"c{i}") for i in range(10)]
     assert {o.source for o in observations} == {"fresh"}
     assert len({(o.observed_at, o.spki_sha256) for o in observations}) == 1
@@ -401,7 +402,7 @@ async def test_get_observe_and_blocked_target_is_a_signed_observation(make_notar
     async with tls_server(tls12(cert)) as srv:
         status, body = await open_notary.get_json(f"/v1/observe/127.0.0.1/{srv.port}?nonce={nonce('g')}&sni=localhost")
         assert status == 200
-        obs = open_notary.verify(body["results"][0]["envelopes"][0])
+        obs = open_notary.verify(body["results"][0])
         assert (obs.status, obs.nonce, obs.target.sni, obs.ip) == ("ok", nonce("g"), "localhost", "127.0.0.1")
         assert obs.spki_sha256 == leaf_spki(cert)
         await settle(srv, 1)
@@ -409,7 +410,7 @@ async def test_get_observe_and_blocked_target_is_a_signed_observation(make_notar
         for n, port, why in ((guarded, 443, "loopback"), (guarded, srv.port, "allowlist"), (no_loopback, srv.port, "loopback")):
             status, body = await n.get_json(f"/v1/observe/127.0.0.1/{port}?nonce={nonce('b')}")
             assert status == 200, body
-            blocked = n.verify(body["results"][0]["envelopes"][0])
+            blocked = n.verify(body["results"][0])
             assert blocked.status == "blocked_by_policy"
             assert why in (blocked.detail or "")
             assert blocked.nonce == nonce("b")
@@ -417,7 +418,7 @@ async def test_get_observe_and_blocked_target_is_a_signed_observation(make_notar
             assert blocked.key_history == ()
             # The POST form gives the same answer.
             pbody = await n.observe([{"host": "127.0.0.1", "port": port}], nonce("p"))
-            assert n.verify(pbody["results"][0]["envelopes"][0]).status == "blocked_by_policy"
+            assert n.verify(pbody["results"][0]).status == "blocked_by_policy"
         await asyncio.sleep(0.1)
         assert srv.handshakes == 1  # the blocked notaries never connected
 
@@ -532,7 +533,7 @@ async def test_bad_input_is_a_json_400_and_the_server_keeps_serving(make_notary:
     # Still serving: a good request succeeds.
     async with tls_server(server_context(cert)) as srv:
         body = await n.observe([{"host": "127.0.0.1", "port": srv.port}], nonce("after"))
-    obs = n.verify(body["results"][0]["envelopes"][0])
+    obs = n.verify(body["results"][0])
     assert obs.status == "ok" and obs.nonce == nonce("after")
     status, health = await n.get_json("/healthz")
     assert status == 200 and health["status"] == "ok"
@@ -576,7 +577,7 @@ async def test_a_request_for_more_targets_than_the_burst_is_refused_then_recover
         assert 1 <= wait <= 2
         await asyncio.sleep(wait + 0.1)
         body = await n.observe([t], nonce("later"))
-        assert n.verify(body["results"][0]["envelopes"][0]).nonce == nonce("later")
+        assert n.verify(body["results"][0]).nonce == nonce("later")
 
 
 # -- health, metrics, openapi ----------------------------------------------------------------------
@@ -634,7 +635,7 @@ async def test_watch_list_is_rescanned_without_client_requests(make_notary: Nota
         assert not any(b for b in n.bodies)
         status, body = await n.get_json(f"/v1/observe/127.0.0.1/{srv.port}?nonce={nonce('w')}&all_addresses=1")
         assert status == 200
-        obs = n.verify(body["results"][0]["envelopes"][0])
+        obs = n.verify(body["results"][0])
         assert obs.source == "cached" and obs.spki_sha256 == leaf_spki(cert)
 
 

@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from notary.config import DB_FILE
-from notary.core import ProbeResult, Target, VerifyKey, verify_observation
+from notary.core import ProbeResult, Target, VerifyKey, verify_answer
 from notary.errors import StoreError
 from notary.store import SQLiteStore
 from tests.support.proc import stop, wait_healthy
@@ -197,7 +197,8 @@ async def test_every_returned_observation_survives_kill_9(tmp_path: Path, certs)
                     except (TimeoutError, aiohttp.ClientError):
                         assert killer is not None, "the notary failed before it was killed"
                         break
-                    obs = verify_observation(doc["results"][0]["envelopes"][0], key)
+                    res = doc["results"][0]
+                    [obs] = verify_answer(res["envelopes"], res["freshness"], key, nonce=body["nonce"])
                     assert obs.nonce == body["nonce"] and obs.source == "fresh" and obs.status == "ok"
                     returned.append(obs)
             assert killer is not None
@@ -237,10 +238,12 @@ async def test_every_returned_observation_survives_kill_9(tmp_path: Path, certs)
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:
                 async with s.get(f"{base}/v1/observe/127.0.0.1/{target.port}?nonce=after-restart-nonce-1") as r:
                     assert r.status == 200
-                    cached = verify_observation((await r.json())["results"][0]["envelopes"][0], key)
+                    res = (await r.json())["results"][0]
+                    [cached] = verify_answer(res["envelopes"], res["freshness"], key, nonce="after-restart-nonce-1")
                 async with s.get(f"{base}/v1/observe/127.0.0.1/{target.port}?nonce=after-restart-nonce-2&max_age=0") as r:
                     assert r.status == 200
-                    fresh = verify_observation((await r.json())["results"][0]["envelopes"][0], key)
+                    res = (await r.json())["results"][0]
+                    [fresh] = verify_answer(res["envelopes"], res["freshness"], key, nonce="after-restart-nonce-2")
         finally:
             stop(proc)
         assert proc.returncode is not None

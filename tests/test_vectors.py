@@ -12,6 +12,9 @@ themselves.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import subprocess
+import sys
 import hashlib
 import importlib.util
 import json
@@ -24,8 +27,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from notary.core import (
+    FRESHNESS_TYPE,
     IDENTITY_TYPE,
     OBSERVATION_TYPE,
+    Statement,
     ProbeResult,
     Target,
     VerifyKey,
@@ -33,6 +38,7 @@ from notary.core import (
     pae,
     pin_from_spki_hex,
     spki_sha256,
+    verify_answer,
     verify_envelope,
     verify_identity,
     verify_observation,
@@ -48,7 +54,8 @@ mv = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mv)
 
 INDEX = json.loads((VECTORS / "vectors.json").read_text("utf-8"))
-SIGNED = ["observation_ok", "observation_timeout", "observation_busy", "identity", "bundle", "identity_ohttp"]
+SIGNED = ["observation_ok", "observation_timeout", "observation_busy", "identity", "bundle", "identity_ohttp",
+          "freshness_statement"]
 INPUT_FILES = {"make_vectors.py", "README.md", ".gitattributes", "leaf.der", "ca.der"}
 
 
@@ -155,6 +162,8 @@ def test_stored_envelope_verifies_and_parses_back_to_the_model(name: str) -> Non
         assert parsed.signed_by == INDEX["key"]["key_id"]
         assert (parsed.bundle_version, parsed.expires) == (7, 1735689600)
         parsed = replace(parsed, signed_by=None)
+    elif entry["payload_type"] == FRESHNESS_TYPE:
+        parsed = Statement.from_payload(verified.payload)
     else:
         assert entry["payload_type"] == IDENTITY_TYPE
         parsed = verify_identity(envb, trusted_key())
@@ -245,3 +254,87 @@ def test_bundle_vector_expiry_and_rollback_are_enforced_on_the_signed_bytes() ->
     assert info.value.code == "bundle_rollback"
     payload = json.loads(stored("bundle.payload.json"))
     assert (payload["bundle_version"], payload["expires"], payload["version"]) == (7, 1735689600, 1)
+
+
+# -- freshness: the batch, its Merkle tree and complete answers (protocol 2) --------------------
+
+
+def _h(prefix: bytes, data: bytes) -> bytes:
+    return hashlib.sha256(prefix + data).digest()
+
+
+def test_freshness_tree_independently_of_notary_core() -> None:
+    """Leaf and node hashes, root and paths recomputed with hashlib alone (RFC 9162 section 2.1)."""
+    f = INDEX["freshness"]
+    leaves = [stored(x["file"]) for x in f["leaves"]]
+    lh = [_h(b"\x00", x) for x in leaves]
+    assert [x["leaf_hash"] for x in f["leaves"]] == [h.hex() for h in lh]
+    n01 = _h(b"\x01", lh[0] + lh[1])
+    assert f["node_0_1"] == n01.hex()
+    root = _h(b"\x01", n01 + lh[2])  # 3 leaves: split at 2
+    assert f["root"] == root.hex()
+    assert f["leaves"][0]["path"] == [lh[1].hex(), lh[2].hex()]
+    assert f["leaves"][1]["path"] == [lh[0].hex(), lh[2].hex()]
+    assert f["leaves"][2]["path"] == [n01.hex()]
+    statement = json.loads(stored(INDEX["vectors"]["freshness_statement"]["payload_file"]))
+    assert statement == {"notary": INDEX["key"]["key_id"], "signed_at": f["signed_at"], "tree_size": 3, "root": f["root"]}
+    for i, x in enumerate(f["leaves"]):
+        leaf = json.loads(leaves[i])
+        assert leaf["nonce"] == x["nonce"] and set(leaf) == {"nonce", "observations", "source"}
+        assert leaves[i] == json.dumps(leaf, sort_keys=True, separators=(",", ":")).encode()
+    digests = f["observation_digests"]
+    for name in ("observation_ok", "observation_timeout"):
+        assert digests[name] == hashlib.sha256(stored(INDEX["vectors"][name]["payload_file"])).hexdigest()
+    assert json.loads(leaves[2])["observations"] == json.loads(leaves[0])["observations"] == [digests["observation_ok"]]
+    assert json.loads(leaves[1])["observations"] == [digests["observation_timeout"]]
+
+
+@pytest.mark.parametrize("name", sorted(INDEX["answers"]))
+def test_answer_verifies_with_its_nonce_only(name: str) -> None:
+    entry = INDEX["answers"][name]
+    answer = json.loads(stored(entry["file"]))
+    obs = verify_answer(answer["envelopes"], answer["freshness"], trusted_key(), nonce=entry["nonce"])
+    assert all(o.nonce == entry["nonce"] and o.signed_at == INDEX["freshness"]["signed_at"] for o in obs)
+    assert obs[0].target.to_json() == answer["target"]
+    stable = [dataclasses.replace(o, nonce="", signed_at=0, source="", age=0) for o in obs]
+    expected = {"answer_ok": ["observation_ok"], "answer_timeout": ["observation_timeout"],
+                "answer_ok_other_client": ["observation_ok"]}[name]
+    assert stable == [model(n) for n in expected]
+    for other in INDEX["answers"].values():
+        if other["nonce"] != entry["nonce"]:
+            with pytest.raises(VerificationError):
+                verify_answer(answer["envelopes"], answer["freshness"], trusted_key(), nonce=other["nonce"])
+
+
+@pytest.mark.parametrize("name", sorted(INDEX["must_reject_answers"]))
+def test_must_reject_answer(name: str) -> None:
+    entry = INDEX["must_reject_answers"][name]
+    answer = json.loads(stored(entry["file"]))
+    with pytest.raises(VerificationError):
+        verify_answer(answer["envelopes"], answer["freshness"], trusted_key(), nonce=entry["nonce"])
+
+
+# -- the third-party recipe (docs/recipes/verify_answer.py: PyNaCl + hashlib, no Parallax import) ---
+
+RECIPE = Path(__file__).resolve().parent.parent / "docs" / "recipes" / "verify_answer.py"
+
+
+def _recipe(file: str, nonce: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-I", str(RECIPE), str(VECTORS / file), INDEX["key"]["public_key_b64"],
+                           nonce, str(INDEX["freshness"]["signed_at"])], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("name", sorted(INDEX["answers"]))
+def test_standalone_recipe_accepts_the_vector_answers(name: str) -> None:
+    entry = INDEX["answers"][name]
+    p = _recipe(entry["file"], entry["nonce"])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.startswith("OK ")
+    assert _recipe(entry["file"], "some-other-nonce-000001").returncode == 1
+
+
+@pytest.mark.parametrize("name", sorted(INDEX["must_reject_answers"]))
+def test_standalone_recipe_rejects_the_vector_rejects(name: str) -> None:
+    entry = INDEX["must_reject_answers"][name]
+    p = _recipe(entry["file"], entry["nonce"])
+    assert p.returncode == 1 and p.stdout.startswith("REJECTED"), p.stdout + p.stderr

@@ -34,6 +34,14 @@ def _region(text: str) -> str:
     return text
 
 
+def _workers(text: str) -> int:
+    from notary.workers import MAX_WORKERS
+
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"--workers takes a whole number from 1 to {MAX_WORKERS}")
+    return int(text)
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from notary.keyfile import generate_encrypted_key_file, generate_key_file
 
@@ -83,6 +91,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from notary.identity_file import bundle_entry, write_identity
     from notary.keyfile import generate_key_file, key_path, load_key_file
     from notary.server import run
+    from notary.workers import default_workers, serve_workers
 
     host, port = args.listen
     if args.init and not key_path(args.data_dir).exists():
@@ -100,6 +109,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         relay = _relay_config(args, config)
         entry = bundle_entry(config.name, url, config.region, key.key_id, key.verify_key.b64, config.country,
                              config.rir, relay=relay is not None)
+        workers = args.workers if args.workers is not None else default_workers()
 
         def bound(addr: tuple[str, int]) -> None:
             # Only once the listener is bound: a serve that cannot bind changes nothing on disk.
@@ -108,14 +118,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 Path(args.export_entry).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.export_entry).write_text(json.dumps(entry, indent=2) + "\n")
             listening = f"{'[' + addr[0] + ']' if ':' in addr[0] else addr[0]}:{addr[1]}"
-            print(json.dumps({"serving": url, "key_id": key.key_id, "region": config.region, "listening": listening}),
-                  flush=True)
+            print(json.dumps({"serving": url, "key_id": key.key_id, "region": config.region, "listening": listening,
+                              "workers": workers}), flush=True)
 
-        run(config, key, host, port, relay=relay, access_log=args.access_log, on_bound=bound)
+        if workers == 1:
+            run(config, key, host, port, relay=relay, access_log=args.access_log, on_bound=bound)
+            return 0
+        return serve_workers(config, key, host, port, workers, relay=relay, access_log=args.access_log,
+                             on_bound=bound)
     finally:
         if lock is not None:
             lock.release()
-    return 0
 
 
 def _relay_config(args: argparse.Namespace, config: Any) -> Any:
@@ -248,6 +261,8 @@ def add_notary_commands(sub: Any) -> None:
                    help="keep observations this many days")
     p.add_argument("--max-store-bytes", type=int, default=1024 ** 3, metavar="BYTES",
                    help="keep at most this many bytes of observations, oldest dropped first (1 GiB)")
+    p.add_argument("--workers", type=_workers, default=None, metavar="N",
+                   help="notary processes sharing the port (SO_REUSEPORT) and the store (default: the number of cores)")
     p.add_argument("--init", action="store_true", help="generate a key on first start if none exists")
     p.add_argument("--export-entry", metavar="PATH", help="also write this notary's bundle entry to PATH (default: only DIR/identity.json)")
     p.add_argument("--access-log", action="store_true",

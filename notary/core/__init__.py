@@ -8,6 +8,17 @@ from notary.core.addrpolicy import AddressPolicy, parse_networks, refusal_reason
 from notary.core.canonical import decode as canonical_decode
 from notary.core.canonical import encode as canonical_encode
 from notary.core.envelope import Verified, envelope_bytes, pae, sign_envelope, verify_envelope
+from notary.core.freshness import (
+    FRESHNESS_TYPE,
+    Statement,
+    freshness_proof,
+    leaf_bytes,
+    observation_digest,
+    open_answer,
+    sign_statement,
+    stamp_batch,
+    verify_answer,
+)
 from notary.core.identity import IDENTITY_TYPE, PROTOCOL, Identity, sign_identity, verify_identity
 from notary.core.keys import SigningKey, VerifyKey, key_id_for
 from notary.core.observation import (
@@ -35,6 +46,8 @@ __all__ = [
     "AddressPolicy", "parse_networks", "refusal_reason",
     "canonical_decode", "canonical_encode",
     "Verified", "envelope_bytes", "pae", "sign_envelope", "verify_envelope",
+    "FRESHNESS_TYPE", "Statement", "freshness_proof", "leaf_bytes", "observation_digest", "open_answer", "sign_statement",
+    "stamp_batch", "verify_answer",
     "IDENTITY_TYPE", "PROTOCOL", "Identity", "sign_identity", "verify_identity",
     "SigningKey", "VerifyKey", "key_id_for",
     "ERROR_STATUSES", "OBSERVATION_TYPE", "STATUSES", "KeySighting", "Observation",

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from notary.core import canonical
 from notary.core.keys import SigningKey, VerifyKey

@@ -30,7 +30,7 @@ from notary.errors import VerificationError
 __all__ = ["IDENTITY_TYPE", "PROTOCOL", "Identity", "sign_identity", "verify_identity"]
 
 IDENTITY_TYPE = "application/vnd.parallax.notary+json; version=1"
-PROTOCOL = "parallax/1"
+PROTOCOL = "parallax/2"
 
 
 @dataclass(frozen=True, slots=True)

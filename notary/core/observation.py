@@ -1,10 +1,12 @@
 """The observation: what one notary saw when it connected to one target.
 
 A :class:`ProbeResult` is the raw, unsigned fact of one probe (it is what the
-store keeps).  An :class:`Observation` is a probe result bound to a notary key,
-a client nonce, a signing time, its freshness and the key history of the
-target; it is signed as a DSSE envelope with payload type
-:data:`OBSERVATION_TYPE`.  ``docs/protocol.md`` documents every field.
+store keeps).  An :class:`Observation` is a probe result bound to a notary key
+and the key history of the target; it is signed once, when the probe round is
+made, as a DSSE envelope with payload type :data:`OBSERVATION_TYPE` (protocol
+version 2).  A client's nonce and the signing time are bound to it by a
+separate freshness statement (:mod:`notary.core.freshness`).
+``docs/protocol.md`` documents every field.
 
 All times are integer unix seconds (UTC).  Hashes are lower-case hex.  The
 chain is standard base64 of DER, leaf first, at most :data:`MAX_CHAIN_CERTS`
@@ -40,7 +42,7 @@ __all__ = [
     "verify_observation",
 ]
 
-OBSERVATION_TYPE = "application/vnd.parallax.observation+json; version=1"
+OBSERVATION_TYPE = "application/vnd.parallax.observation+json; version=2"
 
 #: Every status an observation can carry.  Only ``ok`` carries a certificate.
 STATUSES = (
@@ -154,14 +156,19 @@ class ProbeResult:
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """A signed statement by notary ``notary`` (a key id) about ``target``.  See docs/protocol.md."""
+    """What notary ``notary`` (a key id) saw of ``target``.  See docs/protocol.md, section 6.
+
+    The signed payload (:meth:`to_payload`) is the stable part, signed once when
+    the probe round is made.  ``nonce``, ``signed_at``, ``source`` and ``age``
+    are not in it: they come from the verified freshness statement and leaf of
+    the answer that carried it (:func:`notary.core.freshness.verify_answer`) and
+    are empty/zero on an observation parsed alone.
+    """
 
     notary: str
     target: Target
     ip: str | None
-    nonce: str
     observed_at: int
-    signed_at: int
     status: str
     detail: str | None
     tls_version: str | None
@@ -169,9 +176,11 @@ class Observation:
     spki_sha256: str | None
     chain: tuple[bytes, ...]
     leaf: LeafSummary | None
-    source: str
-    age: int
     key_history: tuple[KeySighting, ...] = ()
+    nonce: str = ""
+    signed_at: int = 0
+    source: str = ""
+    age: int = 0
 
     @property
     def pin(self) -> str | None:
@@ -183,17 +192,14 @@ class Observation:
         probe: ProbeResult,
         *,
         notary: str,
-        nonce: str,
-        signed_at: int,
-        source: str,
         key_history: tuple[KeySighting, ...] = (),
     ) -> "Observation":
         return cls(
-            notary=notary, target=probe.target, ip=probe.ip, nonce=nonce,
-            observed_at=probe.observed_at, signed_at=signed_at, status=probe.status,
+            notary=notary, target=probe.target, ip=probe.ip,
+            observed_at=probe.observed_at, status=probe.status,
             detail=probe.detail, tls_version=probe.tls_version, leaf_sha256=probe.leaf_sha256,
-            spki_sha256=probe.spki_sha256, chain=probe.chain, leaf=probe.leaf, source=source,
-            age=max(0, signed_at - probe.observed_at), key_history=key_history[:MAX_HISTORY],
+            spki_sha256=probe.spki_sha256, chain=probe.chain, leaf=probe.leaf,
+            key_history=key_history[:MAX_HISTORY],
         )
 
     def to_payload(self) -> dict[str, Any]:
@@ -202,9 +208,7 @@ class Observation:
             "notary": self.notary,
             "target": self.target.to_json(),
             "ip": self.ip,
-            "nonce": self.nonce,
             "observed_at": self.observed_at,
-            "signed_at": self.signed_at,
             "status": self.status,
             "detail": self.detail,
             "tls_version": self.tls_version,
@@ -213,8 +217,6 @@ class Observation:
             "pin": self.pin,
             "chain": [base64.b64encode(c).decode("ascii") for c in self.chain],
             "leaf": self.leaf.to_json() if self.leaf else None,
-            "source": self.source,
-            "age": self.age,
             "key_history": [k.to_json() for k in self.key_history],
         }
 
@@ -242,9 +244,6 @@ def _parse(d: Mapping[str, Any]) -> Observation:
     status = _req(d, "status", str)
     if status not in STATUSES:
         raise ValueError(f"unknown status {status!r}")
-    source = _req(d, "source", str)
-    if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}")
     chain_b64 = _req(d, "chain", list)
     if len(chain_b64) > MAX_CHAIN_CERTS:
         raise ValueError("chain too long")
@@ -260,12 +259,10 @@ def _parse(d: Mapping[str, Any]) -> Observation:
     spki = _req(d, "spki_sha256", str, True)
     leaf_hash = _req(d, "leaf_sha256", str, True)
     pin = _req(d, "pin", str, True)
-    if _req(d, "age", int) < 0:
-        raise ValueError("age is negative")
     if status == "ok":
         if not (spki and chain and leaf_hash):
             raise ValueError("an ok observation carries a key and a chain")
-        if spki_sha256(chain[0]) != spki:
+        if _leaf_facts(chain[0])[0] != spki:
             raise ValueError("spki_sha256 does not match the leaf certificate")
         if leaf_sha256(chain[0]) != leaf_hash:
             raise ValueError("leaf_sha256 does not match the leaf certificate")
@@ -277,9 +274,7 @@ def _parse(d: Mapping[str, Any]) -> Observation:
         notary=_req(d, "notary", str),
         target=target,
         ip=_req(d, "ip", str, True),
-        nonce=_req(d, "nonce", str),
         observed_at=_req(d, "observed_at", int),
-        signed_at=_req(d, "signed_at", int),
         status=status,
         detail=_req(d, "detail", str, True),
         tls_version=_req(d, "tls_version", str, True),
@@ -287,8 +282,6 @@ def _parse(d: Mapping[str, Any]) -> Observation:
         spki_sha256=spki,
         chain=chain,
         leaf=LeafSummary.from_json(leaf) if leaf is not None else None,
-        source=source,
-        age=_req(d, "age", int),
         key_history=tuple(history),
     )
 
@@ -301,7 +294,11 @@ def sign_observation(obs: Observation, key: SigningKey) -> dict[str, Any]:
 
 
 def verify_observation(envelope: Any, key: VerifyKey) -> Observation:
-    """Verify ``envelope`` against ``key``, then parse it.  The payload must name ``key`` as its notary."""
+    """Verify ``envelope`` against ``key``, then parse it.  The payload must name ``key`` as its notary.
+
+    This checks one observation alone (no nonce, no signing time): a client
+    checks an answer with :func:`notary.core.freshness.verify_answer`.
+    """
     verified = verify_envelope(envelope, key, OBSERVATION_TYPE)
     obs = Observation.from_payload(verified.payload)
     if obs.notary != key.key_id:

@@ -173,7 +173,17 @@ class Target:
 
     @classmethod
     def parse(cls, host: object, port: object = 443, sni: object = None) -> "Target":
-        """Validate and normalise.  SNI defaults to the host, and is never sent for IP literals."""
+        """Validate and normalise.  SNI defaults to the host, and is never sent for IP literals.
+
+        Memoised (bounded LRU) for the plain types a request carries: a notary parses
+        the same few targets again and again.  Invalid input is never cached.
+        """
+        if cls is Target and type(host) is str and type(port) is int and (sni is None or type(sni) is str):
+            return _parse_plain(host, port, sni)
+        return cls._parse(host, port, sni)
+
+    @classmethod
+    def _parse(cls, host: object, port: object, sni: object) -> "Target":
         h = normalize_host(host)
         p = validate_port(port)
         if sni is None:
@@ -246,3 +256,9 @@ def split_target(text: object, default_port: int = 443) -> tuple[str, int]:
         return normalize_host(host), port
     except InputError as exc:
         raise bad(str(exc)) from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_plain(host: str, port: int, sni: str | None) -> Target:
+    # Exact types only (checked by the caller): True == 1 must never hit port 1's entry.
+    return Target._parse(host, port, sni)

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from notary.core import canonical
+from notary.core import merkle
 from notary.core.envelope import envelope_bytes, pae, sign_envelope
+from notary.core.freshness import FRESHNESS_TYPE, Statement, freshness_proof, leaf_bytes, observation_digest
 from notary.core.identity import IDENTITY_TYPE, Identity, sign_identity
 from notary.core.keys import SigningKey
 from notary.core.observation import OBSERVATION_TYPE, KeySighting, Observation, sign_observation
@@ -38,6 +40,9 @@ HERE = Path(__file__).resolve().parent
 SEED = bytes(range(32))
 
 NONCE = "parallax-test-vector-nonce-0001"
+#: The freshness batch: three requests answered in one scheduling turn.
+BATCH_SIGNED_AT = 1700000142
+BATCH_NONCES = (NONCE, "parallax-test-vector-nonce-0002", "parallax-test-vector-nonce-0003")
 OLD_SPKI = hashlib.sha256(b"parallax vector: a previous key").hexdigest()
 
 # Summary of leaf.der, written out so the vector does not depend on how a given
@@ -66,9 +71,7 @@ def observation_ok() -> Observation:
         notary=key().key_id,
         target=Target("example.com", 443, "example.com"),
         ip="192.0.2.10",
-        nonce=NONCE,
         observed_at=1700000000,
-        signed_at=1700000042,
         status="ok",
         detail=None,
         tls_version="TLSv1.3",
@@ -76,8 +79,6 @@ def observation_ok() -> Observation:
         spki_sha256=spki,
         chain=(leaf, ca),
         leaf=LEAF_SUMMARY,
-        source="cached",
-        age=42,
         key_history=(  # newest first, as the store returns it; includes this observation
             KeySighting(spki, 1690000100, 1700000000),
             KeySighting(OLD_SPKI, 1600000000, 1690000000),
@@ -90,9 +91,7 @@ def observation_timeout() -> Observation:
         notary=key().key_id,
         target=Target("2001:db8::1", 8443, None),
         ip="2001:db8::1",
-        nonce=NONCE,
         observed_at=1700000100,
-        signed_at=1700000105,
         status="timeout",
         detail="connect timed out after 5s",
         tls_version=None,
@@ -100,8 +99,6 @@ def observation_timeout() -> Observation:
         spki_sha256=None,
         chain=(),
         leaf=None,
-        source="fresh",
-        age=5,
         key_history=(),
     )
 
@@ -169,9 +166,7 @@ def observation_busy() -> Observation:
         notary=key().key_id,
         target=Target("busy.example", 443, "busy.example"),
         ip=None,
-        nonce=NONCE,
         observed_at=1700000200,
-        signed_at=1700000200,
         status="busy",
         detail="no probe slot within 3s",
         tls_version=None,
@@ -179,16 +174,33 @@ def observation_busy() -> Observation:
         spki_sha256=None,
         chain=(),
         leaf=None,
-        source="fresh",
-        age=0,
         key_history=(),
     )
+
+
+def batch_leaves() -> list[bytes]:
+    """The three freshness leaves of the vector batch (see README.md): two clients' requests answered
+    with the same observation_ok (signed once), one fresh observation_timeout."""
+    ok = observation_digest(canonical.encode(observation_ok().to_payload()))
+    to = observation_digest(canonical.encode(observation_timeout().to_payload()))
+    return [
+        leaf_bytes(BATCH_NONCES[0], [ok], "cached"),
+        leaf_bytes(BATCH_NONCES[1], [to], "fresh"),
+        leaf_bytes(BATCH_NONCES[2], [ok], "cached"),
+    ]
+
+
+def statement() -> Statement:
+    leaves = batch_leaves()
+    root = merkle.root_hash([merkle.leaf_hash(x) for x in leaves])
+    return Statement(key().key_id, BATCH_SIGNED_AT, len(leaves), root.hex())
 
 
 def signed_vectors() -> dict[str, tuple[str, Any, dict[str, Any]]]:
     """name -> (payload type, model object, envelope dict)."""
     k = key()
-    ok, to, ident, bun, ident_o = observation_ok(), observation_timeout(), identity(), bundle(), identity_ohttp()
+    ok, to, ident, bun, ident_o, st = (observation_ok(), observation_timeout(), identity(), bundle(),
+                                       identity_ohttp(), statement())
     return {
         "observation_ok": (OBSERVATION_TYPE, ok, sign_observation(ok, k)),
         "observation_timeout": (OBSERVATION_TYPE, to, sign_observation(to, k)),
@@ -196,6 +208,52 @@ def signed_vectors() -> dict[str, tuple[str, Any, dict[str, Any]]]:
         "identity": (IDENTITY_TYPE, ident, sign_identity(ident, k)),
         "bundle": (BUNDLE_TYPE, bun, sign_bundle(bun, k, version=BUNDLE_VERSION, expires=BUNDLE_EXPIRES)),
         "identity_ohttp": (IDENTITY_TYPE, ident_o, sign_identity(ident_o, k)),
+        "freshness_statement": (FRESHNESS_TYPE, st, sign_envelope(FRESHNESS_TYPE, canonical.encode(st.to_payload()), k)),
+    }
+
+
+def answers() -> dict[str, dict[str, Any]]:
+    """One complete answer (``results[i]`` of POST /v1/observe) per leaf of the batch."""
+    signed = signed_vectors()
+    envs = {"ok": signed["observation_ok"][2], "to": signed["observation_timeout"][2]}
+    hashes = [merkle.leaf_hash(x) for x in batch_leaves()]
+    st_env = signed["freshness_statement"][2]
+    out = {}
+    for i, (name, target, es) in enumerate((
+        ("answer_ok", observation_ok().target, [envs["ok"]]),
+        ("answer_timeout", observation_timeout().target, [envs["to"]]),
+        ("answer_ok_other_client", observation_ok().target, [envs["ok"]]),
+    )):
+        proof = freshness_proof(st_env, batch_leaves()[i], i, merkle.inclusion_path(hashes, i))
+        out[name] = {"target": target.to_json(), "envelopes": es, "freshness": proof}
+    return out
+
+
+def _negative_answers(answer: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
+    """Answers derived from answer_ok that a verifier MUST reject for nonce NONCE."""
+    other = SigningKey(bytes(range(1, 33)))
+
+    def copy() -> dict[str, Any]:
+        return json.loads(json.dumps(answer))
+
+    wrong_path = copy()
+    wrong_path["freshness"]["path"][0] = "00" * 32
+    wrong_index = copy()
+    wrong_index["freshness"]["index"] = 1
+    other_leaf = copy()
+    other_leaf["freshness"]["leaf"] = _b64(batch_leaves()[1])
+    other_key = copy()
+    st_payload = base64.b64decode(answer["freshness"]["statement"]["payload"])
+    other_key["freshness"]["statement"] = sign_envelope(FRESHNESS_TYPE, st_payload, other)
+    other_key["freshness"]["statement"]["signatures"][0]["keyid"] = key().key_id
+    swapped = copy()
+    swapped["envelopes"] = [signed_vectors()["observation_timeout"][2]]
+    return {
+        "answer_wrong_path": (wrong_path, "a path hash replaced: the leaf is not under the signed root"),
+        "answer_wrong_index": (wrong_index, "the right path under the wrong index"),
+        "answer_other_leaf": (other_leaf, "another request's leaf (another nonce) with this leaf's path"),
+        "answer_statement_by_other_key": (other_key, "freshness statement signed by another key, filed under the trusted key id"),
+        "answer_digest_mismatch": (swapped, "the envelope is not the observation the leaf names"),
     }
 
 
@@ -308,6 +366,38 @@ def build() -> dict[str, bytes]:
         fname = f"reject_{name}.envelope.json"
         files[fname] = envelope_bytes(env)
         index["must_reject"][name] = {"payload_type": OBSERVATION_TYPE, "envelope_file": fname, "why": why}
+    # Freshness: the batch, its Merkle tree (RFC 9162 hashing), and complete answers.
+    leaves = batch_leaves()
+    hashes = [merkle.leaf_hash(x) for x in leaves]
+    batch: dict[str, Any] = {
+        "signed_at": BATCH_SIGNED_AT,
+        "leaves": [],
+        "node_0_1": merkle.node_hash(hashes[0], hashes[1]).hex(),
+        "root": merkle.root_hash(hashes).hex(),
+        "statement": "freshness_statement",
+        "observation_digests": {
+            "observation_ok": observation_digest(canonical.encode(observation_ok().to_payload())),
+            "observation_timeout": observation_digest(canonical.encode(observation_timeout().to_payload())),
+        },
+    }
+    for i, (leaf, h) in enumerate(zip(leaves, hashes)):
+        fname = f"freshness_leaf{i}.json"
+        files[fname] = leaf
+        batch["leaves"].append({
+            "file": fname, "nonce": BATCH_NONCES[i], "leaf_hash": h.hex(),
+            "path": [p.hex() for p in merkle.inclusion_path(hashes, i)],
+        })
+    index["freshness"] = batch
+    index["answers"] = {}
+    for i, (name, ans) in enumerate(answers().items()):
+        fname = f"{name}.json"
+        files[fname] = canonical.encode(ans)
+        index["answers"][name] = {"file": fname, "nonce": BATCH_NONCES[i], "verify_at": BATCH_SIGNED_AT}
+    index["must_reject_answers"] = {}
+    for name, (ans, why) in _negative_answers(answers()["answer_ok"]).items():
+        fname = f"reject_{name}.json"
+        files[fname] = canonical.encode(ans)
+        index["must_reject_answers"][name] = {"file": fname, "nonce": NONCE, "why": why}
     files["vectors.json"] = (json.dumps(index, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
     return files
 

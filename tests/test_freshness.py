@@ -1,0 +1,202 @@
+"""Protocol 2 freshness: Merkle trees (RFC 9162 hashing), statements, answers and the batching signer.
+
+Expected hashes are computed here with hashlib directly, not with notary.core.merkle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from notary.core import (
+    FRESHNESS_TYPE,
+    ProbeResult,
+    SigningKey,
+    Statement,
+    Target,
+    leaf_bytes,
+    open_answer,
+    stamp_batch,
+    verify_answer,
+)
+from notary.core import merkle
+from notary.errors import SignatureError, VerificationError
+from notary.signer import FreshnessBatcher, sign_round
+
+KEY = SigningKey(bytes(range(32)))
+
+
+def H(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+# -- Merkle ------------------------------------------------------------------------------------
+
+
+def test_small_trees_by_hand() -> None:
+    a, b, c = (H(b"\x00" + x) for x in (b"a", b"b", b"c"))
+    assert merkle.leaf_hash(b"a") == a
+    assert merkle.root_hash([a]) == a
+    assert merkle.root_hash([a, b]) == H(b"\x01" + a + b)
+    assert merkle.root_hash([a, b, c]) == H(b"\x01" + H(b"\x01" + a + b) + c)
+    assert merkle.inclusion_path([a, b, c], 2) == [H(b"\x01" + a + b)]
+    assert merkle.inclusion_path([a, b, c], 0) == [b, c]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 70), seed=st.binary(min_size=1, max_size=8))
+def test_every_leaf_proves_the_root_and_nothing_else(n: int, seed: bytes) -> None:
+    leaves = [merkle.leaf_hash(seed + i.to_bytes(2, "big")) for i in range(n)]
+    root, paths = merkle.tree_paths(leaves)
+    assert root == merkle.root_hash(leaves)
+    for i in range(n):
+        assert paths[i] == merkle.inclusion_path(leaves, i)
+        assert merkle.root_from_path(i, n, leaves[i], paths[i]) == root
+        other = (i + 1) % n
+        if other != i and leaves[other] != leaves[i]:
+            assert merkle.root_from_path(other, n, leaves[i], paths[i]) != root
+        if paths[i]:
+            assert merkle.root_from_path(i, n, leaves[i], paths[i][:-1]) != root
+            assert merkle.root_from_path(i, n, leaves[i], paths[i] + [leaves[0]]) is None
+
+
+def test_root_from_path_refuses_impossible_shapes() -> None:
+    h = merkle.leaf_hash(b"x")
+    assert merkle.root_from_path(0, 0, h, []) is None
+    assert merkle.root_from_path(1, 1, h, []) is None
+    assert merkle.root_from_path(-1, 2, h, [h]) is None
+    assert merkle.root_from_path(0, 2, h, [b"short"]) is None
+    assert merkle.root_from_path(0, merkle.MAX_TREE_SIZE + 1, h, [h]) is None
+
+
+# -- statements and answers ----------------------------------------------------------------------
+
+
+def _obs_round() -> Any:
+    probe = ProbeResult.failure(Target("192.0.2.7", 443, None), "192.0.2.7", 1000, "timeout", "connect timed out")
+    return sign_round([probe], KEY, ())
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 13])
+def test_each_answer_of_a_batch_verifies_under_its_own_nonce(size: int) -> None:
+    rnd = _obs_round()
+    nonces = [f"nonce-of-request-{i:04d}" for i in range(size)]
+    proofs = stamp_batch(KEY, 1010, [leaf_bytes(n, rnd.digests, "cached") for n in nonces])
+    assert len({json.dumps(p["statement"], sort_keys=True) for p in proofs}) == 1  # one signature
+    for i, (n, p) in enumerate(zip(nonces, proofs)):
+        [obs] = verify_answer(rnd.envelopes, p, KEY.verify_key, nonce=n)
+        assert (obs.nonce, obs.signed_at, obs.source, obs.age) == (n, 1010, "cached", 10)
+        assert p["index"] == i
+        if size > 1:
+            with pytest.raises(VerificationError):
+                verify_answer(rnd.envelopes, p, KEY.verify_key, nonce=nonces[(i + 1) % size])
+
+
+def test_open_answer_reports_the_leaf_nonce_but_checks_everything_else() -> None:
+    rnd = _obs_round()
+    [proof] = stamp_batch(KEY, 1010, [leaf_bytes("a-recorded-nonce-0001", rnd.digests, "fresh")])
+    assert open_answer(rnd.envelopes, proof, KEY.verify_key)[0].nonce == "a-recorded-nonce-0001"
+    proof["path"] = ["00" * 32]
+    with pytest.raises(SignatureError):
+        open_answer(rnd.envelopes, proof, KEY.verify_key)
+
+
+STATEMENT = Statement(KEY.key_id, 5, 2, "ab" * 32).to_payload()
+
+
+@pytest.mark.parametrize("change", [
+    {"signed_at": True}, {"signed_at": 5.0}, {"signed_at": None}, {"tree_size": 0}, {"tree_size": True},
+    {"tree_size": merkle.MAX_TREE_SIZE + 1}, {"root": "AB" * 32}, {"root": "ab" * 31}, {"root": 7}, {"notary": 1},
+])
+def test_statement_shape_is_strict(change: dict[str, Any]) -> None:
+    with pytest.raises(VerificationError, match="malformed freshness statement"):
+        Statement.from_payload(STATEMENT | change)
+    with pytest.raises(VerificationError):
+        Statement.from_payload({k: v for k, v in STATEMENT.items() if k != "root"})
+    assert Statement.from_payload(STATEMENT).tree_size == 2
+
+
+def test_statement_is_a_dsse_envelope_of_the_freshness_type() -> None:
+    rnd = _obs_round()
+    [proof] = stamp_batch(KEY, 1010, [leaf_bytes("n" * 20, rnd.digests, "fresh")])
+    env = proof["statement"]
+    assert env["payloadType"] == FRESHNESS_TYPE
+    payload = json.loads(base64.b64decode(env["payload"]))
+    leaf = base64.b64decode(proof["leaf"])
+    assert payload["root"] == H(b"\x00" + leaf).hex() and payload["tree_size"] == 1
+
+
+# -- the batching signer ------------------------------------------------------------------------
+
+
+async def test_requests_of_one_turn_share_one_statement() -> None:
+    batcher = FreshnessBatcher(KEY, lambda: 1234)
+    rnd = _obs_round()
+    nonces = [f"concurrent-nonce-{i:04d}" for i in range(20)]
+    proofs = await asyncio.gather(*(batcher.stamp(n, rnd.digests, "cached") for n in nonces))
+    assert batcher.statements == 1 and batcher.leaves == 20
+    for n, p in zip(nonces, proofs):
+        verify_answer(rnd.envelopes, p, KEY.verify_key, nonce=n)
+    # A later turn is a new batch.
+    await batcher.stamp("a-later-nonce-0000001", rnd.digests, "cached")
+    assert batcher.statements == 2
+
+
+async def test_a_full_turn_is_split_into_batches_of_max_batch() -> None:
+    batcher = FreshnessBatcher(KEY, lambda: 1234, max_batch=4)
+    rnd = _obs_round()
+    proofs = await asyncio.gather(*(batcher.stamp(f"split-nonce-{i:08d}", rnd.digests, "fresh") for i in range(10)))
+    assert batcher.statements == 3
+    assert max(p["index"] for p in proofs) == 3
+
+
+async def test_a_signing_failure_reaches_every_waiter() -> None:
+    def broken_clock() -> int:
+        raise RuntimeError("clock exploded")
+
+    batcher = FreshnessBatcher(KEY, broken_clock)
+    rnd = _obs_round()
+    got = await asyncio.gather(*(batcher.stamp(f"failing-nonce-{i:06d}", rnd.digests, "fresh") for i in range(3)),
+                               return_exceptions=True)
+    assert all(isinstance(g, RuntimeError) for g in got)
+    # The batcher keeps working afterwards.
+    batcher.clock = lambda: 1
+    await batcher.stamp("working-again-nonce-01", rnd.digests, "fresh")
+
+
+@settings(max_examples=200, deadline=None)
+@given(nonce=st.text(min_size=0, max_size=40) | st.from_regex(r"[A-Za-z0-9_-]{16,128}", fullmatch=True),
+       digests=st.lists(st.binary(min_size=32, max_size=32).map(bytes.hex) | st.text(max_size=70), min_size=1, max_size=4),
+       source=st.sampled_from(["fresh", "cached"]))
+def test_leaf_fast_path_is_byte_identical_to_rfc8785(nonce: str, digests: list[str], source: str) -> None:
+    from notary.core import canonical_encode
+    from notary.errors import EncodingError
+
+    try:
+        expected = canonical_encode({"nonce": nonce, "observations": digests, "source": source})
+    except EncodingError:  # e.g. a lone surrogate: not encodable, and the fast path does not apply
+        with pytest.raises(EncodingError):
+            leaf_bytes(nonce, digests, source)
+        return
+    assert leaf_bytes(nonce, digests, source) == expected
+
+
+async def test_the_spliced_json_of_an_answer_is_the_json_of_its_object() -> None:
+    """The notary writes answers by splicing pre-serialised text; it must parse to the answer object."""
+    from notary.signer import Answer
+
+    batcher = FreshnessBatcher(KEY, lambda: 1234)
+    rnd = _obs_round()
+    got = await asyncio.gather(*(batcher.stamp_with_json(f"splice-nonce-{i:06d}", rnd.digests, "cached")
+                                 for i in range(5)))
+    for proof, text in got:
+        assert json.loads(text) == proof
+        answer = Answer(rnd, proof, text)
+        assert json.loads("{" + answer.json_members() + "}") == answer.to_json()
