@@ -17,7 +17,7 @@ import base64
 import json
 from typing import Any, Callable
 
-__all__ = ["REPLACEMENT_BYTES", "cap_answer"]
+__all__ = ["REPLACEMENT_BYTES", "TARGET_OVERHEAD", "cap_answer"]
 
 #: An upper bound of one replacement envelope's JSON size (a detail of at most 200 characters).
 REPLACEMENT_BYTES = 2048
