@@ -11,9 +11,12 @@
   a 400 with a JSON reason; an inner error (a bad target, 429) is carried
   encrypted inside the 200 ``message/ohttp-res``, as RFC 9458 section 5.2 says.
   The encapsulated body (at most 64 KiB) must arrive within ``body_timeout``
-  seconds (else a 400 ``body_timeout``).  The inner request is rate-limited
-  once, as the client of the outer request (trusted-proxy aware), whatever
-  the encrypted headers say.  Answers are zero-padded to a power of two of at
+  seconds (else a 400 ``body_timeout``).  The outer request takes one token
+  from its client's bucket (trusted-proxy aware) *before* the body is read or
+  decrypted, so garbage costs a flooder tokens (then 429s), not the notary an
+  HPKE decryption each.  That token is a deposit: once the message decrypts it
+  is given back and the inner request is rate-limited on its own, once, as
+  the client of the outer request, whatever the encrypted headers say.  Answers are zero-padded to a power of two of at
   least 8 KiB (:func:`notary.core.bhttp.response_bucket`).
 
 Keys live in ``<data-dir>/ohttp-gateway.keys`` (JSON, mode 0600, created
@@ -207,12 +210,25 @@ class _Keys:
 KEYS = web.AppKey("ohttp_keys", _Keys)
 
 
+def _no_limit(request: web.Request) -> None:
+    return None
+
+
+def _no_count(result: str) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class _Settings:
-    """``body_timeout`` seconds for the encapsulated body; ``client_of`` the rate-limit key of a request."""
+    """``body_timeout`` seconds for the encapsulated body; ``client_of`` the rate-limit key of a request;
+    ``admit`` takes the outer request's deposit token (raises a 429), ``refund`` gives it back;
+    ``count`` is told each decapsulation's result (``decapsulated`` or ``rejected``)."""
 
     body_timeout: float
     client_of: Callable[[web.Request], str]
+    admit: Callable[[web.Request], None] = _no_limit
+    refund: Callable[[web.Request], None] = _no_limit
+    count: Callable[[str], None] = _no_count
 
 
 GATEWAY = web.AppKey("ohttp_gateway", _Settings)
@@ -236,21 +252,32 @@ async def _keys(request: web.Request) -> web.Response:
 async def _gateway(request: web.Request) -> web.Response:
     if request.content_type != ohttp.REQUEST_MEDIA_TYPE:
         raise web.HTTPUnsupportedMediaType()
+    settings = request.app[GATEWAY]
+    # A deposit of one token before any work (reading, decrypting): a flood of garbage is
+    # refused with 429s from the client's own bucket, and costs the notary no decryption.
+    settings.admit(request)
     template = request.clone()  # must be taken before the body is read
     try:
-        raw = await read_request_body(request, limit=MAX_ENCAPSULATED_BYTES, timeout=request.app[GATEWAY].body_timeout)
+        raw = await read_request_body(request, limit=MAX_ENCAPSULATED_BYTES, timeout=settings.body_timeout)
     except BodyTooLarge:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_ENCAPSULATED_BYTES,
                                             actual_size=request.content_length or 0) from None
-    plain, ctx = ohttp.decapsulate_request(request.app[KEYS].get().accepted, raw)  # OhttpError -> 400
+    try:
+        plain, ctx = ohttp.decapsulate_request(request.app[KEYS].get().accepted, raw)
+    except OhttpError:
+        settings.count("rejected")
+        raise  # -> 400; the deposit is kept
+    settings.count("decapsulated")
     try:
         inner = bhttp.decode_request(plain, max_bytes=MAX_ENCAPSULATED_BYTES)
     except OhttpError as exc:
         answer = _json_error(400, exc.code, str(exc))
     else:
         # The inner request is charged to the client of the OUTER request (its address, or the
-        # client a trusted proxy names), never to whatever the encrypted headers claim.
-        answer = await _dispatch(request.app, template, inner, request.app[GATEWAY].client_of(request))
+        # client a trusted proxy names), never to whatever the encrypted headers claim.  It pays
+        # for itself there, so the outer deposit is given back first: one request, charged once.
+        settings.refund(request)
+        answer = await _dispatch(request.app, template, inner, settings.client_of(request))
     # Padded to a size bucket, so the relay cannot tell sites apart by the answer's length.
     padded = bhttp.pad(answer, bhttp.response_bucket(len(answer)))
     return web.Response(body=ohttp.encapsulate_response(ctx, padded), content_type=ohttp.RESPONSE_MEDIA_TYPE,
@@ -289,14 +316,19 @@ async def _dispatch(app: web.Application, template: web.BaseRequest, inner: bhtt
 
 
 def install_gateway(app: web.Application, data_dir: str | Path, *, body_timeout: float = 10.0,
-                    client_of: Callable[[web.Request], str] = lambda r: r.remote or "?") -> None:
+                    client_of: Callable[[web.Request], str] = lambda r: r.remote or "?",
+                    admit: Callable[[web.Request], None] = _no_limit,
+                    refund: Callable[[web.Request], None] = _no_limit,
+                    count: Callable[[str], None] = _no_count) -> None:
     """Load (or create) the gateway keys and add the two routes; the identity hook reads the keys.
 
     ``body_timeout``: seconds to receive an encapsulated request (else a 400 ``body_timeout``);
-    ``client_of``: the rate-limit key of an outer request (the notary's, trusted-proxy aware).
+    ``client_of``: the rate-limit key of an outer request (the notary's, trusted-proxy aware);
+    ``admit``/``refund``: take (raising a 429 when the bucket is empty) and give back the outer
+    request's one-token deposit; ``count``: told ``decapsulated`` or ``rejected`` per message.
     """
     app[KEYS] = _Keys(Path(data_dir))
-    app[GATEWAY] = _Settings(body_timeout, client_of)
+    app[GATEWAY] = _Settings(body_timeout, client_of, admit, refund, count)
     app.router.add_get(GATEWAY_PATH, _keys)
     app.router.add_post(GATEWAY_PATH, _gateway)
 

@@ -53,3 +53,10 @@ class RateLimiter:
         b = self._buckets.get(client)
         if b is not None and self.rate > 0 and extra > 0:
             b.tokens = max(-float(self.burst), b.tokens - extra)
+
+    def refund(self, client: str, amount: float) -> None:
+        """Give ``amount`` tokens back (a deposit taken before work that turned out to be
+        charged elsewhere); never above ``burst``."""
+        b = self._buckets.get(client)
+        if b is not None and self.rate > 0 and amount > 0:
+            b.tokens = min(float(self.burst), b.tokens + amount)

@@ -375,6 +375,8 @@ def _make_metrics(registry: CollectorRegistry) -> dict[str, Any]:
         "conn_events": Gauge("parallax_connection_events", "Connections refused (client, global cap) or closed "
                              "(head, idle deadline) since start", ["event"], registry=registry),
         "queued": Gauge("parallax_probes_queued", "Probes waiting for a slot", registry=registry),
+        "ohttp": Counter("parallax_ohttp_decapsulations", "Oblivious HTTP messages the gateway tried to decrypt, "
+                         "by result (decapsulated, rejected)", ["result"], registry=registry),
     }
 
 
@@ -443,7 +445,9 @@ def create_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/v1/openapi.json", _openapi)
-    install_gateway(app, config.data_dir, body_timeout=config.body_timeout, client_of=_client)
+    install_gateway(app, config.data_dir, body_timeout=config.body_timeout, client_of=_client,
+                    admit=lambda r: _rate_limit(r, 1), refund=lambda r: r.app[LIMITER].refund(_client(r), 1),
+                    count=lambda result: metrics["ohttp"].labels(result=result).inc())
     if relay is not None:
         install_relay(app, relay, _client, resolver=resolver)
     return app

@@ -1,0 +1,82 @@
+"""Second review of the Oblivious HTTP gateway and relay (each reproduced on loopback first).
+
+Real notary applications on loopback sockets; the flooder is a plain HTTP client.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from notary.config import NotaryConfig
+from notary.core import AddressPolicy, SigningKey, bhttp, ohttp, parse_networks
+from tests.test_ohttp_hardening import serving
+
+LOOPBACK = AddressPolicy(parse_networks(["127.0.0.0/8", "::1/128"]), None)
+GATEWAY = "/.well-known/ohttp-gateway"
+
+
+def notary_app(tmp_path: Path, *, rate: float = 0.001, burst: int = 5, name: str = "gw", **kw) -> web.Application:
+    from notary.server import create_app
+
+    d = tmp_path / name
+    d.mkdir(exist_ok=True)
+    cfg = NotaryConfig(data_dir=d, name=name, policy=LOOPBACK, rate_per_client=rate, burst_per_client=burst,
+                       rate_limit_delay=0.0)
+    return create_app(cfg, SigningKey.generate(), **kw)
+
+
+async def decapsulations(s: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """The gateway's decryption counter, read from its Prometheus metrics."""
+    async with s.get(url + "/metrics") as r:
+        text = await r.text()
+    out = {"decapsulated": 0.0, "rejected": 0.0}
+    for line in text.splitlines():
+        if line.startswith("parallax_ohttp_decapsulations_total{"):
+            result = line.split('result="', 1)[1].split('"', 1)[0]
+            out[result] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+# -- 1: the outer request is rate-limited before it is decrypted ------------------------------------
+
+async def test_a_flood_of_garbage_encapsulations_gets_429s_and_no_more_decryptions(tmp_path: Path) -> None:
+    app = notary_app(tmp_path, burst=5)
+    async with serving(app) as url, aiohttp.ClientSession() as s:
+        async with s.get(url + GATEWAY) as r:
+            cfg = ohttp.decode_keys(await r.read())[0]
+        # Well-formed headers (the right key id and suite), garbage ciphertext: each one costs an HPKE open.
+        head = bytes([cfg.key_id]) + (0x0020).to_bytes(2, "big") + (1).to_bytes(2, "big") + (1).to_bytes(2, "big")
+        statuses = []
+        for _ in range(30):
+            async with s.post(url + GATEWAY, data=head + os.urandom(32 + 64),
+                              headers={"Content-Type": ohttp.REQUEST_MEDIA_TYPE}) as r:
+                statuses.append(r.status)
+                if r.status == 429:
+                    assert "Retry-After" in r.headers
+                    assert (await r.json())["error"] == "too_many_requests"
+        assert statuses[:5] == [400] * 5
+        assert statuses[5:] == [429] * 25
+        counts = await decapsulations(s, url)
+        assert counts["rejected"] == 5  # the 25 refused messages were never decrypted
+        assert counts["decapsulated"] == 0
+
+
+async def test_a_valid_encapsulated_request_is_charged_once_not_twice(tmp_path: Path) -> None:
+    app = notary_app(tmp_path, burst=4)
+    async with serving(app) as url, aiohttp.ClientSession() as s:
+        async with s.get(url + GATEWAY) as r:
+            cfg = ohttp.decode_keys(await r.read())[0]
+        inner = []
+        for _ in range(4):  # a burst of 4 pays for exactly 4 identity requests through the gateway
+            enc, ctx = ohttp.encapsulate_request(cfg, bhttp.encode_request(bhttp.Request("GET", "https", "", "/v1/notary")))
+            async with s.post(url + GATEWAY, data=enc, headers={"Content-Type": ohttp.REQUEST_MEDIA_TYPE}) as r:
+                assert r.status == 200
+                inner.append(bhttp.decode_response(ohttp.decapsulate_response(ctx, await r.read())).status)
+        assert inner == [200, 200, 200, 200]
+        async with s.get(url + "/v1/notary") as r:
+            assert r.status == 429  # and then the bucket is empty
+        assert (await decapsulations(s, url))["decapsulated"] == 4
