@@ -31,7 +31,46 @@ def _err(desc: str) -> dict[str, Any]:
     return {"description": desc, "content": {"application/json": {"schema": _ERROR}}}
 
 
-def openapi_document(config: "NotaryConfig") -> dict[str, Any]:
+_OHTTP_REQ = {"application/ohttp-req": {"schema": {"type": "string", "format": "binary"}}}
+_OHTTP_RES = {"application/ohttp-res": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def _gateway_paths() -> dict[str, Any]:
+    return {"/.well-known/ohttp-gateway": {
+        "get": {"summary": "Oblivious HTTP gateway key configurations (RFC 9540): current, then next",
+                "responses": {"200": {"description": "application/ohttp-keys", "content": {
+                    "application/ohttp-keys": {"schema": {"type": "string", "format": "binary"}}}}}},
+        "post": {"summary": "Oblivious HTTP gateway (RFC 9458): an encapsulated POST /v1/observe or GET /v1/notary",
+                 "requestBody": {"required": True, "content": _OHTTP_REQ},
+                 "responses": {"200": {"description": "The encapsulated answer (inner errors are inside it)",
+                                       "content": _OHTTP_RES},
+                               "400": _err("Not decryptable (unknown key id, tampered, truncated) or body timeout"),
+                               "413": _err("Body too large"), "415": _err("Not application/ohttp-req"),
+                               "429": _err("Rate limited (one token per message, before decryption)")}}}}
+
+
+def _relay_paths() -> dict[str, Any]:
+    key_id = {"name": "key_id", "in": "path", "required": True,
+              "schema": {"type": "string"}, "description": "A bundle notary's key id, e.g. ed25519:ab12..."}
+    return {
+        "/v1/relay/{key_id}": {"post": {
+            "summary": "Oblivious HTTP relay: forward an encapsulated request to that notary's gateway",
+            "parameters": [key_id], "requestBody": {"required": True, "content": _OHTTP_REQ},
+            "responses": {"200": {"description": "The gateway's answer, unchanged", "content": _OHTTP_RES},
+                          "404": _err("Not a notary of the relay's bundle"), "413": _err("Body too large"),
+                          "415": _err("Not application/ohttp-req"), "429": _err("Rate limited"),
+                          "502": _err("Gateway unreachable"), "504": _err("Gateway timeout")}}},
+        "/v1/relay/{key_id}/notary": {"get": {
+            "summary": "That notary's signed identity document, fetched by the relay",
+            "parameters": [key_id],
+            "responses": {"200": {"description": "DSSE envelope", "content": {"application/json": {"schema": _ENVELOPE}}},
+                          "404": _err("Not a notary of the relay's bundle"), "429": _err("Rate limited"),
+                          "502": _err("Gateway unreachable"), "504": _err("Gateway timeout")}}},
+    }
+
+
+def openapi_document(config: "NotaryConfig", *, relay: bool = False) -> dict[str, Any]:
+    """The document for a notary with ``config``; ``relay``: it also relays (``serve --relay``)."""
     target = {
         "type": "object", "required": ["host"], "additionalProperties": False,
         "properties": {
@@ -78,6 +117,9 @@ def openapi_document(config: "NotaryConfig") -> dict[str, Any]:
                 "responses": {"200": results, "400": _err("Bad input"), "429": _err("Rate limited")}}},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+            "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+            **_gateway_paths(),
+            **(_relay_paths() if relay else {}),
         },
         "components": {"schemas": {
             "Error": {"type": "object", "required": ["error", "reason"],

@@ -362,7 +362,7 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(request.app[CONFIG]))
+    return web.json_response(openapi_document(request.app[CONFIG], relay=relay_enabled(request.app)))
 
 
 def _make_metrics(registry: CollectorRegistry) -> dict[str, Any]:

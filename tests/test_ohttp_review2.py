@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from notary.config import NotaryConfig
@@ -80,3 +81,30 @@ async def test_a_valid_encapsulated_request_is_charged_once_not_twice(tmp_path: 
         async with s.get(url + "/v1/notary") as r:
             assert r.status == 429  # and then the bucket is empty
         assert (await decapsulations(s, url))["decapsulated"] == 4
+
+
+# -- 4: the OpenAPI document lists every route the app serves ---------------------------------------
+
+def _served_routes(app: web.Application) -> set[tuple[str, str]]:
+    out = set()
+    for route in app.router.routes():
+        if route.method in ("HEAD", "*"):
+            continue  # aiohttp adds HEAD beside each GET
+        out.add((route.resource.canonical, route.method.lower()))
+    return out
+
+
+@pytest.mark.parametrize("relay", [False, True])
+async def test_every_route_the_app_serves_is_in_the_openapi_document(tmp_path: Path, relay: bool) -> None:
+    from notary.relay import RelayConfig
+
+    kw = {"relay": RelayConfig({"ed25519:aa": "http://127.0.0.1:9"}, LOOPBACK)} if relay else {}
+    app = notary_app(tmp_path, burst=40, **kw)
+    served = _served_routes(app)
+    async with serving(app) as url, aiohttp.ClientSession() as s:
+        async with s.get(url + "/v1/openapi.json") as r:
+            doc = await r.json()
+    listed = {(path, method) for path, ops in doc["paths"].items() for method in ops}
+    assert ("/.well-known/ohttp-gateway", "post") in served
+    assert served == listed  # nothing served is missing, nothing listed is not served
+    assert any(p.startswith("/v1/relay/") for p, _ in listed) == relay
