@@ -30,7 +30,13 @@ well-known URL); ``previous`` is still accepted but no longer listed, so that
 clients holding a configuration fetched before a rotation keep working.
 :func:`rotate_gateway_keys` (``parallax ohttp-rotate``) shifts next -> current
 -> previous and makes a fresh next; a running notary picks the new file up
-on its next request (the file's mtime is checked), no restart needed.  Rotate
+on its next request (the file's inode and mtime are checked), no restart
+needed.  Rotations take ``<data-dir>/ohttp-gateway.keys.lock`` (not the
+data-dir lock ``serve`` holds: rotating under a running notary is the point),
+and every write is a complete file put in place by ``rename``/``link``, so a
+notary reading it mid-rotation sees the old keys or the new, never a torn file.
+A missing key file is created on first use, after ``serve`` has bound its
+listener.  Rotate
 no more often than clients re-fetch identities (10 minutes), e.g. daily.
 """
 
@@ -38,12 +44,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import json
 import os
 import stat
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 from aiohttp import web
 
@@ -110,24 +120,60 @@ def _key_from(d: Any, path: Path) -> ohttp.GatewayKey:
 
 
 def _write(path: Path, ring: GatewayKeyring, *, exclusive: bool) -> None:
+    """Write the whole file to a private temporary name, then put it in place atomically.
+
+    ``exclusive``: only if ``path`` does not exist yet (``os.link``, which refuses an
+    existing name); else ``os.replace``.  Either way a reader sees the old file or the
+    complete new one, never a partial write.
+    """
     body = json.dumps({"version": 1, "previous": _key_json(ring.previous), "current": _key_json(ring.current),
                        "next": _key_json(ring.next)}).encode() + b"\n"
-    target = path if exclusive else path.with_name(path.name + ".new")
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
     try:
-        fd = os.open(target, flags, 0o600)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
     except FileExistsError:
         raise KeyFileError(f"{path} already exists") from None
     except OSError as exc:
-        raise KeyFileError(f"cannot write {target}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, body)
-        os.fsync(fd)
+        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
     finally:
-        os.close(fd)
-    if not exclusive:
-        os.replace(target, path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _rotation_lock(path: Path, timeout: float) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<keys>.lock``: one rotation at a time (``serve`` never takes it:
+    it only reads, and an atomic replace never shows it a partial file)."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise KeyFileError(f"cannot open {lock}: {exc.strerror}") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise KeyFileError(f"another ohttp-rotate holds {lock}; try again") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
 
 
 def _read(path: Path) -> GatewayKeyring:
@@ -168,42 +214,68 @@ def load_gateway_keys(data_dir: str | Path, *, create: bool = True) -> GatewayKe
     try:
         _write(path, ring, exclusive=True)
     except KeyFileError:
+        if not path.exists():
+            raise
         return _read(path)  # another process created it first
     return ring
 
 
-def rotate_gateway_keys(data_dir: str | Path) -> GatewayKeyring:
-    """next -> current -> previous, plus a fresh next; written atomically (0600)."""
+def rotate_gateway_keys(data_dir: str | Path, *, lock_timeout: float = 10.0) -> GatewayKeyring:
+    """next -> current -> previous, plus a fresh next; written atomically (0600).
+
+    Safe beside a running ``serve`` (which picks the new file up) and beside another
+    rotation: the read-modify-write runs under ``<keys>.lock`` (waiting at most
+    ``lock_timeout`` seconds), so two rotations shift the keys twice, never lose one.
+    """
     path = Path(data_dir) / GATEWAY_KEYS_FILE
-    try:
-        old = _read(path)
-    except FileNotFoundError:
-        raise KeyFileError(f"no gateway keys at {path}; start the notary once to create them") from None
-    used = {old.current.config.key_id, old.next.config.key_id}
-    ring = GatewayKeyring(old.next, ohttp.GatewayKey.generate(_fresh_id(used, old.next.config.key_id)), old.current)
-    _write(path, ring, exclusive=False)
+    if not path.exists():
+        raise KeyFileError(f"no gateway keys at {path}; start the notary once to create them")
+    with _rotation_lock(path, lock_timeout):
+        try:
+            old = _read(path)
+        except FileNotFoundError:
+            raise KeyFileError(f"no gateway keys at {path}; start the notary once to create them") from None
+        used = {old.current.config.key_id, old.next.config.key_id}
+        ring = GatewayKeyring(old.next, ohttp.GatewayKey.generate(_fresh_id(used, old.next.config.key_id)),
+                              old.current)
+        _write(path, ring, exclusive=False)
     return ring
 
 
 class _Keys:
-    """The keyring of a running gateway, re-read when the file changes (rotation)."""
+    """The keyring of a running gateway, re-read when the file changes (rotation).
+
+    An existing file is read (and checked) when the app is built, so a bad one stops
+    ``serve`` at once; a missing one is created on first use, i.e. once the listener is
+    bound and a request has arrived: a ``serve`` that cannot bind writes nothing.
+    """
 
     def __init__(self, data_dir: Path) -> None:
-        self.path = Path(data_dir) / GATEWAY_KEYS_FILE
-        self.ring = load_gateway_keys(data_dir)
-        self.mtime = self._mtime()
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / GATEWAY_KEYS_FILE
+        self.ring: GatewayKeyring | None = None
+        self.stamp: tuple[int, int] | None = None
+        if self.path.exists():
+            self.get()
 
-    def _mtime(self) -> int:
+    def _stamp(self) -> tuple[int, int] | None:
+        # (inode, mtime): a rotation replaces the file, so the inode changes even within one mtime tick.
         try:
-            return self.path.stat().st_mtime_ns
+            st = self.path.stat()
         except OSError:
-            return -1
+            return None
+        return (st.st_ino, st.st_mtime_ns)
 
     def get(self) -> GatewayKeyring:
-        m = self._mtime()
-        if m != self.mtime and m != -1:
+        stamp = self._stamp()
+        if stamp is None:  # absent: create it on first use; once running, keep the keys in memory
+            if self.ring is None:
+                self.ring = load_gateway_keys(self.data_dir)
+                self.stamp = self._stamp()
+            return self.ring
+        if self.ring is None or stamp != self.stamp:
             self.ring = _read(self.path)
-            self.mtime = m
+            self.stamp = stamp
         return self.ring
 
 

@@ -108,3 +108,79 @@ async def test_every_route_the_app_serves_is_in_the_openapi_document(tmp_path: P
     assert ("/.well-known/ohttp-gateway", "post") in served
     assert served == listed  # nothing served is missing, nothing listed is not served
     assert any(p.startswith("/v1/relay/") for p, _ in listed) == relay
+
+
+# -- 3: rotation beside serve and beside another rotation; nothing written before bind ---------------
+
+def test_concurrent_rotations_each_take_effect_and_readers_never_see_a_torn_file(tmp_path: Path) -> None:
+    import threading
+
+    from notary.ohttp_gateway import _Keys, load_gateway_keys, rotate_gateway_keys
+
+    load_gateway_keys(tmp_path)  # current 0, next 1
+    reader = _Keys(tmp_path)  # what a running notary holds
+    errors: list[BaseException] = []
+    start = threading.Barrier(5)
+    done = threading.Event()
+
+    def rotate() -> None:
+        start.wait()
+        try:
+            for _ in range(10):
+                rotate_gateway_keys(tmp_path)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    def read() -> None:
+        start.wait()
+        try:
+            while not done.is_set():
+                reader.get()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rotate) for _ in range(4)]
+    watcher = threading.Thread(target=read)
+    for t in [*threads, watcher]:
+        t.start()
+    for t in threads:
+        t.join(60)
+    done.set()
+    watcher.join(10)
+    assert errors == []
+    ring = load_gateway_keys(tmp_path, create=False)
+    # 40 rotations from (current 0, next 1): every one shifted the keys, none was lost.
+    assert (ring.previous.config.key_id, ring.current.config.key_id, ring.next.config.key_id) == (39, 40, 41)
+    assert reader.get().current.config.key_id == 40
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ohttp-gateway.keys", "ohttp-gateway.keys.lock"]
+
+
+async def test_the_gateway_key_file_is_created_on_first_use_not_when_the_app_is_built(tmp_path: Path) -> None:
+    import stat
+
+    app = notary_app(tmp_path)
+    keys = tmp_path / "gw" / "ohttp-gateway.keys"
+    assert not keys.exists()  # building the app (before any bind) wrote nothing
+    async with serving(app) as url, aiohttp.ClientSession() as s:
+        assert not keys.exists()
+        async with s.get(url + GATEWAY) as r:
+            assert r.status == 200
+            listed = ohttp.decode_keys(await r.read())
+        assert keys.exists() and stat.S_IMODE(keys.stat().st_mode) == 0o600
+        async with s.get(url + GATEWAY) as r:
+            assert ohttp.decode_keys(await r.read()) == listed  # the same keys, read back
+
+
+def test_serve_that_cannot_bind_writes_no_gateway_keys(tmp_path: Path) -> None:
+    import socket
+
+    from tests.test_cli_notary import assert_one_line_error, run
+
+    d = tmp_path / "n"
+    assert run("keygen", "--data-dir", str(d)).returncode == 0
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert_one_line_error(run("serve", "--region", "test", "--data-dir", str(d), "--listen", f"127.0.0.1:{port}"), 74)
+    assert not (d / "ohttp-gateway.keys").exists()
