@@ -27,7 +27,10 @@ buckets.  The relay therefore gives each of its clients, per gateway, a
 bucket of :data:`RELAY_SHARE` times less (:meth:`RelayConfig.sized_for`: with
 the default notary limits, 20/s burst 40 at the gateway, a client gets 2.5/s
 burst 5 per gateway), so that no single client can use up the relay's share
-at a gateway (docs/protocol.md section 13).
+at a gateway (docs/protocol.md section 13).  The gateway charges the relay one
+token per observation (up to 8 a target with ``all_addresses``); the relay,
+which cannot count them, charges a client one token per 4 KiB of the padded
+answer (:func:`answer_cost`: the bucket it sees anyway), after the fact.
 """
 
 from __future__ import annotations
@@ -45,13 +48,14 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from notary.core import AddressPolicy
+from notary.core.bhttp import RESPONSE_MIN_BUCKET
 from notary.core.ohttp import REQUEST_MEDIA_TYPE
 from notary.core.target import is_ip_literal
 from notary.httputil import BodyTooLarge, read_capped, read_request_body
 from notary.prober import Resolver, SystemResolver
 from notary.ratelimit import RateLimiter
 
-__all__ = ["RelayConfig", "install_relay", "RELAY_PREFIX", "RELAY_SHARE", "relay_enabled"]
+__all__ = ["RelayConfig", "install_relay", "RELAY_PREFIX", "RELAY_SHARE", "relay_enabled", "answer_cost"]
 
 RELAY_PREFIX = "/v1/relay"
 #: A relay client's bucket at a relay is this many times smaller than the gateway's bucket for the relay.
@@ -135,17 +139,32 @@ def _gateway_url(request: web.Request) -> str:
     return url.rstrip("/")
 
 
-def _limit(request: web.Request, client_of: Callable[[web.Request], str]) -> web.Response | None:
+def _bucket_key(request: web.Request, client_of: Callable[[web.Request], str]) -> str:
     # One bucket per (client, gateway): a client's share at each gateway, never the relay's whole.
-    key = f"{client_of(request)} {request.match_info['key_id']}"
-    wait = request.app[RELAY_LIMITER].check(key, time.monotonic())
+    return f"{client_of(request)} {request.match_info['key_id']}"
+
+
+def _limit(request: web.Request, client_of: Callable[[web.Request], str]) -> web.Response | None:
+    wait = request.app[RELAY_LIMITER].check(_bucket_key(request, client_of), time.monotonic())
     if wait > 0:
         return _json(429, "too_many_requests", "Too Many Requests", {"Retry-After": str(max(1, math.ceil(wait)))})
     return None
 
 
+def answer_cost(encapsulated_bytes: int) -> int:
+    """Tokens a relayed answer costs its client: one per :data:`~notary.core.bhttp.RESPONSE_MIN_BUCKET`
+    (4 KiB) of the padded answer, at least 1 (the encapsulation adds under 64 bytes of nonce and
+    tag to the padded bucket, so ``encapsulated_bytes // 4096`` is the bucket in 4 KiB units).
+
+    The gateway charges the relay one token per observation; the relay cannot count them
+    (they are encrypted) but sees the padded size bucket, which grows with their number.
+    Charging by it tells the relay nothing it did not already see.
+    """
+    return max(1, encapsulated_bytes // RESPONSE_MIN_BUCKET)
+
+
 async def _forward(request: web.Request, method: str, url: str, body: bytes | None,
-                   headers: dict[str, str]) -> web.Response:
+                   headers: dict[str, str], bucket: str | None = None) -> web.Response:
     cfg = request.app[RELAY]
     host = (urlsplit(url).hostname or "").strip("[]")
     if is_ip_literal(host) and cfg.policy.address_reason(host):
@@ -164,6 +183,9 @@ async def _forward(request: web.Request, method: str, url: str, body: bytes | No
         return _json(502, "bad_gateway", f"the gateway's answer is larger than {cfg.max_response_bytes} bytes")
     except (aiohttp.ClientError, OSError):
         return _json(502, "bad_gateway", "the gateway could not be reached")
+    if bucket is not None and status == 200:
+        # One token was taken up front; a larger answer (more observations) costs the rest now.
+        request.app[RELAY_LIMITER].charge(bucket, answer_cost(len(raw)) - 1)
     return web.Response(status=status, body=raw, headers={"Content-Type": ctype, "Cache-Control": "private, no-store"})
 
 
@@ -181,7 +203,7 @@ def _handlers(client_of: Callable[[web.Request], str]) -> tuple[Any, Any]:
         except BodyTooLarge:
             return _json(413, "body_too_large", f"request body larger than {cfg.max_body_bytes} bytes")
         return await _forward(request, "POST", url + "/.well-known/ohttp-gateway", body,
-                              {"Content-Type": REQUEST_MEDIA_TYPE})
+                              {"Content-Type": REQUEST_MEDIA_TYPE}, _bucket_key(request, client_of))
 
     async def relay_identity(request: web.Request) -> web.Response:
         url = _gateway_url(request)

@@ -5,6 +5,7 @@ Real notary applications on loopback sockets; the flooder is a plain HTTP client
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -184,3 +185,68 @@ def test_serve_that_cannot_bind_writes_no_gateway_keys(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         assert_one_line_error(run("serve", "--region", "test", "--data-dir", str(d), "--listen", f"127.0.0.1:{port}"), 74)
     assert not (d / "ohttp-gateway.keys").exists()
+
+
+# -- 2: a relay client pays for big answers as the gateway charges the relay for them ----------------
+
+def test_answer_cost_is_the_padded_bucket_in_4_kib_units() -> None:
+    from notary.relay import answer_cost
+
+    assert [answer_cost(b + 32) for b in (4096, 8192, 16384, 32768)] == [1, 2, 4, 8]  # AES-128-GCM: 16+16
+    assert [answer_cost(b + 48) for b in (4096, 32768)] == [1, 8]  # ChaCha20-Poly1305: 32+16
+    assert answer_cost(0) == 1  # a short error answer still costs its one token
+
+
+async def test_one_relay_client_asking_for_many_addresses_cannot_use_up_the_relays_share(tmp_path: Path) -> None:
+    import socket
+    import secrets
+
+    from client.devtools import StaticResolver, make_cert_context, tls_site
+    from notary.relay import RelayConfig
+    from notary.server import create_app
+
+    addrs = [f"127.0.0.{i}" for i in range(1, 9)]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    host = "multi.test"
+    d = tmp_path / "gw"
+    d.mkdir()
+    gw_key = SigningKey.generate()
+    # The gateway allows the relay (one address) a burst of 16 (one all_addresses answer of 8 costs 8).
+    gw = create_app(NotaryConfig(data_dir=d, name="gw", policy=LOOPBACK, rate_per_client=0.001, burst_per_client=16,
+                                 rate_limit_delay=0.0), gw_key, resolver=StaticResolver({host: addrs}))
+    async with tls_site(make_cert_context(host, key_type="ecdsa"), addrs, port), serving(gw) as gw_url:
+        rd = tmp_path / "relay"
+        rd.mkdir()
+        relay = create_app(NotaryConfig(data_dir=rd, name="relay", policy=LOOPBACK,
+                                        trusted_proxies=parse_networks(["127.0.0.0/8"])), SigningKey.generate(),
+                           relay=RelayConfig.sized_for({gw_key.key_id: gw_url}, LOOPBACK, gateway_rate=0.001,
+                                                       gateway_burst=16))
+        async with serving(relay) as relay_url, aiohttp.ClientSession() as s:
+            async with s.get(gw_url + GATEWAY) as r:
+                cfg = ohttp.decode_keys(await r.read())[0]
+            post = f"{relay_url}/v1/relay/{gw_key.key_id}"
+
+            async def ask(client: str, inner: bhttp.Request) -> tuple[int, bytes]:
+                enc, ctx = ohttp.encapsulate_request(cfg, bhttp.encode_request(inner))
+                async with s.post(post, data=enc, headers={"Content-Type": ohttp.REQUEST_MEDIA_TYPE,
+                                                           "X-Forwarded-For": client}) as r:
+                    if r.status != 200:
+                        return r.status, b""
+                    res = bhttp.decode_response(ohttp.decapsulate_response(ctx, await r.read()))
+                    return res.status, res.content
+
+            def many() -> bhttp.Request:
+                body = json.dumps({"targets": [{"host": host, "port": port}], "nonce": secrets.token_urlsafe(16),
+                                   "all_addresses": True}).encode()
+                return bhttp.Request("POST", "https", "", "/v1/observe",
+                                     (("content-type", "application/json"),), body)
+
+            status, content = await ask("198.51.100.1", many())
+            assert status == 200
+            assert len(json.loads(content)["results"][0]["envelopes"]) == 8  # the gateway charged the relay 8
+            # A's bucket at the relay (burst 2) paid for that answer's bucket, not for one request:
+            assert (await ask("198.51.100.1", many()))[0] == 429
+            # ...so the relay's share at the gateway is not used up, and B is served.
+            assert (await ask("198.51.100.2", bhttp.Request("GET", "https", "", "/v1/notary")))[0] == 200
