@@ -48,18 +48,19 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from notary.core import AddressPolicy
-from notary.core.bhttp import RESPONSE_MIN_BUCKET
 from notary.core.ohttp import REQUEST_MEDIA_TYPE
 from notary.core.target import is_ip_literal
 from notary.httputil import BodyTooLarge, read_capped, read_request_body
 from notary.prober import Resolver, SystemResolver
 from notary.ratelimit import RateLimiter
 
-__all__ = ["RelayConfig", "install_relay", "RELAY_PREFIX", "RELAY_SHARE", "relay_enabled", "answer_cost"]
+__all__ = ["RelayConfig", "install_relay", "RELAY_PREFIX", "RELAY_SHARE", "relay_enabled", "answer_cost", "ANSWER_COST_UNIT"]
 
 RELAY_PREFIX = "/v1/relay"
 #: A relay client's bucket at a relay is this many times smaller than the gateway's bucket for the relay.
 RELAY_SHARE = 8
+#: A relayed answer costs its client one token per this many bytes of its padded size bucket.
+ANSWER_COST_UNIT = 4096
 
 
 @dataclass(frozen=True)
@@ -152,15 +153,16 @@ def _limit(request: web.Request, client_of: Callable[[web.Request], str]) -> web
 
 
 def answer_cost(encapsulated_bytes: int) -> int:
-    """Tokens a relayed answer costs its client: one per :data:`~notary.core.bhttp.RESPONSE_MIN_BUCKET`
-    (4 KiB) of the padded answer, at least 1 (the encapsulation adds under 64 bytes of nonce and
-    tag to the padded bucket, so ``encapsulated_bytes // 4096`` is the bucket in 4 KiB units).
+    """Tokens a relayed answer costs its client: one per :data:`ANSWER_COST_UNIT` (4 KiB) of the
+    padded answer, at least 1 (the encapsulation adds under 64 bytes of nonce and tag to the
+    padded bucket, so the division gives the bucket in those units): the smallest bucket (8 KiB,
+    one or two observations) costs 2, 32 KiB (8 observations of a typical chain) costs 8.
 
     The gateway charges the relay one token per observation; the relay cannot count them
     (they are encrypted) but sees the padded size bucket, which grows with their number.
     Charging by it tells the relay nothing it did not already see.
     """
-    return max(1, encapsulated_bytes // RESPONSE_MIN_BUCKET)
+    return max(1, encapsulated_bytes // ANSWER_COST_UNIT)
 
 
 async def _forward(request: web.Request, method: str, url: str, body: bytes | None,

@@ -149,9 +149,11 @@ def serve_workers(config: NotaryConfig, key: SigningKey, host: str, port: int, w
     from notary.store import prepare_store
 
     prepare_store(config.db_path)
-    load_gateway_keys(config.data_dir)  # created once, here: every worker then reads the same gateway keys
     placeholder = reuseport_socket(host, port, listen=False)
     port = placeholder.getsockname()[1]
+    # Created once, here (only once the address is held: a serve that cannot bind writes no keys);
+    # every worker then reads the same gateway keys.
+    load_gateway_keys(config.data_dir)
     if on_bound is not None:
         on_bound((str(placeholder.getsockname()[0]), port))
     ctx = multiprocessing.get_context("fork")

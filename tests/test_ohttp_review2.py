@@ -185,6 +185,13 @@ def test_serve_that_cannot_bind_writes_no_gateway_keys(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         assert_one_line_error(run("serve", "--region", "test", "--data-dir", str(d), "--listen", f"127.0.0.1:{port}"), 74)
     assert not (d / "ohttp-gateway.keys").exists()
+    with socket.socket() as busy:  # and with several workers (the address is held before they start)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert_one_line_error(run("serve", "--region", "test", "--data-dir", str(d), "--workers", "2",
+                                  "--listen", f"127.0.0.1:{port}"), 74)
+    assert not (d / "ohttp-gateway.keys").exists()
 
 
 # -- 2: a relay client pays for big answers as the gateway charges the relay for them ----------------
@@ -192,8 +199,8 @@ def test_serve_that_cannot_bind_writes_no_gateway_keys(tmp_path: Path) -> None:
 def test_answer_cost_is_the_padded_bucket_in_4_kib_units() -> None:
     from notary.relay import answer_cost
 
-    assert [answer_cost(b + 32) for b in (4096, 8192, 16384, 32768)] == [1, 2, 4, 8]  # AES-128-GCM: 16+16
-    assert [answer_cost(b + 48) for b in (4096, 32768)] == [1, 8]  # ChaCha20-Poly1305: 32+16
+    assert [answer_cost(b + 32) for b in (8192, 16384, 32768, 65536)] == [2, 4, 8, 16]  # AES-128-GCM: 16+16
+    assert [answer_cost(b + 48) for b in (8192, 32768)] == [2, 8]  # ChaCha20-Poly1305: 32+16
     assert answer_cost(0) == 1  # a short error answer still costs its one token
 
 
