@@ -52,7 +52,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from notary.core import Target, bhttp, canonical_decode, canonical_encode, hpke, ohttp, verify_identity
+from notary.core import Target, bhttp, canonical_decode, canonical_encode, ohttp, verify_identity
 from notary.errors import EncodingError, InputError, OhttpError, VerificationError
 from notary.httputil import read_capped
 from client.bundle import Bundle, BundleEntry
@@ -65,24 +65,6 @@ __all__ = ["RelayRoute", "RelayPlan", "plan_relay", "ask_notary_relayed", "KEYS_
 #: Seconds a verified gateway key configuration is reused before it is fetched again.
 KEYS_TTL = 600
 _keys_cache: dict[tuple[str, str], tuple[float, ohttp.KeyConfig]] = {}
-#: Encapsulations made ahead (the X25519 half, message-independent), at most one per gateway key,
-#: each popped and used exactly once: a request's encryption then costs ~0.02 ms, not ~0.1 ms.
-_prepared: dict[ohttp.KeyConfig, hpke.Encapsulation] = {}
-_MAX_PREPARED = 256
-
-
-def _encapsulation_for(config: ohttp.KeyConfig) -> hpke.Encapsulation | None:
-    """Take (remove) the prepared encapsulation for ``config``, if any: never handed out twice."""
-    return _prepared.pop(config, None)
-
-
-def _prepare_next(config: ohttp.KeyConfig) -> None:
-    """Make the next request's encapsulation while this one is on the wire (runs from the loop)."""
-    if config in _prepared:
-        return
-    if len(_prepared) >= _MAX_PREPARED:
-        _prepared.clear()
-    _prepared[config] = ohttp.prepare_encapsulation(config)
 
 
 class RelayFailed(Exception):
@@ -201,10 +183,7 @@ async def _ask_once(session: aiohttp.ClientSession, entry: BundleEntry, route: R
     inner = bhttp.encode_request(bhttp.Request(
         "POST", "https", authority, "/v1/observe", (("content-type", "application/json"),), canonical_encode(body)))
     # Zero-padded (RFC 9292), so the relay sees the same size whatever the host's name.
-    enc, ctx = ohttp.encapsulate_request(config, bhttp.pad(inner, bhttp.request_padded_size(len(inner))),
-                                         prepared=_encapsulation_for(config))
-    # The next request's X25519 work, done while this one travels (off the critical path).
-    asyncio.get_running_loop().call_soon(_prepare_next, config)
+    enc, ctx = ohttp.encapsulate_request(config, bhttp.pad(inner, bhttp.request_padded_size(len(inner))))
     status, ctype, raw = await _get(session, "POST", _fill(route.template, entry), relay_hop=True,
                                     data=enc, headers={"Content-Type": ohttp.REQUEST_MEDIA_TYPE})
     if status != 200 or ctype != ohttp.RESPONSE_MEDIA_TYPE:

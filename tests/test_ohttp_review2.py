@@ -257,29 +257,3 @@ async def test_one_relay_client_asking_for_many_addresses_cannot_use_up_the_rela
             assert (await ask("198.51.100.1", many()))[0] == 429
             # ...so the relay's share at the gateway is not used up, and B is served.
             assert (await ask("198.51.100.2", bhttp.Request("GET", "https", "", "/v1/notary")))[0] == 200
-
-
-# -- 5: encapsulations made ahead are used once -----------------------------------------------------
-
-async def test_a_prepared_encapsulation_is_handed_out_once_and_requests_never_share_one(tmp_path: Path) -> None:
-    from client import ohttp as client_ohttp
-
-    cfg = ohttp.GatewayKey.generate(7).config
-    client_ohttp._prepare_next(cfg)
-    first = client_ohttp._encapsulation_for(cfg)
-    assert first is not None
-    assert client_ohttp._encapsulation_for(cfg) is None  # taken: never handed out twice
-    # Through the client's own request path: every request to the gateway has its own key share.
-    app = notary_app(tmp_path, burst=40)
-    seen: list[bytes] = []
-    async with serving(app) as url, aiohttp.ClientSession() as s:
-        async with s.get(url + GATEWAY) as r:
-            cfg = ohttp.decode_keys(await r.read())[0]
-        for _ in range(4):
-            enc, ctx = ohttp.encapsulate_request(cfg, bhttp.encode_request(bhttp.Request("GET", "https", "", "/v1/notary")),
-                                                 prepared=client_ohttp._encapsulation_for(cfg))
-            client_ohttp._prepare_next(cfg)
-            seen.append(enc[7:39])
-            async with s.post(url + GATEWAY, data=enc, headers={"Content-Type": ohttp.REQUEST_MEDIA_TYPE}) as r:
-                assert bhttp.decode_response(ohttp.decapsulate_response(ctx, await r.read())).status == 200
-    assert len(set(seen)) == 4
