@@ -354,6 +354,7 @@ async def _metrics(request: web.Request) -> web.Response:
         metrics["conn_events"].labels(event=f"refused_{kind}").set(n)
     for kind, n in guard.closed.items():
         metrics["conn_events"].labels(event=f"closed_{kind}").set(n)
+    metrics["conn_events"].labels(event="evicted").set(guard.evicted)
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -161,6 +161,59 @@ async def test_per_client_and_global_connection_caps(tmp_path: Path) -> None:
             w.close()
 
 
+async def _slow(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    r, w = await _open(port, source)
+    w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a partial head, never completed
+    await w.drain()
+    return r, w
+
+
+async def test_slow_connections_from_many_addresses_do_not_lock_out_a_good_client(tmp_path: Path) -> None:
+    """Review 2, finding 1: max_per_client slow connections from each of many addresses fill the cap."""
+    cfg = _cfg(tmp_path, max_per_client=2, max_connections=8, max_pending_per_net=100, evict_after=0.5)
+    async with guarded(cfg) as (port, guard):
+        held = [await _slow(port, f"127.1.{i}.1") for i in range(4) for _ in range(2)]  # 4 networks x 2 = the cap
+        await asyncio.sleep(0.1)
+        status, _, body = await _request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.0.0.1")
+        assert status == 503  # every stalled connection is younger than evict_after: nothing to evict
+        await asyncio.sleep(0.6)
+        good = []
+        for _ in range(2):  # a good client is served (keeping its connections), each evicting a stalled one
+            r, w = await _open(port, "127.0.0.1")
+            w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
+            good.append(w)
+        assert guard.evicted == 2
+        assert await _closed_within(held[0][0], 3)  # the longest-stalled ones went first
+        assert await _closed_within(held[1][0], 3)
+        assert guard.open == 8
+        for w in good:
+            w.close()
+        for _, w in held:
+            w.close()
+
+
+async def test_pending_connections_are_capped_per_network(tmp_path: Path) -> None:
+    """Slow connections from many addresses of one /24 stop at max_pending_per_net; other networks are served."""
+    async with guarded(_cfg(tmp_path, max_per_client=2, max_pending_per_net=5)) as (port, guard):
+        held = [await _slow(port, f"127.1.0.{i // 2 + 1}") for i in range(5)]
+        await asyncio.sleep(0.1)
+        status, _, body = await _request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.1.0.9")
+        assert status == 429 and json.loads(body) == {
+            "error": "too_many_connections", "reason": "this client network holds too many connections awaiting a request"}
+        status, _, _ = await _request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.1.1.9")
+        assert status == 200
+        # A connection that delivered its head no longer counts as pending: the network gets a slot back.
+        r, w = held[0]
+        w.write(b"\r\n")
+        assert (await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
+        status, _, _ = await _request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.1.0.9")
+        assert status == 200
+        assert guard.refused["client"] == 1
+        for _, w in held:
+            w.close()
+
+
 def test_throttled_log_folds_repeats() -> None:
     now = [0.0]
     records: list[str] = []
