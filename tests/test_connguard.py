@@ -214,6 +214,30 @@ async def test_pending_connections_are_capped_per_network(tmp_path: Path) -> Non
             w.close()
 
 
+async def test_connection_events_log_no_client_address(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Review 2, finding 4: no client address in the log unless the operator opts in (--access-log)."""
+    caplog.set_level(logging.DEBUG, logger="parallax")
+    cfg = _cfg(tmp_path, head_timeout=0.3, max_per_client=1, max_pending_per_net=2, max_connections=3, evict_after=0.2)
+    async with guarded(cfg) as (port, guard):
+        r1, w1 = await _slow(port, "127.1.2.3")
+        status, _, _ = await _request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.1.2.3")
+        assert status == 429  # per-client refusal
+        r2, w2 = await _slow(port, "127.1.2.4")
+        status, _, _ = await _request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.1.2.5")
+        assert status == 429  # per-network refusal
+        assert await _closed_within(r1, 3) and await _closed_within(r2, 3)  # head deadline closes
+        held = [await _slow(port, f"127.1.{3 + i}.7") for i in range(3)]
+        await asyncio.sleep(0.25)
+        status, _, _ = await _request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.1.9.8")
+        assert status == 200  # evicted one of the stalled ones
+        assert guard.refused["client"] == 2 and guard.closed["head"] >= 2 and guard.evicted == 1
+        for w in (w1, w2, *(w for _, w in held)):
+            w.close()
+    text = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert "closed a connection" in text and "refusing connections" in text and "evicted" in text
+    assert "127.1." not in text
+
+
 def test_throttled_log_folds_repeats() -> None:
     now = [0.0]
     records: list[str] = []
