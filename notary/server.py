@@ -62,6 +62,13 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 CLOCK = web.AppKey("clock", object)
 IDENTITY_CACHE = web.AppKey("identity_cache", list)
 GUARD = web.AppKey("guard", ConnectionGuard)
+#: The URL the identity document names: ``[config.url]``, or filled from the bound address (see :func:`run`).
+URL = web.AppKey("url", list)
+
+
+def listen_url(host: str, port: int) -> str:
+    """``http://HOST:PORT`` for a listening address (IPv6 in brackets)."""
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 #: Set by :mod:`notary.workers` in each worker process (``--workers N``): its index, shown by /healthz.
 WORKER = web.AppKey("worker", int)
 
@@ -206,7 +213,7 @@ async def _identity(request: web.Request) -> web.Response:
         return web.json_response(cached[1])
     ident = Identity(
         name=cfg.name, region=cfg.region, key_id=key.key_id, public_key=key.verify_key.b64,
-        software=f"parallax-notary/{notary.__version__}", signed_at=now, url=cfg.url,
+        software=f"parallax-notary/{notary.__version__}", signed_at=now, url=app[URL][0],
         country=cfg.country, rir=cfg.rir, lat_e6=cfg.lat_e6, lon_e6=cfg.lon_e6,
         limits=cfg.limits_document(), ohttp_keys=gateway_keys_b64(app), relay=relay_enabled(app),
     )
@@ -400,6 +407,7 @@ def create_app(
     app[METRICS] = metrics
     app[LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
     app[IDENTITY_CACHE] = []
+    app[URL] = [config.url]
     app[GUARD] = ConnectionGuard(config.conn_limits, trusted=config.trusted_proxies)
 
     async def open_store(app: web.Application) -> AsyncIterator[None]:
@@ -480,9 +488,17 @@ def run(config: NotaryConfig, key: SigningKey, host: str, port: int, *, relay: R
 
     No access log by default, so no client address is ever logged; ``access_log``
     (``--access-log``, an operator's explicit opt-in) turns aiohttp's on, which does.
-    ``on_bound`` runs once the listener is bound, and only then.
+    ``on_bound`` runs once the listener is bound, and only then.  Without ``config.url``
+    the identity document names the address actually bound (``--listen 127.0.0.1:0``).
     """
     raise_fd_limit()  # before the guard sizes its connection cap from the limit
     app = create_app(config, key, relay=relay)
-    asyncio.run(serve_app(app, host, port, app[GUARD], on_bound,
+
+    def bound(addr: tuple[str, int]) -> None:
+        if config.url is None:
+            app[URL][0] = listen_url(host, addr[1])
+            app[IDENTITY_CACHE].clear()
+        if on_bound is not None:
+            on_bound(addr)
+    asyncio.run(serve_app(app, host, port, app[GUARD], bound,
                           access_log=logging.getLogger("aiohttp.access") if access_log else None))

@@ -152,6 +152,10 @@ def serve_workers(config: NotaryConfig, key: SigningKey, host: str, port: int, w
     load_gateway_keys(config.data_dir)  # created once, here: every worker then reads the same gateway keys
     placeholder = reuseport_socket(host, port, listen=False)
     port = placeholder.getsockname()[1]
+    if config.url is None:  # advertise the port actually bound (``--listen HOST:0``)
+        from notary.server import listen_url
+
+        config = dataclasses.replace(config, url=listen_url(host, port))
     if on_bound is not None:
         on_bound((str(placeholder.getsockname()[0]), port))
     ctx = multiprocessing.get_context("fork")
