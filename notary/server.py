@@ -62,6 +62,8 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 CLOCK = web.AppKey("clock", object)
 IDENTITY_CACHE = web.AppKey("identity_cache", list)
 GUARD = web.AppKey("guard", ConnectionGuard)
+#: The OpenAPI document's bytes, built on first request.
+OPENAPI_CACHE = web.AppKey("openapi_cache", list)
 #: The URL the identity document names: ``[config.url]``, or filled from the bound address (see :func:`run`).
 URL = web.AppKey("url", list)
 
@@ -353,6 +355,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    _rate_limit(request, 1)
     metrics, guard, service = request.app[METRICS], request.app[GUARD], request.app[SERVICE]
     metrics["inflight"].set(service.inflight)
     metrics["queued"].set(service.scheduler.queued)
@@ -367,7 +370,11 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(request.app[CONFIG]))
+    _rate_limit(request, 1)
+    cached = request.app[OPENAPI_CACHE]
+    if not cached:  # the document depends only on the configuration: build it once
+        cached.append(json.dumps(openapi_document(request.app[CONFIG])).encode())
+    return web.Response(body=cached[0], content_type="application/json")
 
 
 def _make_metrics(registry: CollectorRegistry) -> dict[str, Any]:
@@ -408,6 +415,7 @@ def create_app(
     app[LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
     app[IDENTITY_CACHE] = []
     app[URL] = [config.url]
+    app[OPENAPI_CACHE] = []
     app[GUARD] = ConnectionGuard(config.conn_limits, trusted=config.trusted_proxies)
 
     async def open_store(app: web.Application) -> AsyncIterator[None]:
