@@ -50,6 +50,7 @@ deadline close is counted; the log gets at most one line per kind per
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import json
 import logging
@@ -413,6 +414,10 @@ class ConnectionGuard:
         return handle
 
 
+ACCEPT_RETRY_DELAY = 1.0  # seconds without accepting after accept() ran out of descriptors or memory
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
 class Acceptor:
     """The accept loop of one listening socket: admission by the guard before any transport exists.
 
@@ -433,8 +438,14 @@ class Acceptor:
         self.loop = asyncio.get_running_loop()
         self.sockets = (sock,)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._retry: asyncio.TimerHandle | None = None
         sock.setblocking(False)
         self.loop.add_reader(sock.fileno(), self._on_readable)
+
+    def _resume(self) -> None:
+        self._retry = None
+        if self.sock.fileno() >= 0:
+            self.loop.add_reader(self.sock.fileno(), self._on_readable)
 
     def _on_readable(self) -> None:
         for _ in range(self.batch):
@@ -442,8 +453,14 @@ class Acceptor:
                 conn, peer = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ECONNABORTED: the next wake-up retries
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    continue  # ECONNABORTED and the like: that one connection is gone
+                # Out of descriptors or memory: the socket stays readable, so stop watching it for
+                # a second (like asyncio's own accept loop) instead of spinning.
                 self.guard.throttled.warning("accept", f"accept() failed: {exc.strerror or exc}; new connections wait")
+                self.loop.remove_reader(self.sock.fileno())
+                self._retry = self.loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
                 return
             conn.setblocking(False)
             admitted = self.guard.admit(_client_of(peer), self.factory)
@@ -467,6 +484,9 @@ class Acceptor:
                 proto.connection_lost(None)
 
     def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self.sock.fileno() >= 0:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()

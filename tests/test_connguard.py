@@ -238,6 +238,67 @@ async def test_connection_events_log_no_client_address(tmp_path: Path, caplog: p
     assert "127.1." not in text
 
 
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+async def test_out_of_descriptors_pauses_accepting_then_resumes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """accept() failing with EMFILE leaves the socket readable: the acceptor must pause, not spin."""
+    import resource
+
+    from notary import connguard
+
+    monkeypatch.setattr(connguard, "ACCEPT_RETRY_DELAY", 0.3)
+    guard = ConnectionGuard(ConnLimits())
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    acceptor = connguard.Acceptor(guard, asyncio.Protocol, listener)
+    calls = 0
+    original = acceptor._on_readable
+
+    def counting() -> None:
+        nonlocal calls
+        calls += 1
+        original()
+    acceptor._on_readable = counting  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    loop.remove_reader(listener.fileno())
+    loop.add_reader(listener.fileno(), acceptor._on_readable)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    client = socket.create_connection(listener.getsockname(), timeout=5)
+    try:
+        highest = max(fd for fd in map(int, os.listdir("/proc/self/fd")) if _is_open(fd))  # not listdir's own
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        fillers: list[int] = []
+        try:
+            while True:  # fill the holes below the limit: no descriptor is left for accept()
+                try:
+                    fillers.append(os.open(os.devnull, os.O_RDONLY))
+                except OSError:
+                    break
+            await asyncio.sleep(0.2)
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert guard.open == 0
+        assert calls <= 2  # paused after the failure, not called again on every loop turn
+        for _ in range(50):  # resumed after ACCEPT_RETRY_DELAY: the waiting connection is admitted
+            if guard.open == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert guard.open == 1
+    finally:
+        client.close()
+        acceptor.close()
+        await asyncio.sleep(0.05)
+
+
 def test_throttled_log_folds_repeats() -> None:
     now = [0.0]
     records: list[str] = []
