@@ -33,7 +33,10 @@ out of descriptors).  A connection is refused when
 
 At the global cap, the connection that has waited longest for a request head
 (or idled longest between requests) is aborted to make room for the newcomer,
-provided it has waited at least ``evict_after`` seconds; busy connections are
+provided it has waited at least ``evict_after`` seconds and its network holds at
+least two more connections than the newcomer's (so a client from a network with
+few connections displaces one from a network with many, and connections from
+many networks cannot evict each other to stay young); busy connections are
 never evicted.  An evicted connection holds its descriptor until the next loop
 turn; at most ``backlog`` of those exist at once (past that, newcomers get the
 503).  The global cap is the smaller of ``max_connections`` and the process's
@@ -150,6 +153,9 @@ _TOO_MANY_CLIENT = _answer(429, "Too Many Requests", "too_many_connections",
 _TOO_MANY_NET = _answer(429, "Too Many Requests", "too_many_connections",
                         "this client network holds too many connections awaiting a request")
 _TOO_MANY_GLOBAL = _answer(503, "Service Unavailable", "unavailable", "the notary is at its connection limit")
+
+
+EVICT_SCAN = 64  # waiting connections looked at per eviction (bounds the work of a refused newcomer)
 
 
 def _net_of(client: str) -> str:
@@ -295,6 +301,7 @@ class ConnectionGuard:
         self.open = 0
         self.dying = 0  # evicted, descriptor not yet closed
         self.per_client: dict[str, int] = {}
+        self.per_net: dict[str, int] = {}  # open connections per IPv4 /24, IPv6 /48
         self.pending_per_net: dict[str, int] = {}
         self.refused = {"client": 0, "global": 0}
         self.closed = {"head": 0, "idle": 0}
@@ -327,7 +334,7 @@ class ConnectionGuard:
                 "refuse-net", f"refusing connections from a network with {pending} awaiting a request (limit {self.limits.max_pending_per_net})"
             )
             return _TOO_MANY_NET
-        if self.open - self.dying >= self.max_connections and not self._evict_one():
+        if self.open - self.dying >= self.max_connections and not self._evict_one(net):
             self.refused["global"] += 1
             self.throttled.warning("refuse-global", f"refusing connections: {self.open} open (limit {self.max_connections})")
             return _TOO_MANY_GLOBAL
@@ -335,21 +342,38 @@ class ConnectionGuard:
         self.open += 1
         self.per_client[client] = held + 1
         self.pending_per_net[net] = pending + 1
+        self.per_net[net] = self.per_net.get(net, 0) + 1
         self._waiting[conn] = self.clock()
         return conn
 
-    def _evict_one(self) -> bool:
-        """Evict the connection waiting longest, if it waited ``evict_after`` seconds; True if one was."""
-        if self.dying >= self.limits.backlog or not self._waiting:
+    def _evict_one(self, net: str) -> bool:
+        """Make room for a newcomer from ``net`` by evicting a waiting connection; True if one was.
+
+        The victim is the longest-waiting connection (waited at least ``evict_after``
+        seconds) of a network that holds at least two more connections than the
+        newcomer's: a newcomer from a network with few connections displaces one from
+        a network with many, never the other way round, so connections from many
+        networks cannot churn each other young to keep everyone else out.  Only the
+        ``EVICT_SCAN`` longest-waiting connections are looked at.
+        """
+        if self.dying >= self.limits.backlog:
             return False
-        conn, since = next(iter(self._waiting.items()))
-        if self.clock() - since < self.limits.evict_after:
+        mine = self.per_net.get(net, 0)
+        now = self.clock()
+        victim: _Guarded | None = None
+        for i, (conn, since) in enumerate(self._waiting.items()):
+            if i >= EVICT_SCAN or now - since < self.limits.evict_after:
+                break
+            if self.per_net.get(conn.net, 0) > mine + 1:
+                victim = conn
+                break
+        if victim is None:
             return False
-        del self._waiting[conn]
+        del self._waiting[victim]
         self.dying += 1
         self.evicted += 1
-        self.throttled.warning("evict", f"at the connection limit ({self.max_connections}): evicted the longest-waiting connection")
-        conn.evict()
+        self.throttled.warning("evict", f"at the connection limit ({self.max_connections}): evicted a long-waiting connection")
+        victim.evict()
         return True
 
     def _not_waiting(self, conn: _Guarded) -> None:
@@ -383,6 +407,11 @@ class ConnectionGuard:
             self.per_client[conn.client] = left
         else:
             self.per_client.pop(conn.client, None)
+        left = self.per_net.get(conn.net, 1) - 1
+        if left > 0:
+            self.per_net[conn.net] = left
+        else:
+            self.per_net.pop(conn.net, None)
 
     # -- hooks for the app's middleware (``request.protocol`` is aiohttp's protocol) --
     def request_started(self, protocol: asyncio.BaseProtocol | None) -> None:
