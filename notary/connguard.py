@@ -63,7 +63,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from notary.core.addrpolicy import IPNetwork
+from notary.core.addrpolicy import IPNetwork, network_key
 
 __all__ = ["Acceptor", "ConnLimits", "ConnectionGuard", "Throttled", "fd_cap", "raise_fd_limit"]
 
@@ -158,16 +158,6 @@ _TOO_MANY_GLOBAL = _answer(503, "Service Unavailable", "unavailable", "the notar
 EVICT_SCAN = 64  # waiting connections looked at per eviction (bounds the work of a refused newcomer)
 
 
-def _net_of(client: str) -> str:
-    """The network a client key belongs to for the pending cap: IPv4 /24, IPv6 /48."""
-    try:
-        net = ipaddress.ip_network(client, strict=False)
-    except ValueError:
-        return client
-    prefix = 24 if net.version == 4 else 48
-    return str(net.supernet(new_prefix=prefix)) if net.prefixlen > prefix else str(net)
-
-
 def _client_of(peer: Any) -> str:
     try:
         addr = ipaddress.ip_address(str(peer[0]).split("%")[0])
@@ -189,7 +179,7 @@ class _Guarded(asyncio.Protocol):
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
         self.client = client
-        self.net = _net_of(client)
+        self.net = network_key(client)
         self.counted = True  # admitted by the acceptor; released in connection_lost
         self.pending = True  # counted in the network's pending cap until its first request starts
         self.evicted = False
@@ -326,7 +316,7 @@ class ConnectionGuard:
             self.refused["client"] += 1
             self.throttled.warning("refuse-client", f"refusing connections from a client holding {held} (limit {self.limits.max_per_client})")
             return _TOO_MANY_CLIENT
-        net = _net_of(client)
+        net = network_key(client)
         pending = self.pending_per_net.get(net, 0)
         if pending >= self.limits.max_pending_per_net and not trusted:
             self.refused["client"] += 1

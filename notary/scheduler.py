@@ -24,7 +24,8 @@ answer in time, never a longer wait.
 
 Name resolution has slots of its own, taken *before* the name is resolved:
 at most ``max_resolving`` lookups run at once and at most ``resolving_per_client``
-per client, granted fairly like the global probe slots and waited for until the
+per client network (IPv4 /24, IPv6 /48: many addresses of one operator count
+as one), granted fairly like the global probe slots and waited for until the
 request's deadline (then ``busy``).  A lookup holds its slot until the resolver
 really returns, not just until the notary stopped waiting (a ``getaddrinfo``
 cannot be cancelled and keeps its thread), so one client's slow names cannot
@@ -45,6 +46,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Iterator, Sequence
 
+from notary.core.addrpolicy import network_key
 from notary.errors import BusyError
 
 __all__ = ["SchedulerLimits", "ProbeScheduler", "request_context"]
@@ -223,6 +225,7 @@ class ProbeScheduler:
         Raises :class:`BusyError` past the deadline.  The release is idempotent.
         """
         client, deadline = _REQUEST.get()
+        client = network_key(client)  # one network's many addresses share its lookups
         if deadline is None:
             deadline = asyncio.get_running_loop().time() + self.limits.queue_timeout
         try:
