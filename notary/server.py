@@ -62,6 +62,9 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 CLOCK = web.AppKey("clock", object)
 IDENTITY_CACHE = web.AppKey("identity_cache", list)
 GUARD = web.AppKey("guard", ConnectionGuard)
+#: A second bucket per client, same rate and burst, for /metrics and /v1/openapi.json: limited,
+#: but reading them never spends (or waits on) a client's observation budget.
+OPS_LIMITER = web.AppKey("ops_limiter", RateLimiter)
 #: The OpenAPI document's bytes, built on first request.
 OPENAPI_CACHE = web.AppKey("openapi_cache", list)
 #: The URL the identity document names: ``[config.url]``, or filled from the bound address (see :func:`run`).
@@ -187,8 +190,8 @@ def _client(request: web.Request) -> str:
                               request.app[CONFIG].trusted_proxies)
 
 
-def _rate_limit(request: web.Request, cost: int) -> None:
-    limiter, client, now = request.app[LIMITER], _client(request), time.monotonic()
+def _rate_limit(request: web.Request, cost: int, bucket: "web.AppKey[RateLimiter]" = LIMITER) -> None:
+    limiter, client, now = request.app[bucket], _client(request), time.monotonic()
     wait = limiter.check(client, now, cost)
     if wait > 0:
         # A refused request is charged too (down to -burst): a client that keeps asking while
@@ -355,7 +358,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    _rate_limit(request, 1)
+    _rate_limit(request, 1, OPS_LIMITER)
     metrics, guard, service = request.app[METRICS], request.app[GUARD], request.app[SERVICE]
     metrics["inflight"].set(service.inflight)
     metrics["queued"].set(service.scheduler.queued)
@@ -370,7 +373,7 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _openapi(request: web.Request) -> web.Response:
-    _rate_limit(request, 1)
+    _rate_limit(request, 1, OPS_LIMITER)
     cached = request.app[OPENAPI_CACHE]
     if not cached:  # the document depends only on the configuration: build it once
         cached.append(json.dumps(openapi_document(request.app[CONFIG])).encode())
@@ -413,6 +416,7 @@ def create_app(
     app[REGISTRY] = registry
     app[METRICS] = metrics
     app[LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
+    app[OPS_LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
     app[IDENTITY_CACHE] = []
     app[URL] = [config.url]
     app[OPENAPI_CACHE] = []
