@@ -25,7 +25,7 @@ import functools
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import AsyncContextManager, AsyncIterator, Awaitable, Callable, Protocol, Sequence
+from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable, Protocol, Sequence
 
 from notary.core import AddressPolicy, ProbeResult, Target
 from notary.core.target import is_ip_literal
@@ -141,11 +141,26 @@ class _Failed(Exception):
 Connector = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 #: Admission of a probe of (host, addresses): holds its slots, or raises BusyError.
 Admit = Callable[[str, Sequence[str]], AsyncContextManager[None]]
+#: Admission of a name lookup: waits for a slot (or raises BusyError) and returns its release.
+ResolveSlot = Callable[[], Awaitable[Callable[[], None]]]
 
 
 @contextlib.asynccontextmanager
 async def _admit_all(host: str, ips: Sequence[str]) -> AsyncIterator[None]:
     yield
+
+
+def _no_release() -> None:
+    return None
+
+
+async def _any_resolve_slot() -> Callable[[], None]:
+    return _no_release
+
+
+def _retrieve(task: "asyncio.Future[Any]") -> None:
+    if not task.cancelled():
+        task.exception()  # a lookup nobody waits for any more: its error is not "never retrieved"
 
 
 async def _open(ip: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -163,6 +178,11 @@ class Prober:
     ``admit`` (the service's :class:`~notary.scheduler.ProbeScheduler`) is entered
     after resolution and the policy check, before any connection; when it raises
     :class:`~notary.errors.BusyError` the result is a ``busy`` observation.
+    ``resolve_slot`` (the scheduler's) is awaited before a name is resolved; the
+    slot is held until the resolver returns, even past ``resolve_timeout``.  A
+    lookup that outlasts ``resolve_timeout`` is ``busy`` (the notary's resolver was
+    too slow: not a fact about the target, so it is never stored); a resolver
+    still running after four times that is cancelled.
     """
 
     def __init__(
@@ -176,8 +196,10 @@ class Prober:
         connect_override: dict[tuple[str, int], tuple[str, int]] | None = None,
         tunnel: Tunnel | None = None,
         admit: Admit = _admit_all,
+        resolve_slot: ResolveSlot = _any_resolve_slot,
     ) -> None:
         self.admit = admit
+        self.resolve_slot = resolve_slot
         self.policy = policy
         self.clock = clock
         self.resolver = resolver or SystemResolver()
@@ -207,11 +229,11 @@ class Prober:
             return [await self._probe_ip(target, target.host, port)]
         else:
             try:
-                async with asyncio.timeout(self.limits.resolve_timeout):
-                    ips = await self.resolver.resolve(target.host, target.port)
-            except (OSError, TimeoutError, UnicodeError) as exc:
-                detail = "resolution timed out" if isinstance(exc, TimeoutError) else f"resolution failed: {exc}"
-                return [ProbeResult.failure(target, None, now(), "dns_failed", detail)]
+                ips = await self._resolve(target)
+            except BusyError as exc:
+                return [ProbeResult.failure(target, None, now(), "busy", str(exc))]
+            except (OSError, UnicodeError) as exc:
+                return [ProbeResult.failure(target, None, now(), "dns_failed", f"resolution failed: {exc}")]
             if not ips:
                 return [ProbeResult.failure(target, None, now(), "dns_failed", "no addresses")]
         # Every resolved address is checked (a name mixing public and internal
@@ -234,6 +256,24 @@ class Prober:
                 return list(await asyncio.gather(*(self._probe_ip(target, ip, port) for ip in allowed)))
         except BusyError as exc:
             return [ProbeResult.failure(target, None, now(), "busy", str(exc))]
+
+    async def _resolve(self, target: Target) -> list[str]:
+        """Resolve under a resolution slot; BusyError when no slot in time or the lookup is too slow."""
+        release = await self.resolve_slot()
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(self.resolver.resolve(target.host, target.port))
+        backstop = loop.call_later(4 * self.limits.resolve_timeout, task.cancel)
+
+        def done(_t: "asyncio.Future[Any]") -> None:
+            backstop.cancel()
+            release()
+        task.add_done_callback(done)
+        task.add_done_callback(_retrieve)
+        try:
+            async with asyncio.timeout(self.limits.resolve_timeout):
+                return await asyncio.shield(task)  # a timed-out lookup keeps its slot until it returns
+        except TimeoutError:
+            raise BusyError(f"resolution timed out after {self.limits.resolve_timeout:g}s") from None
 
     async def _probe_ip(self, target: Target, ip: str, port: int) -> ProbeResult:
         started = self.clock()

@@ -22,6 +22,15 @@ all.  A probe that cannot be admitted raises :class:`~notary.errors.BusyError`,
 which the prober turns into a signed ``busy`` observation: the client gets an
 answer in time, never a longer wait.
 
+Name resolution has slots of its own, taken *before* the name is resolved:
+at most ``max_resolving`` lookups run at once and at most ``resolving_per_client``
+per client network (IPv4 /24, IPv6 /48: many addresses of one operator count
+as one), granted fairly like the global probe slots and waited for until the
+request's deadline (then ``busy``).  A lookup holds its slot until the resolver
+really returns, not just until the notary stopped waiting (a ``getaddrinfo``
+cannot be cancelled and keeps its thread), so one client's slow names cannot
+take every resolver thread.
+
 The requesting client and its deadline travel in a context variable
 (:func:`request_context`), so the prober, which knows nothing of HTTP, need not
 pass them along.  A probe shared by several requests (single-flight) runs
@@ -35,8 +44,9 @@ import contextlib
 import contextvars
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterator, Sequence
+from typing import AsyncIterator, Callable, Iterator, Sequence
 
+from notary.core.addrpolicy import network_key
 from notary.errors import BusyError
 
 __all__ = ["SchedulerLimits", "ProbeScheduler", "request_context"]
@@ -67,6 +77,8 @@ class SchedulerLimits:
     per_address: int = 4
     max_queued: int = 1024
     queue_timeout: float = 3.0
+    max_resolving: int = 64
+    resolving_per_client: int = 4
 
 
 def _wait_result(fut: "asyncio.Future[None]") -> bool:
@@ -193,6 +205,7 @@ class ProbeScheduler:
         self._hosts = _Keyed(limits.per_host)
         self._addresses = _Keyed(limits.per_address)
         self._global = _Fair(limits.max_concurrent, limits.per_client)
+        self._resolving = _Fair(limits.max_resolving, limits.resolving_per_client)
         self.queued = 0
         self.busy = 0
 
@@ -200,6 +213,34 @@ class ProbeScheduler:
     def inflight(self) -> int:
         """Probes holding a global slot now."""
         return self._global.used
+
+    @property
+    def resolving(self) -> int:
+        """Lookups holding a resolution slot now."""
+        return self._resolving.used
+
+    async def resolve_slot(self) -> Callable[[], None]:
+        """Wait (fairly, until the request's deadline) for a resolution slot; return its release.
+
+        Raises :class:`BusyError` past the deadline.  The release is idempotent.
+        """
+        client, deadline = _REQUEST.get()
+        client = network_key(client)  # one network's many addresses share its lookups
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self.limits.queue_timeout
+        try:
+            await self._resolving.acquire(client, deadline)
+        except TimeoutError:
+            self.busy += 1
+            raise BusyError(f"no resolution slot within {self.limits.queue_timeout:g}s") from None
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._resolving.release(client)
+        return release
 
     @contextlib.asynccontextmanager
     async def admit(self, host: str, ips: Sequence[str]) -> AsyncIterator[None]:

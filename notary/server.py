@@ -62,6 +62,18 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 CLOCK = web.AppKey("clock", object)
 IDENTITY_CACHE = web.AppKey("identity_cache", list)
 GUARD = web.AppKey("guard", ConnectionGuard)
+#: A second bucket per client, same rate and burst, for /metrics and /v1/openapi.json: limited,
+#: but reading them never spends (or waits on) a client's observation budget.
+OPS_LIMITER = web.AppKey("ops_limiter", RateLimiter)
+#: The OpenAPI document's bytes, built on first request.
+OPENAPI_CACHE = web.AppKey("openapi_cache", list)
+#: The URL the identity document names: ``[config.url]``, or filled from the bound address (see :func:`run`).
+URL = web.AppKey("url", list)
+
+
+def listen_url(host: str, port: int) -> str:
+    """``http://HOST:PORT`` for a listening address (IPv6 in brackets)."""
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 #: Set by :mod:`notary.workers` in each worker process (``--workers N``): its index, shown by /healthz.
 WORKER = web.AppKey("worker", int)
 
@@ -178,8 +190,8 @@ def _client(request: web.Request) -> str:
                               request.app[CONFIG].trusted_proxies)
 
 
-def _rate_limit(request: web.Request, cost: int) -> None:
-    limiter, client, now = request.app[LIMITER], _client(request), time.monotonic()
+def _rate_limit(request: web.Request, cost: int, bucket: "web.AppKey[RateLimiter]" = LIMITER) -> None:
+    limiter, client, now = request.app[bucket], _client(request), time.monotonic()
     wait = limiter.check(client, now, cost)
     if wait > 0:
         # A refused request is charged too (down to -burst): a client that keeps asking while
@@ -206,7 +218,7 @@ async def _identity(request: web.Request) -> web.Response:
         return web.json_response(cached[1])
     ident = Identity(
         name=cfg.name, region=cfg.region, key_id=key.key_id, public_key=key.verify_key.b64,
-        software=f"parallax-notary/{notary.__version__}", signed_at=now, url=cfg.url,
+        software=f"parallax-notary/{notary.__version__}", signed_at=now, url=app[URL][0],
         country=cfg.country, rir=cfg.rir, lat_e6=cfg.lat_e6, lon_e6=cfg.lon_e6,
         limits=cfg.limits_document(), ohttp_keys=gateway_keys_b64(app), relay=relay_enabled(app),
     )
@@ -349,6 +361,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    _rate_limit(request, 1, OPS_LIMITER)
     metrics, guard, service = request.app[METRICS], request.app[GUARD], request.app[SERVICE]
     metrics["inflight"].set(service.inflight)
     metrics["queued"].set(service.scheduler.queued)
@@ -357,12 +370,17 @@ async def _metrics(request: web.Request) -> web.Response:
         metrics["conn_events"].labels(event=f"refused_{kind}").set(n)
     for kind, n in guard.closed.items():
         metrics["conn_events"].labels(event=f"closed_{kind}").set(n)
+    metrics["conn_events"].labels(event="evicted").set(guard.evicted)
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def _openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(request.app[CONFIG], relay=relay_enabled(request.app)))
+    _rate_limit(request, 1, OPS_LIMITER)
+    cached = request.app[OPENAPI_CACHE]
+    if not cached:  # the document depends only on the configuration: build it once
+        cached.append(json.dumps(openapi_document(request.app[CONFIG], relay=relay_enabled(request.app))).encode())
+    return web.Response(body=cached[0], content_type="application/json")
 
 
 def _make_metrics(registry: CollectorRegistry) -> dict[str, Any]:
@@ -403,7 +421,10 @@ def create_app(
     app[REGISTRY] = registry
     app[METRICS] = metrics
     app[LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
+    app[OPS_LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
     app[IDENTITY_CACHE] = []
+    app[URL] = [config.url]
+    app[OPENAPI_CACHE] = []
     app[GUARD] = ConnectionGuard(config.conn_limits, trusted=config.trusted_proxies)
 
     async def open_store(app: web.Application) -> AsyncIterator[None]:
@@ -486,9 +507,17 @@ def run(config: NotaryConfig, key: SigningKey, host: str, port: int, *, relay: R
 
     No access log by default, so no client address is ever logged; ``access_log``
     (``--access-log``, an operator's explicit opt-in) turns aiohttp's on, which does.
-    ``on_bound`` runs once the listener is bound, and only then.
+    ``on_bound`` runs once the listener is bound, and only then.  Without ``config.url``
+    the identity document names the address actually bound (``--listen 127.0.0.1:0``).
     """
     raise_fd_limit()  # before the guard sizes its connection cap from the limit
     app = create_app(config, key, relay=relay)
-    asyncio.run(serve_app(app, host, port, app[GUARD], on_bound,
+
+    def bound(addr: tuple[str, int]) -> None:
+        if config.url is None:
+            app[URL][0] = listen_url(host, addr[1])
+            app[IDENTITY_CACHE].clear()
+        if on_bound is not None:
+            on_bound(addr)
+    asyncio.run(serve_app(app, host, port, app[GUARD], bound,
                           access_log=logging.getLogger("aiohttp.access") if access_log else None))

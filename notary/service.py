@@ -8,7 +8,8 @@ Probe slots (per host name, per resolved address, per client, global, fair
 between clients, bounded wait) belong to :mod:`notary.scheduler`; a probe that
 cannot get its slots before the request's deadline is a ``busy`` observation.
 Every result is stored before it is signed and returned, except those that say
-nothing about the target: ``busy`` and ``blocked_by_policy`` (a refusal is
+nothing about the target: ``busy`` (including a name lookup that outlasted the
+notary's resolve timeout) and ``blocked_by_policy`` (a refusal is
 decided afresh under the policy in force, never stored or cached).  A cached
 round is served only if the current address policy still allows its port and
 every address in it.
@@ -65,12 +66,15 @@ class ServiceLimits:
     max_probes_per_address: int = 4
     max_queued_probes: int = 1024
     queue_timeout: float = 3.0
+    max_resolving: int = 64
+    max_resolving_per_client: int = 4
 
     def scheduler_limits(self) -> SchedulerLimits:
         return SchedulerLimits(
             max_concurrent=self.max_concurrent_probes, per_client=self.max_probes_per_client,
             per_host=self.max_probes_per_host, per_address=self.max_probes_per_address,
             max_queued=self.max_queued_probes, queue_timeout=self.queue_timeout,
+            max_resolving=self.max_resolving, resolving_per_client=self.max_resolving_per_client,
         )
 
 
@@ -95,6 +99,7 @@ class ObservationService:
         self.on_duration = on_duration
         self.scheduler = ProbeScheduler(limits.scheduler_limits())
         prober.admit = self.scheduler.admit  # the prober asks the scheduler before it connects
+        prober.resolve_slot = self.scheduler.resolve_slot  # ... and before it resolves a name
         self._inflight_rounds: dict[tuple[Target, bool], asyncio.Future[SignedRound]] = {}
         # Write-through memory cache of signed rounds in front of the store (bounded LRU).
         self._latest: OrderedDict[tuple[Target, bool], SignedRound] = OrderedDict()

@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp import http_exceptions as _hx
 from aiohttp.web_protocol import RequestHandler
 
-from notary.connguard import ConnectionGuard, Throttled
+from notary.connguard import Acceptor, ConnectionGuard, Throttled
 
 __all__ = ["GuardedSite", "json_parse_errors", "serve_app", "ParseErrors"]
 
@@ -96,6 +96,22 @@ def json_parse_errors(factory: Callable[[], asyncio.Protocol]) -> Callable[[], a
     return make
 
 
+def _listen(host: str | None, port: int) -> socket.socket:
+    """A bound (not yet listening) TCP socket for ``host:port`` (``reuse_address`` like aiohttp's sites)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, type_, proto, _, addr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class GuardedSite(web.BaseSite):
     """A TCP site whose connections pass the guard and answer parse errors in JSON."""
 
@@ -125,15 +141,13 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        loop = asyncio.get_running_loop()
-        factory = self._guard.protocol_factory(json_parse_errors(server))
-        if self._sock is not None:
-            self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)
-        else:
-            self._server = await loop.create_server(factory, self._host, self._port, backlog=self._backlog,
-                                                    reuse_address=True)
-        sock = self._server.sockets[0].getsockname()
-        self._bound = (str(sock[0]), int(sock[1]))
+        factory = json_parse_errors(server)
+        sock = self._sock if self._sock is not None else _listen(self._host, self._port)
+        sock.listen(self._backlog)
+        acceptor = Acceptor(self._guard, factory, sock)
+        self._server = acceptor  # type: ignore[assignment]  # BaseSite.stop() only calls close()
+        name = sock.getsockname()
+        self._bound = (str(name[0]), int(name[1]))
 
 
 async def serve_app(app: web.Application, host: str, port: int, guard: ConnectionGuard,

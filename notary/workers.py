@@ -154,6 +154,10 @@ def serve_workers(config: NotaryConfig, key: SigningKey, host: str, port: int, w
     # Created once, here (only once the address is held: a serve that cannot bind writes no keys);
     # every worker then reads the same gateway keys.
     load_gateway_keys(config.data_dir)
+    if config.url is None:  # advertise the port actually bound (``--listen HOST:0``)
+        from notary.server import listen_url
+
+        config = dataclasses.replace(config, url=listen_url(host, port))
     if on_bound is not None:
         on_bound((str(placeholder.getsockname()[0]), port))
     ctx = multiprocessing.get_context("fork")

@@ -306,3 +306,31 @@ def test_serve_with_a_corrupt_store_exits_74_promptly(keyed: tuple[Path, dict[st
     p = run("serve", "--region", "test", "--data-dir", str(d), "--listen", f"127.0.0.1:{free_port()}", timeout=30)
     line = assert_one_line_error(p, 74)
     assert "observation store" in line
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_port_0_advertises_the_port_actually_bound(
+        keyed: tuple[Path, dict[str, Any]], tmp_path: Path, workers: str) -> None:
+    """Review 2, finding 6: ``--listen 127.0.0.1:0`` without ``--url`` named port 0 everywhere."""
+    d, generated = keyed
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [*PARALLAX, "serve", "--region", "test", "--data-dir", str(d), "--listen", "127.0.0.1:0",
+             "--workers", workers], stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        started = json.loads(proc.stdout.readline())
+        port = int(started["listening"].rpartition(":")[2])
+        assert port != 0
+        base = f"http://127.0.0.1:{port}"
+        assert started["serving"] == base
+        wait_healthy(base, proc, log)
+        assert json.loads((d / "identity.json").read_text())["url"] == base
+        with urllib.request.urlopen(base + "/v1/notary", timeout=10) as r:
+            ident = verify_identity(json.loads(r.read()), VerifyKey.from_b64(generated["public_key"]))
+        assert ident.url == base
+    finally:
+        stop(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()

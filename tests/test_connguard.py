@@ -161,6 +161,150 @@ async def test_per_client_and_global_connection_caps(tmp_path: Path) -> None:
             w.close()
 
 
+async def _slow(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    r, w = await _open(port, source)
+    w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a partial head, never completed
+    await w.drain()
+    return r, w
+
+
+async def test_slow_connections_from_many_addresses_do_not_lock_out_a_good_client(tmp_path: Path) -> None:
+    """Review 2, finding 1: max_per_client slow connections from each of many addresses fill the cap."""
+    cfg = _cfg(tmp_path, max_per_client=2, max_connections=8, max_pending_per_net=100, evict_after=0.5)
+    async with guarded(cfg) as (port, guard):
+        held = [await _slow(port, f"127.1.{i}.1") for i in range(4) for _ in range(2)]  # 4 networks x 2 = the cap
+        await asyncio.sleep(0.1)
+        status, _, body = await _request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.0.0.1")
+        assert status == 503  # every stalled connection is younger than evict_after: nothing to evict
+        await asyncio.sleep(0.6)
+        # A newcomer from one of those networks may not displace a connection of another: churning
+        # each other young would keep everyone else out.
+        status, _, body = await _request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.1.3.9")
+        assert status == 503
+        good = []
+        for source in ("127.0.0.1", "127.0.5.1"):  # good clients are served (keeping their connections),
+            r, w = await _open(port, source)  # each evicting a stalled connection
+            w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
+            good.append(w)
+        assert guard.evicted == 2
+        # The longest-stalled one went first, then the longest-stalled of a network still holding two.
+        assert await _closed_within(held[0][0], 3)
+        assert await _closed_within(held[2][0], 3)
+        assert guard.open == 8
+        for w in good:
+            w.close()
+        for _, w in held:
+            w.close()
+
+
+async def test_pending_connections_are_capped_per_network(tmp_path: Path) -> None:
+    """Slow connections from many addresses of one /24 stop at max_pending_per_net; other networks are served."""
+    async with guarded(_cfg(tmp_path, max_per_client=2, max_pending_per_net=5)) as (port, guard):
+        held = [await _slow(port, f"127.1.0.{i // 2 + 1}") for i in range(5)]
+        await asyncio.sleep(0.1)
+        status, _, body = await _request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.1.0.9")
+        assert status == 429 and json.loads(body) == {
+            "error": "too_many_connections", "reason": "this client network holds too many connections awaiting a request"}
+        status, _, _ = await _request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.1.1.9")
+        assert status == 200
+        # A connection that delivered its head no longer counts as pending: the network gets a slot back.
+        r, w = held[0]
+        w.write(b"\r\n")
+        assert (await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
+        status, _, _ = await _request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.1.0.9")
+        assert status == 200
+        assert guard.refused["client"] == 1
+        for _, w in held:
+            w.close()
+
+
+async def test_connection_events_log_no_client_address(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Review 2, finding 4: no client address in the log unless the operator opts in (--access-log)."""
+    caplog.set_level(logging.DEBUG, logger="parallax")
+    cfg = _cfg(tmp_path, head_timeout=0.3, max_per_client=1, max_pending_per_net=2, max_connections=2, evict_after=0.2)
+    async with guarded(cfg) as (port, guard):
+        r1, w1 = await _slow(port, "127.1.2.3")
+        status, _, _ = await _request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.1.2.3")
+        assert status == 429  # per-client refusal
+        r2, w2 = await _slow(port, "127.1.2.4")
+        status, _, _ = await _request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.1.2.5")
+        assert status == 429  # per-network refusal
+        assert await _closed_within(r1, 3) and await _closed_within(r2, 3)  # head deadline closes
+        assert guard.open == 0
+        held = [await _slow(port, f"127.1.3.{7 + i}") for i in range(2)]
+        await asyncio.sleep(0.25)
+        status, _, _ = await _request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.1.9.8")
+        assert status == 200  # evicted one of the stalled ones
+        assert guard.refused["client"] == 2 and guard.closed["head"] >= 2 and guard.evicted == 1
+        for w in (w1, w2, *(w for _, w in held)):
+            w.close()
+    text = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert "closed a connection" in text and "refusing connections" in text and "evicted" in text
+    assert "127.1." not in text
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+async def test_out_of_descriptors_pauses_accepting_then_resumes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """accept() failing with EMFILE leaves the socket readable: the acceptor must pause, not spin."""
+    import resource
+
+    from notary import connguard
+
+    monkeypatch.setattr(connguard, "ACCEPT_RETRY_DELAY", 0.3)
+    guard = ConnectionGuard(ConnLimits())
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    acceptor = connguard.Acceptor(guard, asyncio.Protocol, listener)
+    calls = 0
+    original = acceptor._on_readable
+
+    def counting() -> None:
+        nonlocal calls
+        calls += 1
+        original()
+    acceptor._on_readable = counting  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    loop.remove_reader(listener.fileno())
+    loop.add_reader(listener.fileno(), acceptor._on_readable)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    client = socket.create_connection(listener.getsockname(), timeout=5)
+    try:
+        highest = max(fd for fd in map(int, os.listdir("/proc/self/fd")) if _is_open(fd))  # not listdir's own
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        fillers: list[int] = []
+        try:
+            while True:  # fill the holes below the limit: no descriptor is left for accept()
+                try:
+                    fillers.append(os.open(os.devnull, os.O_RDONLY))
+                except OSError:
+                    break
+            await asyncio.sleep(0.2)
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert guard.open == 0
+        assert calls <= 2  # paused after the failure, not called again on every loop turn
+        for _ in range(50):  # resumed after ACCEPT_RETRY_DELAY: the waiting connection is admitted
+            if guard.open == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert guard.open == 1
+    finally:
+        client.close()
+        acceptor.close()
+        await asyncio.sleep(0.05)
+
+
 def test_throttled_log_folds_repeats() -> None:
     now = [0.0]
     records: list[str] = []

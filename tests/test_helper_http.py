@@ -6,9 +6,11 @@ token, anything but JSON POST, and never answer with wildcard CORS.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -153,3 +155,61 @@ async def test_a_body_that_is_not_what_its_content_encoding_says_is_a_json_400(
     assert doc["error"] == "bad_encoding"
     assert "Traceback" not in caplog.text
     assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+
+
+# -- review 2, finding 5: malformed HTTP and slow bodies, over raw sockets --------------------------
+
+async def _raw(port: int, data: bytes, *, then_wait: float = 10) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(then_wait):
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+        return int(lines[0].split()[1]), headers, body
+    finally:
+        writer.close()
+
+
+def _head(port: int, extra: bytes, length: int) -> bytes:
+    return (b"POST /v1/ping HTTP/1.1\r\nHost: 127.0.0.1:" + str(port).encode() + b"\r\nContent-Type: application/json\r\n"
+            + TOKEN_HEADER.encode() + b": " + TOKEN.encode() + b"\r\n" + extra
+            + b"Content-Length: " + str(length).encode() + b"\r\n\r\n")
+
+
+@pytest.fixture
+async def raw_api(tmp_path: Path) -> AsyncIterator[int]:
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text(json.dumps({"version": 1, "notaries": []}))
+    service = HelperService(HelperConfig(bundle=str(bundle)), verify=fake_verify)
+    runner, port = await start_http(service, TOKEN, port=0, origins=[EXT], body_timeout=0.5)
+    yield port
+    await runner.cleanup()
+    await service.close()
+
+
+async def test_malformed_http_gets_a_json_400_echoing_nothing_and_no_traceback(
+        raw_api: int, caplog: pytest.LogCaptureFixture) -> None:
+    status, headers, body = await _raw(raw_api, _head(raw_api, b"Content-Encoding: br\r\n", 2) + b"{}")
+    assert status == 400 and headers["content-type"].startswith("application/json")
+    assert json.loads(body)["error"] == "bad_encoding"
+    secret = b"X-Secret-Echo-1234"
+    status, headers, body = await _raw(raw_api, _head(raw_api, b"Content-Length: 3\r\n" + secret + b": 1\r\n", 2) + b"{}")
+    assert status == 400 and headers["content-type"].startswith("application/json")
+    assert json.loads(body)["error"] == "bad_http"
+    assert secret not in body and b"Content-Length" not in body
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+    # The server still answers well-formed requests.
+    status, _, body = await _raw(raw_api, _head(raw_api, b"", 2) + b"{}")
+    assert status == 200
+
+
+async def test_a_slow_body_is_cut_off_with_a_json_400(raw_api: int) -> None:
+    started = time.monotonic()
+    status, headers, body = await _raw(raw_api, _head(raw_api, b"", 100) + b'{"a"', then_wait=5)
+    assert status == 400 and json.loads(body)["error"] == "body_timeout"
+    assert time.monotonic() - started < 4

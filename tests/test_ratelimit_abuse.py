@@ -38,3 +38,27 @@ async def test_asking_again_while_limited_keeps_a_client_limited(tmp_path: Path)
             assert (await get())[0] == 200
     finally:
         await runner.cleanup()
+
+
+async def test_metrics_and_openapi_are_rate_limited_and_healthz_is_free(tmp_path: Path) -> None:
+    """Review 2, finding 3: one address got 29k answers from /v1/openapi.json and /metrics in 8 s."""
+    app = create_app(NotaryConfig(data_dir=tmp_path, rate_per_client=0.01, burst_per_client=3, rate_limit_delay=0.0),
+                     SigningKey.generate())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            async def status(path: str) -> int:
+                async with s.get(base + path) as r:
+                    if r.status == 200 and path == "/v1/openapi.json":
+                        assert (await r.json())["openapi"].startswith("3.")
+                    return r.status
+            got = [await status(p) for p in ("/v1/openapi.json", "/metrics", "/v1/openapi.json", "/metrics")]
+            assert got == [200, 200, 200, 429]  # one bucket for both: three tokens, then limited
+            assert await status("/v1/openapi.json") == 429
+            assert [await status("/healthz") for _ in range(5)] == [200] * 5  # liveness stays free
+            assert await status("/v1/notary") == 200  # a bucket of their own: the observation budget is intact
+    finally:
+        await runner.cleanup()

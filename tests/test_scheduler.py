@@ -10,7 +10,9 @@ distinct 127.0.0.x source addresses.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import threading
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -18,10 +20,10 @@ import aiohttp
 from aiohttp import web
 
 from notary.config import NotaryConfig
-from notary.core import AddressPolicy, SigningKey, parse_networks
+from notary.core import AddressPolicy, ProbeResult, SigningKey, Target, parse_networks
 from notary.core.freshness import verify_answer
 from notary.errors import BusyError
-from notary.prober import ProbeLimits
+from notary.prober import ProbeLimits, Prober
 from notary.scheduler import ProbeScheduler, SchedulerLimits, request_context
 from notary.server import SERVICE, create_app
 from notary.service import ServiceLimits
@@ -201,3 +203,101 @@ async def test_tarpit_flood_from_two_clients_does_not_starve_a_third(tmp_path: P
     # The flood got answers too: what found no slot before its deadline is a signed "busy".
     assert "busy" in statuses and set(statuses) <= {"busy", "timeout"}
     assert statuses.count("timeout") <= 4  # per_address=2: only a couple ever reached the tarpit
+
+
+# -- name resolution (review 2, finding 2) --------------------------------------------------------
+
+class ThreadedResolver:
+    """A fake at the DNS seam (a silent authoritative server cannot be staged on loopback).
+
+    Like :class:`notary.prober.SystemResolver` it runs a blocking lookup on a small pool of
+    real threads, and a lookup nobody waits for any more keeps its thread: names under
+    ``slow.test`` block until ``unblock`` is set (at most 10 s), then fail; other names
+    answer ``address`` at once.  Records every name looked up.
+    """
+
+    def __init__(self, threads: int, address: str) -> None:
+        self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="test-dns")
+        self.unblock = threading.Event()
+        self.address = address
+        self.calls: list[str] = []
+
+    def _lookup(self, host: str) -> list[str]:
+        self.calls.append(host)
+        if host.endswith(".slow.test"):
+            self.unblock.wait(10)
+            raise OSError("no answer from the name's servers")
+        return [self.address]
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._lookup, host)
+
+    def close(self) -> None:
+        self.unblock.set()
+        self.pool.shutdown(wait=True)
+
+
+async def test_one_clients_slow_names_do_not_starve_anothers_resolution() -> None:
+    resolver = ThreadedResolver(3, "127.0.0.1")
+    s = ProbeScheduler(SchedulerLimits(max_resolving=3, resolving_per_client=2, queue_timeout=0.6))
+    prober = Prober(LOOPBACK, clock=lambda: 1_700_000_000, resolver=resolver, admit=s.admit,
+                    resolve_slot=s.resolve_slot, limits=ProbeLimits(resolve_timeout=0.3))
+    try:
+        async with tls_server(server_context(make_ca().issue_cert("fast.test"))) as srv:
+            async def as_client(client: str, host: str) -> ProbeResult:
+                with request_context(client, None):
+                    [r] = await prober.probe(Target.parse(host, srv.port))
+                    return r
+
+            # The attacker asks from six addresses of one /24: they share that network's two lookups.
+            attack = [asyncio.create_task(as_client(f"127.1.0.{i + 1}", f"n{i}.slow.test")) for i in range(6)]
+            await asyncio.sleep(0.05)
+            good = await as_client("127.0.0.1", "fast.test")
+            assert good.status == "ok", good.detail
+            results = await asyncio.gather(*attack)
+        # The attacker's lookups: two ran and outlasted the resolve timeout, the rest found no slot in time.
+        assert [r.status for r in results] == ["busy"] * 6
+        details = sorted(r.detail or "" for r in results)
+        assert sum("resolution timed out" in d for d in details) == 2
+        assert sum("no resolution slot" in d for d in details) == 4
+        assert s.resolving == 2  # the timed-out lookups still hold their threads, so their slots
+        resolver.unblock.set()
+        for _ in range(100):
+            if s.resolving == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert s.resolving == 0
+    finally:
+        resolver.close()
+
+
+async def test_a_timed_out_resolution_is_busy_and_never_stored_or_cached(tmp_path: Path) -> None:
+    resolver = ThreadedResolver(4, "127.0.0.1")
+    key = SigningKey.generate()
+    cfg = NotaryConfig(data_dir=tmp_path, policy=LOOPBACK, rate_per_client=1000.0, burst_per_client=1000,
+                       probe_limits=ProbeLimits(resolve_timeout=0.2))
+    app = create_app(cfg, key, resolver=resolver)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site_ = web.TCPSite(runner, "127.0.0.1", 0)
+    await site_.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        statuses = []
+        for i in range(2):
+            nonce = f"dns-timeout-nonce-{i:03d}"
+            async with _session("127.0.0.5") as session:
+                async with session.post(base + "/v1/observe", json={
+                        "targets": [{"host": "x.slow.test"}], "nonce": nonce}) as r:
+                    assert r.status == 200
+                    doc = await r.json()
+            res = doc["results"][0]
+            [obs] = verify_answer(res["envelopes"], res["freshness"], key.verify_key, nonce=nonce)
+            statuses.append(obs.status)
+            assert "resolution timed out" in (obs.detail or "")
+        assert statuses == ["busy", "busy"]
+        assert resolver.calls == ["x.slow.test", "x.slow.test"]  # asked again: nothing was cached
+        assert not await app[SERVICE].store.latest(Target.parse("x.slow.test", 443), all_addresses=False)
+    finally:
+        await runner.cleanup()
+        resolver.close()

@@ -90,7 +90,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from notary.datadir import DataDirLock
     from notary.identity_file import bundle_entry, write_identity
     from notary.keyfile import generate_key_file, key_path, load_key_file
-    from notary.server import run
+    from notary.server import listen_url, run
     from notary.workers import default_workers, serve_workers
 
     host, port = args.listen
@@ -102,24 +102,27 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         lock.acquire()  # before anything is read or written: one serve per data dir
     try:
         key = load_key_file(args.data_dir)
-        url = args.url or f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        # With --listen HOST:0 the port is known only once bound: the URL is made then.
+        url = args.url or (listen_url(host, port) if port else None)
         if not args.url and host in ("0.0.0.0", "::", ""):
-            print(f"parallax serve: warning: advertising {url}, which clients cannot reach; pass --url", file=sys.stderr)
+            print(f"parallax serve: warning: advertising {url or listen_url(host, port)}, which clients cannot reach; "
+                  "pass --url", file=sys.stderr)
         config = build_config(args, url=url)
         relay = _relay_config(args, config)
-        entry = bundle_entry(config.name, url, config.region, key.key_id, key.verify_key.b64, config.country,
-                             config.rir, relay=relay is not None)
         workers = args.workers if args.workers is not None else default_workers()
 
         def bound(addr: tuple[str, int]) -> None:
             # Only once the listener is bound: a serve that cannot bind changes nothing on disk.
+            advertised = url or listen_url(host, addr[1])
+            entry = bundle_entry(config.name, advertised, config.region, key.key_id, key.verify_key.b64,
+                                 config.country, config.rir, relay=relay is not None)
             write_identity(Path(args.data_dir), entry)
             if args.export_entry:
                 Path(args.export_entry).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.export_entry).write_text(json.dumps(entry, indent=2) + "\n")
             listening = f"{'[' + addr[0] + ']' if ':' in addr[0] else addr[0]}:{addr[1]}"
-            print(json.dumps({"serving": url, "key_id": key.key_id, "region": config.region, "listening": listening,
-                              "workers": workers}), flush=True)
+            print(json.dumps({"serving": advertised, "key_id": key.key_id, "region": config.region,
+                              "listening": listening, "workers": workers}), flush=True)
 
         if workers == 1:
             run(config, key, host, port, relay=relay, access_log=args.access_log, on_bound=bound)

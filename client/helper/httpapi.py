@@ -28,9 +28,11 @@ from typing import Any, Awaitable, Callable, Iterable
 
 import platformdirs
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
-from notary.httputil import BodyTooLarge, read_capped
+from notary.connguard import ConnectionGuard, ConnLimits
+from notary.errors import InputError
+from notary.httputil import BodyTooLarge, ClientGone, read_request_body
+from notary.serving import GuardedSite
 
 from client.helper.framing import MAX_IN, BadMessage, decode_message
 from client.helper.service import HelperService
@@ -39,6 +41,7 @@ __all__ = ["TOKEN_HEADER", "DEFAULT_PORT", "create_http_app", "default_token_pat
 
 TOKEN_HEADER = "X-Parallax-Token"
 DEFAULT_PORT = 7643
+BODY_TIMEOUT = 10.0  # seconds for a whole request body (a slow sender gets a 400 body_timeout)
 ALLOWED = web.AppKey("allowed", dict)
 _PATHS = {"/v1/check": "check", "/v1/ping": "ping"}
 
@@ -80,8 +83,12 @@ def create_http_app(
     *,
     port: int,
     origins: Iterable[str] = (),
+    body_timeout: float = BODY_TIMEOUT,
 ) -> web.Application:
-    """The localhost API.  ``port`` fixes the Host allowlist; update ``app[ALLOWED]["hosts"]`` after an ephemeral bind."""
+    """The localhost API.  ``port`` fixes the Host allowlist; update ``app[ALLOWED]["hosts"]`` after an ephemeral bind.
+
+    A request body must arrive whole within ``body_timeout`` seconds.
+    """
     answer = handle.handle if isinstance(handle, HelperService) else handle
     expected = token.encode()
     allowed = {"hosts": allowed_hosts(port), "origins": {o.rstrip("/") for o in origins if o and o != "null"}}
@@ -123,14 +130,16 @@ def create_http_app(
         if request.content_length is not None and request.content_length > MAX_IN:
             return _deny(413, "frame_too_large", f"body larger than {MAX_IN} bytes")
         try:
-            body = await read_capped(request.content, MAX_IN)
-        except BodyTooLarge:
+            body = await read_request_body(request, limit=MAX_IN, timeout=body_timeout)
+        except (BodyTooLarge, web.HTTPRequestEntityTooLarge):
             return _deny(413, "frame_too_large", f"body larger than {MAX_IN} bytes")
-        except (HttpProcessingError, web.RequestPayloadError):
-            # A Content-Encoding (gzip, deflate) whose body does not decode: a 400, not a 500.
-            request.content.feed_eof()  # the body is finished: aiohttp must not read and log it again
-            denied = _deny(400, "bad_encoding", "request body does not match its Content-Encoding")
+        except ClientGone:
+            denied = _deny(400, "bad_request", "the client disconnected mid-body")
             denied.force_close()
+            return denied
+        except InputError as exc:  # bad_encoding (a body that does not decode) or body_timeout (a slow sender)
+            denied = _deny(400, exc.code, str(exc))
+            denied.force_close()  # the rest of the body is unreadable: do not linger over it
             return denied
         try:
             msg = decode_message(body) if body else {}
@@ -149,13 +158,16 @@ def create_http_app(
 
 async def start_http(
     service: HelperService, token: str, *, port: int = DEFAULT_PORT, origins: Iterable[str] = (),
+    body_timeout: float = BODY_TIMEOUT,
 ) -> tuple[web.AppRunner, int]:
     """Bind 127.0.0.1:``port`` (0: ephemeral) and return the runner and the bound port."""
-    app = create_http_app(service, token, port=port, origins=origins)
+    app = create_http_app(service, token, port=port, origins=origins, body_timeout=body_timeout)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
+    # The notary's site: head and idle deadlines, connection caps, and malformed HTTP
+    # (an unknown Content-Encoding, a duplicate Content-Length) answered in JSON.
+    site = GuardedSite(runner, "127.0.0.1", port, ConnectionGuard(ConnLimits()))
     await site.start()
-    bound = runner.addresses[0][1]
+    bound = site.bound[1]
     app[ALLOWED]["hosts"] = allowed_hosts(bound)
     return runner, bound

@@ -20,7 +20,7 @@ from typing import Iterable
 
 from notary.errors import ConfigError
 
-__all__ = ["AddressPolicy", "IPAddress", "IPNetwork", "refusal_reason", "parse_networks"]
+__all__ = ["AddressPolicy", "IPAddress", "IPNetwork", "network_key", "refusal_reason", "parse_networks"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -144,3 +144,17 @@ class AddressPolicy:
         if why is None:
             return None
         return f"address {addr} is {why}; refused by the notary's address policy"
+
+
+def network_key(client: str) -> str:
+    """The network a client key (an address, or an IPv6 /64) belongs to: its IPv4 /24 or IPv6 /48.
+
+    Caps per network (pending connections, name lookups) make one operator's many
+    addresses count as one.  A key that is not an address is its own network.
+    """
+    try:
+        net = ipaddress.ip_network(client, strict=False)
+    except ValueError:
+        return client
+    prefix = 24 if net.version == 4 else 48
+    return str(net.supernet(new_prefix=prefix)) if net.prefixlen > prefix else str(net)
