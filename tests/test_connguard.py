@@ -379,7 +379,6 @@ def test_at_the_fd_limit_new_connections_are_refused_and_old_ones_served(tmp_pat
     finally:
         stop(proc)
     text = log_path.read_text()
-    print("LOG>>", text)
     assert "Traceback" not in text
     assert "Too many open files" not in text  # refused before the descriptors ran out
     assert text.count("refusing connections") <= 2  # once per interval, not per refused connection
