@@ -24,7 +24,7 @@ from notary.errors import EncodingError
 from notary.httputil import read_capped
 from client.bundle import BundleEntry
 
-__all__ = ["RawAnswer", "ask_notary", "observe_body", "MAX_RESPONSE_BYTES"]
+__all__ = ["RawAnswer", "ask_notary", "answer_from_doc", "observe_body", "MAX_RESPONSE_BYTES"]
 
 MAX_RESPONSE_BYTES = 4 << 20
 
@@ -93,7 +93,11 @@ async def ask_notary(
         return RawAnswer(entry, error=str(exc), kind="invalid")
     except (aiohttp.ClientError, OSError, ValueError, EncodingError) as exc:
         return RawAnswer(entry, error=f"{type(exc).__name__}: {exc}"[:300])
-    doc = got[0]
+    return answer_from_doc(entry, got[0], got[1] if fetch_identity else None)
+
+
+def answer_from_doc(entry: BundleEntry, doc: Any, identity: Any) -> RawAnswer:
+    """The one target's envelopes and freshness proof of an observe answer ``doc`` (not yet verified)."""
     try:
         results = doc["results"]
         if not isinstance(results, list) or len(results) != 1:
@@ -104,4 +108,4 @@ async def ask_notary(
         freshness = results[0].get("freshness")
     except (KeyError, TypeError, IndexError, AttributeError) as exc:
         return RawAnswer(entry, error=f"malformed answer: {exc}")
-    return RawAnswer(entry, envelopes=envelopes, identity=got[1] if fetch_identity else None, freshness=freshness)
+    return RawAnswer(entry, envelopes=envelopes, identity=identity, freshness=freshness)

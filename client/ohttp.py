@@ -56,7 +56,7 @@ from notary.core import Target, bhttp, canonical_decode, canonical_encode, ohttp
 from notary.errors import EncodingError, InputError, OhttpError, VerificationError
 from notary.httputil import read_capped
 from client.bundle import Bundle, BundleEntry
-from client.fanout import MAX_RESPONSE_BYTES, RawAnswer, observe_body
+from client.fanout import MAX_RESPONSE_BYTES, RawAnswer, answer_from_doc, observe_body
 from client.verdict import Verdict
 from client.verify import check_identity
 
@@ -193,18 +193,7 @@ async def _ask_once(session: aiohttp.ClientSession, entry: BundleEntry, route: R
     resp = bhttp.decode_response(ohttp.decapsulate_response(ctx, raw))
     if resp.status != 200:
         return RawAnswer(entry, error=_reason(resp.status, resp.content))
-    doc = canonical_decode(resp.content, max_bytes=MAX_RESPONSE_BYTES)
-    try:
-        results = doc["results"]
-        if not isinstance(results, list) or len(results) != 1:
-            raise TypeError("expected one result")
-        envelopes = results[0]["envelopes"]
-        if not isinstance(envelopes, list):
-            raise TypeError("envelopes is not a list")
-        freshness = results[0].get("freshness")
-    except (KeyError, TypeError, IndexError, AttributeError) as exc:
-        return RawAnswer(entry, error=f"malformed answer: {exc}")
-    return RawAnswer(entry, envelopes=envelopes, identity=identity, freshness=freshness)
+    return answer_from_doc(entry, canonical_decode(resp.content, max_bytes=MAX_RESPONSE_BYTES), identity)
 
 
 async def ask_notary_relayed(
