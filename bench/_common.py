@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -207,6 +207,27 @@ async def raw_handshake(ip: str, port: int, sni: str | None, ctx: ssl.SSLContext
         return obj.getpeercert(binary_form=True) if obj else b""
     finally:
         writer.transport.abort()
+
+
+async def interleaved(name: str, kinds: dict[str, Callable[[], Awaitable[Any]]], *, runs: int,
+                      max_seconds: float) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Time each of ``kinds`` once per round, alternating the order every round (noise hits all alike).
+
+    Returns wall and CPU seconds per call, by kind.  Bounded by ``runs`` rounds and ``max_seconds``.
+    """
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, list[float]] = {k: [] for k in kinds}
+    deadline = time.monotonic() + max_seconds
+    for i in range(runs):
+        for k in (list(kinds) if i % 2 == 0 else list(reversed(kinds))):
+            c0, t0 = time.process_time(), time.perf_counter()
+            await kinds[k]()
+            times[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+        if time.monotonic() > deadline:
+            print(f"[{name}] time bound reached after {i + 1} runs")
+            break
+    return times, cpu
 
 
 def median(xs: Iterable[float]) -> float:

@@ -24,12 +24,11 @@ import asyncio
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (  # noqa: E402
-    ServeProcesses, busy_processes, client_ctx, median, raw_handshake, save, serve, verdict_line,
+    ServeProcesses, busy_processes, client_ctx, interleaved, median, raw_handshake, save, serve, verdict_line,
 )
 
 NAME = "client_latency"
@@ -70,19 +69,7 @@ async def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], dic
             for _ in range(3):  # warm-up: caches, imports, first connections
                 for fn in kinds.values():
                     await fn()
-            times: dict[str, list[float]] = {k: [] for k in kinds}
-            cpu: dict[str, list[float]] = {k: [] for k in kinds}
-            deadline = time.monotonic() + args.max_seconds
-            for i in range(args.runs):
-                order = list(kinds) if i % 2 == 0 else list(reversed(kinds))
-                for k in order:
-                    c0, t0 = time.process_time(), time.perf_counter()
-                    await kinds[k]()
-                    times[k].append(time.perf_counter() - t0)
-                    cpu[k].append(time.process_time() - c0)
-                if time.monotonic() > deadline:
-                    print(f"[{NAME}] time bound reached after {i + 1} runs")
-                    break
+            times, cpu = await interleaved(NAME, kinds, runs=args.runs, max_seconds=args.max_seconds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return times, cpu

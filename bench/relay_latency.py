@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import busy_processes, median, save, serve, verdict_line  # noqa: E402
+from bench._common import busy_processes, interleaved, median, save, serve, verdict_line  # noqa: E402
 
 NAME = "relay_latency"
 GOAL = 1.3
@@ -55,16 +54,7 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
             kinds = {"direct": direct, "relayed": relayed}
             for fn in kinds.values():  # warm-up: notary caches, gateway keys, imports
                 await fn()
-            times: dict[str, list[float]] = {k: [] for k in kinds}
-            deadline = time.monotonic() + args.max_seconds
-            for i in range(args.runs):
-                for k in (list(kinds) if i % 2 == 0 else list(reversed(kinds))):
-                    t0 = time.perf_counter()
-                    await kinds[k]()
-                    times[k].append(time.perf_counter() - t0)
-                if time.monotonic() > deadline:
-                    print(f"[{NAME}] time bound reached after {i + 1} runs")
-                    break
+            times, _ = await interleaved(NAME, kinds, runs=args.runs, max_seconds=args.max_seconds)
     return times
 
 

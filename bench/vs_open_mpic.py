@@ -34,11 +34,10 @@ import asyncio
 import hashlib
 import socket
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import busy_processes, median, save, serve, verdict_line  # noqa: E402
+from bench._common import busy_processes, interleaved, median, save, serve, verdict_line  # noqa: E402
 
 NAME = "vs_open_mpic"
 GOAL = 10.0  # open-mpic time / Parallax time (P2)
@@ -116,16 +115,7 @@ async def measure(args: argparse.Namespace) -> dict:
         kinds = {"open_mpic": mpic, "parallax_cold": parallax_cold, "parallax_warm": parallax_warm}
         for fn in kinds.values():
             await fn()
-        times: dict[str, list[float]] = {k: [] for k in kinds}
-        deadline = time.monotonic() + args.max_seconds
-        for i in range(args.runs):
-            for k in (list(kinds) if i % 2 == 0 else list(reversed(kinds))):
-                t0 = time.perf_counter()
-                await kinds[k]()
-                times[k].append(time.perf_counter() - t0)
-            if time.monotonic() > deadline:
-                print(f"[{NAME}] time bound reached after {i + 1} runs")
-                break
+        times, _ = await interleaved(NAME, kinds, runs=args.runs, max_seconds=args.max_seconds)
     return times
 
 
