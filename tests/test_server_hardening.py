@@ -122,3 +122,40 @@ def test_rate_limiter_charges_large_answers_after_the_fact() -> None:
     rl.charge("c", 1000)
     assert rl.check("c", 0.0, 1) == pytest.approx(11.0)  # debt capped at -burst
     assert rl.check("other", 0.0, 1) == 0      # other clients unaffected
+
+
+def test_rate_limiter_key_rotation_never_resets_a_limited_client() -> None:
+    """More distinct keys than the table holds (e.g. rotating through the /64s of one /48)
+    must not give a limited client a fresh bucket: keys are forgotten only once refilled."""
+    from notary.ratelimit import RateLimiter
+
+    rl = RateLimiter(rate=1.0, burst=4, max_clients=8)
+    for _ in range(4):
+        assert rl.check("victim-of-own-greed", 0.0) == 0
+    assert rl.check("victim-of-own-greed", 0.0) > 0           # limited
+    for i in range(100):                                       # a flood of fresh keys
+        rl.check(f"rotating-{i}", 0.1)
+    assert rl.check("victim-of-own-greed", 0.2) > 0           # still limited: not forgotten
+    assert rl.overflowed > 0
+    # The flood's surplus keys shared one overflow bucket, which is now empty.
+    assert rl.check("newcomer", 0.2) > 0
+    assert len(rl._buckets) <= 8
+
+
+def test_rate_limiter_forgets_refilled_keys_when_full() -> None:
+    from notary.ratelimit import RateLimiter
+
+    rl = RateLimiter(rate=1.0, burst=4, max_clients=2)
+    assert rl.check("a", 0.0) == 0
+    assert rl.check("b", 0.0) == 0
+    # 10 s later both have refilled: a new key evicts the oldest and gets its own full bucket.
+    for _ in range(4):
+        assert rl.check("c", 10.0) == 0
+    assert rl.overflowed == 0
+    assert "a" not in rl._buckets and len(rl._buckets) == 2
+    # A charge to a key that overflowed lands on the shared bucket, not nowhere.
+    rl2 = RateLimiter(rate=1.0, burst=4, max_clients=1)
+    assert rl2.check("x", 0.0, 4) == 0                          # x drained, so it cannot be forgotten
+    assert rl2.check("y", 0.0, 1) == 0                          # y overflows
+    rl2.charge("y", 3)
+    assert rl2.check("z", 0.0, 1) > 0                           # overflow bucket drained by y's charge
