@@ -217,6 +217,16 @@ async def test_bad_usage_one_line(args, codes, needle, cluster_bundle) -> None:
     assert needle in err
 
 
+async def test_connect_to_host_is_compared_after_normalisation(site, cluster_bundle) -> None:
+    """``--connect-to`` names the target as typed (any case, trailing dot): it is normalised
+    like the target itself before the two are compared."""
+    args = check_args(site.port, cluster_bundle)
+    args[args.index("--connect-to") + 1] = f"LocalHost.:{site.port}:127.0.0.1:{site.port}"
+    code, out, err = await parallax(*args)
+    assert code == 0, out + err
+    assert "verdict: consistent" in out
+
+
 async def test_missing_bundle_file(tmp_path) -> None:
     code, out, err = await parallax("check", f"{HOST}:443", "--bundle", str(tmp_path / "missing.json"))
     assert code == 66 and out == ""  # README: 66, an input file does not exist

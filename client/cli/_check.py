@@ -240,6 +240,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
     connect_to = None
     if args.connect_to:
         h, p, addr, aport = args.connect_to
+        if h:
+            try:
+                h = split_target(f"[{h}]:{p}" if ":" in h else f"{h}:{p}")[0]
+            except InputError as exc:
+                raise Exit(EX_USAGE, f"parallax check: --connect-to: {exc}") from None
         if h not in ("", host) or p != port:
             raise Exit(EX_USAGE, f"parallax check: --connect-to {h}:{p} does not name the target {host}:{port}")
         connect_to = (addr, aport)
