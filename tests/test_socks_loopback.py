@@ -15,11 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Iterator
@@ -36,69 +31,17 @@ from client.keymemory import KeyStore
 from client.socks import parse_via, probe_via
 from notary.core import Target, pin_from_spki_hex
 from notary.errors import InputError
-from tests.support.dante import dante_config, danted_unavailable_reason, free_port
+from tests.support.dante import Dante, free_port, require_dante, running_dante
 
 HOST = "localhost"
 RESOLVER = StaticResolver({HOST: ["127.0.0.1"]})
 
 
-@dataclass
-class Dante:
-    port: int
-    log: Path
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"socks5h://127.0.0.1:{self.port}"
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group this test started (danted and its own children), then reap."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-
 @pytest.fixture(scope="module")
 def dante(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dante]:
-    reason = danted_unavailable_reason()
-    if reason:
-        if os.environ.get("PARALLAX_REQUIRE_SOCKS") == "1":
-            pytest.fail(f"PARALLAX_REQUIRE_SOCKS=1 but danted cannot run: {reason}")
-        pytest.skip(reason)
-    d = tmp_path_factory.mktemp("dante")
-    log = d / "danted.log"
-    for _attempt in range(3):  # the port was free a moment ago; another process may take it first
-        port = free_port()
-        conf = dante_config(d / "danted.conf", listen="127.0.0.1", port=port, external="127.0.0.1", clients="127.0.0.0/8")
-        with open(log, "ab") as err:
-            proc = subprocess.Popen(["danted", "-f", str(conf), "-N", "1", "-p", str(d / "danted.pid")],
-                                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            time.sleep(0.05)
-        else:
-            _stop_group(proc)
-            continue
-        if proc.poll() is None:
-            break
-    else:
-        pytest.fail(f"danted did not start: {log.read_text(errors='replace')[-2000:]}")
-    try:
-        yield Dante(port, log, proc)
-    finally:
-        _stop_group(proc)
+    require_dante()
+    with running_dante(tmp_path_factory.mktemp("dante")) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")

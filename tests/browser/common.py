@@ -160,9 +160,9 @@ async def connected(cls: type[C], url: str, close_method: str) -> AsyncIterator[
 
 # --- the test world -----------------------------------------------------------------------
 
-def context_and_pin(ca: trustme.CA) -> tuple[ssl.SSLContext, str]:
-    """A server context with a leaf for :data:`NAMES` issued by ``ca``, and the leaf's SPKI pin."""
-    leaf = ca.issue_cert(*NAMES)
+def context_and_pin(ca: trustme.CA, names: tuple[str, ...] = NAMES) -> tuple[ssl.SSLContext, str]:
+    """A server context with a leaf for ``names`` issued by ``ca``, and the leaf's SPKI pin."""
+    leaf = ca.issue_cert(*names)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     leaf.configure_cert(ctx)
     cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())

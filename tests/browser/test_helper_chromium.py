@@ -23,11 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
-from client.devtools import StaticResolver
+from client.cluster import local_cluster
+from client.devtools import StaticResolver, tls_site
 from client.helper.install import EXTENSION_DIR, HOST_NAME, extension_id, install
 from tests.browser.cdp import CDP, CHROMIUM, chromium
-from tests.browser.common import ARTIFACTS, NAMES, ExtensionBrowser, badge_js, helper_env, logs_on_failure, notary_world, popup_js, wait
+from tests.browser.common import (ARTIFACTS, NAMES, ExtensionBrowser, badge_js, context_and_pin, helper_env,
+                                  logs_on_failure, notary_world, popup_js, wait)
+from tests.support.dante import free_port, require_dante, running_dante
 
 pytestmark = [
     pytest.mark.browser,
@@ -153,3 +157,57 @@ async def test_extension_shows_verdicts_in_chromium(tmp_path: Path) -> None:
                     return info["targetInfo"]["url"] if info["targetInfo"]["url"].startswith(blocked_prefix) else None
 
                 await wait("the redirect to the warning page", redirected, 15)
+
+
+#: The popup's rows with their kind and cell texts (proxy rows carry ``data-kind="proxy"``).
+POPUP_ROWS_JS = popup_js("""          cells: [...document.querySelectorAll("#notaries tbody tr")].map(tr =>
+            ({kind: tr.dataset.kind || "notary", result: tr.dataset.result,
+              texts: [...tr.children].map(td => td.textContent)})),
+""")
+
+
+async def test_popup_lists_proxy_vantages_in_chromium(tmp_path: Path) -> None:
+    """The helper's ``via`` SOCKS proxies (helper.json) show in the popup as unsigned rows after the
+    notaries': a real Dante proxy that reached the site and saw its key ("agrees"), and a proxy
+    nobody listens on ("proxy_failed").  Needs danted (root) as well as Chromium."""
+    require_dante()
+    ca = trustme.CA(organization_name="Parallax test site CA")
+    site_ctx, site_pin = context_and_pin(ca, ("localhost",))
+    resolver = StaticResolver({"localhost": ["127.0.0.1"]})
+    udd = tmp_path / "profile"
+    helper_log = tmp_path / "helper.log"
+    chromium_log = tmp_path / "chromium.log"
+    (tmp_path / "dante").mkdir()
+    with running_dante(tmp_path / "dante") as dante:
+        dead = f"socks5://127.0.0.1:{free_port()}"
+        async with tls_site(site_ctx, host="127.0.0.1") as site, \
+                local_cluster(3, tmp_path / "cluster", resolver=resolver) as cluster:
+            install("chromium", user_data_dir=udd, bundle=cluster.bundle_path, launcher_dir=tmp_path / "host")
+            env = helper_env(tmp_path, helper_log)
+            config = Path(env["XDG_CONFIG_HOME"]) / "parallax" / "helper.json"
+            config.parent.mkdir(parents=True)
+            config.write_text(json.dumps({"via": [dante.url, dead]}))
+            args = ["--host-resolver-rules=MAP localhost 127.0.0.1", f"--ignore-certificate-errors-spki-list={site_pin}"]
+            with logs_on_failure(helper_log, chromium_log, dante.log):
+                async with chromium(udd, EXTENSION_DIR, args, env=env, log_path=chromium_log) as cdp:
+                    b = Browser(cdp, extension_id())
+                    b.POPUP_JS = POPUP_ROWS_JS
+                    await b.attach_extension_page()
+                    url = f"https://localhost:{site.port}/"
+                    await b.open(url)
+                    got = await b.badge(url)
+                    assert got["status"] in ("consistent", "consistent_with_outliers"), json.dumps(got)[:3000]
+                    vantages = {v["name"]: v for v in got["verdict"]["vantages"]}
+                    assert len(vantages) == 2, vantages
+                    dom = await b.popup(got["tabId"], ARTIFACTS / "helper-popup-proxies.png")
+    rows = dom["cells"]
+    assert [r["kind"] for r in rows] == ["notary"] * 3 + ["proxy"] * 2, rows
+    proxies = rows[3:]
+    for r in proxies:
+        assert r["texts"][1].startswith("proxy (unsigned"), r  # the REGION column says what it is
+        assert r["texts"][4] == "-"                            # no signed age
+    live, gone = proxies
+    assert live["result"] == "agrees" and live["texts"][3] == "agrees", live
+    assert live["texts"][2].startswith(f"sha256/{site_pin[:12]}"), live  # the key the proxy saw
+    assert gone["result"] == "proxy_failed" and gone["texts"][2] == "-", gone
+    assert f"127.0.0.1:{dante.port}" in live["texts"][0] and dead.rsplit("/", 1)[1] in gone["texts"][0], proxies
