@@ -40,6 +40,11 @@ class NotaryConfig:
     rescan_interval: int = 3600
     connect_override: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    #: Oblivious HTTP relays this notary's operator knows (``--relay-peer``): each is one client
+    #: standing for many, so it gets a bucket ``relay_peer_factor`` times larger and no
+    #: per-client connection cap.
+    relay_peers: tuple[IPNetwork, ...] = ()
+    relay_peer_factor: int = 8
     body_timeout: float = 10.0
     conn_limits: ConnLimits = field(default_factory=ConnLimits)
     retention: RetentionLimits = field(default_factory=RetentionLimits)

@@ -31,6 +31,9 @@ at a gateway (docs/protocol.md section 13).  The gateway charges the relay one
 token per observation (up to 8 a target with ``all_addresses``); the relay,
 which cannot count them, charges a client one token per 4 KiB of the padded
 answer (:func:`answer_cost`: the bucket it sees anyway), after the fact.
+A gateway whose operator names the relay (``serve --relay-peer CIDR``) gives it
+``--relay-peer-factor`` (default :data:`RELAY_SHARE`) times the allowance, so
+that many clients at their full share fit (``notary.server``).
 """
 
 from __future__ import annotations

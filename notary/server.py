@@ -65,6 +65,8 @@ GUARD = web.AppKey("guard", ConnectionGuard)
 #: A second bucket per client, same rate and burst, for /metrics and /v1/openapi.json: limited,
 #: but reading them never spends (or waits on) a client's observation budget.
 OPS_LIMITER = web.AppKey("ops_limiter", RateLimiter)
+#: The observation buckets of ``--relay-peer`` relays: ``relay_peer_factor`` times the rate and burst.
+RELAY_PEER_LIMITER = web.AppKey("relay_peer_limiter", RateLimiter)
 #: The OpenAPI document's bytes, built on first request.
 OPENAPI_CACHE = web.AppKey("openapi_cache", list)
 #: The URL the identity document names: ``[config.url]``, or filled from the bound address (see :func:`run`).
@@ -190,8 +192,28 @@ def _client(request: web.Request) -> str:
                               request.app[CONFIG].trusted_proxies)
 
 
+@functools.lru_cache(maxsize=4096)
+def _in_networks(key: str, networks: tuple[IPNetwork, ...]) -> bool:
+    """Whether the rate-limit ``key`` (an address, or an IPv6 /64) lies in one of ``networks``."""
+    if not networks:
+        return False
+    try:
+        net = ipaddress.ip_network(key, strict=False)
+    except ValueError:
+        return False
+    return any(net.version == n.version and net.subnet_of(n) for n in networks)  # type: ignore[arg-type]
+
+
+def _limiter(request: web.Request, client: str, bucket: "web.AppKey[RateLimiter]" = LIMITER) -> RateLimiter:
+    """The bucket table for ``client``: a relay peer's observation budget is its own, larger one."""
+    if bucket is LIMITER and _in_networks(client, request.app[CONFIG].relay_peers):
+        return request.app[RELAY_PEER_LIMITER]
+    return request.app[bucket]
+
+
 def _rate_limit(request: web.Request, cost: int, bucket: "web.AppKey[RateLimiter]" = LIMITER) -> None:
-    limiter, client, now = request.app[bucket], _client(request), time.monotonic()
+    client, now = _client(request), time.monotonic()
+    limiter = _limiter(request, client, bucket)
     wait = limiter.check(client, now, cost)
     if wait > 0:
         # A refused request is charged too (down to -burst): a client that keeps asking while
@@ -269,7 +291,7 @@ async def _observe_many(request: web.Request, targets: list[Target], nonce: str,
         ))
     # One token per target was taken up front; an answer with several addresses per
     # target costs one token per envelope, so big answers cannot be had at a discount.
-    request.app[LIMITER].charge(client, sum(len(r.envelopes) for r, _ in rounds) - len(targets))
+    _limiter(request, client).charge(client, sum(len(r.envelopes) for r, _ in rounds) - len(targets))
     # The cap replaces what does not fit before the nonce is bound: the freshness leaf names what is sent.
     rounds = _capped(service, rounds, request.app[CONFIG].max_answer_bytes)
     if len(rounds) == 1:
@@ -422,10 +444,12 @@ def create_app(
     app[METRICS] = metrics
     app[LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
     app[OPS_LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
+    app[RELAY_PEER_LIMITER] = RateLimiter(config.rate_per_client * config.relay_peer_factor,
+                                          config.burst_per_client * config.relay_peer_factor)
     app[IDENTITY_CACHE] = []
     app[URL] = [config.url]
     app[OPENAPI_CACHE] = []
-    app[GUARD] = ConnectionGuard(config.conn_limits, trusted=config.trusted_proxies)
+    app[GUARD] = ConnectionGuard(config.conn_limits, trusted=config.trusted_proxies + config.relay_peers)
 
     async def open_store(app: web.Application) -> AsyncIterator[None]:
         st = store if store is not None else await SQLiteStore.open(config.db_path)
@@ -467,7 +491,7 @@ def create_app(
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/v1/openapi.json", _openapi)
     install_gateway(app, config.data_dir, body_timeout=config.body_timeout, client_of=_client,
-                    admit=lambda r: _rate_limit(r, 1), refund=lambda r: r.app[LIMITER].refund(_client(r), 1),
+                    admit=lambda r: _rate_limit(r, 1), refund=lambda r: _limiter(r, _client(r)).refund(_client(r), 1),
                     count=lambda result: metrics["ohttp"].labels(result=result).inc())
     if relay is not None:
         install_relay(app, relay, _client, resolver=resolver)

@@ -34,6 +34,12 @@ def _region(text: str) -> str:
     return text
 
 
+def _relay_factor(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError("--relay-peer-factor takes a whole number from 1 to 1000")
+    return int(text)
+
+
 def _workers(text: str) -> int:
     from notary.workers import MAX_WORKERS
 
@@ -82,6 +88,7 @@ def build_config(args: argparse.Namespace, *, url: str | None) -> Any:
         max_targets=args.max_targets, rate_per_client=args.rate, burst_per_client=args.burst,
         watch=watch, rescan_interval=args.rescan_interval,
         trusted_proxies=parse_networks(args.trusted_proxy),
+        relay_peers=parse_networks(args.relay_peer), relay_peer_factor=args.relay_peer_factor,
         retention=RetentionLimits(max_age_days=args.retain_days, max_bytes=args.max_store_bytes),
     )
 
@@ -251,6 +258,13 @@ def add_notary_commands(sub: Any) -> None:
     p.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR",
                    help="reverse proxies whose X-Forwarded-For names the client, for rate limiting "
                         "(repeatable; default: none)")
+    p.add_argument("--relay-peer", action="append", default=[], metavar="CIDR",
+                   help="addresses of Oblivious HTTP relays you know (e.g. the relays of your bundle): each stands "
+                        "for many clients, so it gets --relay-peer-factor times the rate and burst and no "
+                        "per-client connection cap (repeatable; default: none)")
+    p.add_argument("--relay-peer-factor", type=_relay_factor, default=8, metavar="N",
+                   help="how many clients' allowance a --relay-peer gets (default: 8, the share a relay "
+                        "gives each of its clients)")
     p.add_argument("--ttl", type=int, default=300, metavar="SECONDS",
                    help="how long an observation is answered from cache; 0 probes every time")
     p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="connect and handshake timeout per probe")
