@@ -31,7 +31,9 @@ clients holding a configuration fetched before a rotation keep working.
 :func:`rotate_gateway_keys` (``parallax ohttp-rotate``) shifts next -> current
 -> previous and makes a fresh next; a running notary picks the new file up
 on its next request (the file's inode and mtime are checked), no restart
-needed.  Rotations take ``<data-dir>/ohttp-gateway.keys.lock`` (not the
+needed.  A ``ohttp-gateway.keys.*.tmp`` file a crash left mid-write (private
+keys, 0600) is deleted by the next rotation or key creation once it is a minute
+old.  Rotations take ``<data-dir>/ohttp-gateway.keys.lock`` (not the
 data-dir lock ``serve`` holds: rotating under a running notary is the point),
 and every write is a complete file put in place by ``rename``/``link``, so a
 notary reading it mid-rotation sees the old keys or the new, never a torn file.
@@ -152,6 +154,23 @@ def _write(path: Path, ring: GatewayKeyring, *, exclusive: bool) -> None:
             os.unlink(tmp)
 
 
+#: A temporary key file older than this (seconds) is left over from a crash, not being written.
+STALE_TMP_SECONDS = 60.0
+
+
+def _remove_stale_tmp(path: Path, now: float) -> int:
+    """Delete ``<keys>.*.tmp`` files (private keys, 0600) a crash left behind mid-write: only
+    those last modified ``STALE_TMP_SECONDS`` or more before ``now``, so a write in progress in
+    another process keeps its file.  Returns how many were removed."""
+    removed = 0
+    for tmp in path.parent.glob(path.name + ".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISREG(tmp.lstat().st_mode) and now - tmp.lstat().st_mtime >= STALE_TMP_SECONDS:
+                tmp.unlink()
+                removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def _rotation_lock(path: Path, timeout: float) -> Iterator[None]:
     """An exclusive ``flock`` on ``<keys>.lock``: one rotation at a time (``serve`` never takes it:
@@ -210,6 +229,7 @@ def load_gateway_keys(data_dir: str | Path, *, create: bool = True) -> GatewayKe
     except FileNotFoundError:
         if not create:
             raise KeyFileError(f"no gateway keys at {path}") from None
+    _remove_stale_tmp(path, time.time())
     ring = GatewayKeyring(ohttp.GatewayKey.generate(0), ohttp.GatewayKey.generate(1))
     try:
         _write(path, ring, exclusive=True)
@@ -231,6 +251,7 @@ def rotate_gateway_keys(data_dir: str | Path, *, lock_timeout: float = 10.0) -> 
     if not path.exists():
         raise KeyFileError(f"no gateway keys at {path}; start the notary once to create them")
     with _rotation_lock(path, lock_timeout):
+        _remove_stale_tmp(path, time.time())
         try:
             old = _read(path)
         except FileNotFoundError:

@@ -257,3 +257,34 @@ async def test_one_relay_client_asking_for_many_addresses_cannot_use_up_the_rela
             assert (await ask("198.51.100.1", many()))[0] == 429
             # ...so the relay's share at the gateway is not used up, and B is served.
             assert (await ask("198.51.100.2", bhttp.Request("GET", "https", "", "/v1/notary")))[0] == 200
+
+
+def test_a_temporary_key_file_left_by_a_crash_is_removed_once_stale(tmp_path: Path) -> None:
+    """A crash between writing the temporary file and renaming it left private keys behind
+    (0600) for ever; the next rotation (or key creation) now removes such a file once it is a
+    minute old, and leaves a younger one, which another process may still be writing."""
+    import time
+
+    from notary.ohttp_gateway import GATEWAY_KEYS_FILE, load_gateway_keys, rotate_gateway_keys
+
+    load_gateway_keys(tmp_path)
+    stale = tmp_path / f"{GATEWAY_KEYS_FILE}.crash1.tmp"
+    young = tmp_path / f"{GATEWAY_KEYS_FILE}.inflight.tmp"
+    other = tmp_path / "unrelated.tmp"
+    for f in (stale, young, other):
+        f.write_bytes(b'{"secret": "..."}')
+        f.chmod(0o600)
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    rotate_gateway_keys(tmp_path)
+    assert not stale.exists()
+    assert young.exists() and other.exists()
+    # Key creation in a fresh directory cleans up too.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    crashed = fresh / f"{GATEWAY_KEYS_FILE}.x.tmp"
+    crashed.write_bytes(b"{}")
+    os.utime(crashed, (old, old))
+    load_gateway_keys(fresh)
+    assert not crashed.exists() and (fresh / GATEWAY_KEYS_FILE).exists()
