@@ -4,7 +4,9 @@ A notary keeps its probe rounds for ``max_age_days`` (default 90) and at most
 ``max_bytes`` of live database pages (default 1 GiB); whichever bound is hit
 first wins, oldest rounds first.  Chains no longer referenced by any
 observation are deleted with them.  Retention runs every ``interval`` seconds
-(default 300) while the notary serves, and on ``parallax store compact``.
+(default 300) while the notary serves, at once when a check of the live size
+(every ``size_check`` seconds, default 10) finds it over the bound, and on
+``parallax store compact``.
 
 Deleted pages are reused by SQLite, so the file stops growing once the bound
 is reached, but it does not shrink: ``store compact`` also checkpoints the
@@ -22,16 +24,27 @@ from typing import Any
 
 from notary.errors import StoreError
 
-__all__ = ["RetentionLimits", "enforce_retention", "store_info", "compact"]
+__all__ = ["RetentionLimits", "enforce_retention", "live_bytes", "store_info", "compact"]
 
 
 @dataclass(frozen=True, slots=True)
 class RetentionLimits:
-    """``max_age_days`` days, ``max_bytes`` bytes of live pages, enforced every ``interval`` seconds (0: never)."""
+    """``max_age_days`` days, ``max_bytes`` bytes of live pages, enforced every ``interval`` seconds (0: never).
+
+    Between passes the live size is looked at every ``size_check`` seconds (a page count,
+    microseconds), and a pass runs at once when it is over ``max_bytes``: the store
+    overshoots its bound by at most what is written in ``size_check`` seconds.
+    """
 
     max_age_days: int = 90
     max_bytes: int = 1024 ** 3
     interval: float = 300.0
+    size_check: float = 10.0
+
+
+def live_bytes(db: sqlite3.Connection) -> int:
+    """Bytes of the database's pages in use (page count minus free pages, times the page size)."""
+    return _live_bytes(db)
 
 
 def _live_bytes(db: sqlite3.Connection) -> int:

@@ -499,17 +499,29 @@ def create_app(
 
 
 async def _retention_loop(store: Any, config: NotaryConfig, clock: Callable[[], int]) -> None:
-    """Apply the store's retention limits every ``retention.interval`` seconds (see notary.retention)."""
+    """Apply the store's retention limits every ``retention.interval`` seconds, and at once when
+    the live size, looked at every ``retention.size_check`` seconds, is over the bound
+    (see notary.retention)."""
+    limits = config.retention
+    tick = min(limits.interval, limits.size_check) if limits.size_check > 0 else limits.interval
+    due = 0.0  # monotonic time of the next scheduled pass
     while True:
         try:
-            deleted = await store.enforce_retention(config.retention, clock())
-            if any(deleted.values()):
-                log.info("retention: deleted %s", deleted)
+            now = time.monotonic()
+            over = False
+            if now < due and hasattr(store, "live_bytes"):
+                over = await store.live_bytes() > limits.max_bytes
+            if now >= due or over:
+                deleted = await store.enforce_retention(limits, clock())
+                due = time.monotonic() + limits.interval
+                if any(deleted.values()):
+                    log.info("retention: deleted %s%s", deleted, " (over the size bound)" if over else "")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a failed pass must never end the loop
             log.warning("retention pass failed: %s", exc)
-        await asyncio.sleep(config.retention.interval)
+            due = time.monotonic() + limits.interval
+        await asyncio.sleep(tick)
 
 
 async def _rescan_loop(service: ObservationService, config: NotaryConfig) -> None:

@@ -43,7 +43,7 @@ from typing import Any, Callable, Protocol, Sequence, TypeVar
 from notary.core import KeySighting, ProbeResult, Target
 from notary.errors import StoreError
 from notary.migrations import SCHEMA_VERSION, join_record, migrate, split_record
-from notary.retention import RetentionLimits, enforce_retention
+from notary.retention import RetentionLimits, enforce_retention, live_bytes
 
 __all__ = ["Store", "SQLiteStore", "SCHEMA_VERSION", "prepare_store"]
 
@@ -213,6 +213,10 @@ class SQLiteStore:
     async def enforce_retention(self, limits: RetentionLimits, now: int) -> dict[str, int]:
         """Delete what :class:`~notary.retention.RetentionLimits` no longer keeps; return the counts."""
         return await self._run(lambda: enforce_retention(self._db, limits, now), "apply retention")
+
+    async def live_bytes(self) -> int:
+        """Bytes of database pages in use (what ``RetentionLimits.max_bytes`` bounds)."""
+        return await self._run(lambda: live_bytes(self._db), "read the store size")
 
     async def close(self) -> None:
         if self._closed:

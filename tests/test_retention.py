@@ -172,3 +172,41 @@ def test_compact_refuses_while_a_notary_serves_the_data_dir(tmp_path: Path) -> N
                              capture_output=True, text=True, timeout=60)
     assert out.returncode == 78 and "in use by another process" in out.stderr
     assert compact(data / "observations.sqlite3", RetentionLimits(), T0)["deleted"]["rounds_by_age"] == 0
+
+
+@pytest.mark.parametrize("size_check", [0.05, 0.0])
+async def test_a_serving_notary_enforces_the_size_bound_between_passes(tmp_path: Path, size_check: float) -> None:
+    """The review's suspicion: size retention ran only every 300 s, so a flood of distinct chains
+    could overshoot the bound for five minutes.  The live size is now checked every
+    ``size_check`` seconds and a pass runs at once when it is over (0: the old behaviour, the control)."""
+    import asyncio
+    import time
+
+    from aiohttp import web
+
+    from notary.config import NotaryConfig
+    from notary.core import SigningKey
+    from notary.server import STORE, create_app
+
+    chains = [_chain() for _ in range(6)]
+    cap = 3 * sum(map(len, CHAIN)) + 64 * 1024  # room for about three distinct chains
+    limits = RetentionLimits(max_bytes=cap, interval=300.0, size_check=size_check)
+    app = create_app(NotaryConfig(data_dir=tmp_path, retention=limits), SigningKey.generate(), clock=lambda: T0 + 10)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        store = app[STORE]
+        for i, chain in enumerate(chains):
+            await store.add([_ok(f"flood{i}.big.example", T0 + i, chain)], all_addresses=False)
+        assert await store.live_bytes() > cap
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline and await store.live_bytes() > cap:
+            await asyncio.sleep(0.05)
+        if size_check:
+            assert await store.live_bytes() <= cap
+            assert await store.latest(Target("big.example", 443, "flood5.big.example"), all_addresses=False)
+            assert await store.latest(Target("big.example", 443, "flood0.big.example"), all_addresses=False) == []
+        else:
+            assert await store.live_bytes() > cap  # only the 300 s pass would have caught it
+    finally:
+        await runner.cleanup()
