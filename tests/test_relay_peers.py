@@ -19,9 +19,8 @@ import aiohttp
 
 from notary.config import NotaryConfig
 from notary.connguard import ConnLimits
-from notary.core import SigningKey, bhttp, ohttp
-from notary.server import GUARD, create_app
-from notary.serving import serve_app
+from notary.core import bhttp, ohttp
+from tests.test_connguard import guarded
 
 PEER = "127.0.0.2"      # the relay
 OTHER = "127.0.0.3"     # anybody else
@@ -36,16 +35,8 @@ def config(tmp_path: Path, **kw: object) -> NotaryConfig:
 
 @contextlib.asynccontextmanager
 async def notary(cfg: NotaryConfig) -> AsyncIterator[str]:
-    app = create_app(cfg, SigningKey.generate())
-    bound: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
-    halt = asyncio.Event()
-    task = asyncio.create_task(serve_app(app, "127.0.0.1", 0, app[GUARD], bound.set_result, stop=halt))
-    try:
-        _, port = await asyncio.wait_for(asyncio.shield(bound), 10)
+    async with guarded(cfg) as (port, _guard):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        halt.set()
-        await asyncio.wait_for(task, 20)
 
 
 def session_from(source: str, limit: int = 100) -> aiohttp.ClientSession:
