@@ -8,8 +8,8 @@ It stops early once more answers cannot change the outcome class
 reported as ``not_waited`` and count against the quorum.
 
 Per-check cost is kept low for callers that check every page (the browser
-helper): notaries are asked over one kept-alive session per event loop
-(:mod:`client.pool`) unless the caller passes ``session=``; identity documents
+helper): notaries are asked over one pool of kept-alive HTTP/1.1 connections
+per event loop (:mod:`client.pool`) unless the caller passes ``session=``; identity documents
 are re-fetched only every :data:`IDENTITY_TTL` seconds; observation envelopes
 already verified are remembered (:func:`client.verify.verify_cached`); each
 answer is judged once, when it arrives.
@@ -39,7 +39,8 @@ from client.interception import proven_keys
 from client.keymemory import KeyStore
 from client.policy import Policy, get_policy
 from client.socks import MAX_VIAS, ProxySpec, parse_via, probe_all_via
-from client.pool import shared_session
+from client.pool import shared_pool
+from client.transport import SessionTransport, Transport
 from client.verdict import ClientView, Evidence, NotaryResult, Verdict, conclude, judge_all, outcome_class
 from client.verify import check_answer
 
@@ -147,8 +148,10 @@ async def verify_with_notaries(
     ``"none"``/None, or a relay URL) asks the notaries through an Oblivious HTTP
     relay (:mod:`client.ohttp`); ``"auto"`` picks a relay-capable notary of the
     bundle and does not ask it; the verdict's ``relays`` names the relays used.
-    ``session`` is the caller's aiohttp session; by default one kept-alive
-    session per event loop is shared by every call (:mod:`client.pool`).  Raises :class:`~notary.errors.InputError`
+    ``session`` is the caller's aiohttp session (its connector, proxy and TLS
+    settings apply; redirects are still never followed); by default notaries
+    are asked over one pool of kept-alive connections per event loop
+    (:func:`client.pool.shared_pool`).  Raises :class:`~notary.errors.InputError`
     for bad arguments; network trouble is reported in the verdict, never raised.
     """
     h, p = split_target(host, 443 if port is None else port)
@@ -180,7 +183,7 @@ async def verify_with_notaries(
     else:
         client_view = None
 
-    sess = session if session is not None else shared_session()
+    sess: Transport = SessionTransport(session) if session is not None else shared_pool()
     tasks: dict[asyncio.Task[RawAnswer], BundleEntry] = {}
     probe_task: asyncio.Task[ClientView] | None = None
     proxy_task: asyncio.Task[Any] = asyncio.create_task(probe_all_via(target, specs, timeout=timeout, isolate=isolate, clock=clock))
