@@ -40,7 +40,7 @@ from client.keymemory import KeyStore
 from client.policy import Policy, get_policy
 from client.socks import MAX_VIAS, ProxySpec, parse_via, probe_all_via
 from client.pool import shared_pool
-from client.transport import SessionTransport, Transport
+from client.transport import Transport, as_transport
 from client.verdict import ClientView, Evidence, NotaryResult, Verdict, conclude, judge_all, outcome_class
 from client.verify import check_answer
 
@@ -122,7 +122,7 @@ async def verify_with_notaries(
     subset: int | None = None,
     connect_to: tuple[str, int] | None = None,
     max_age: int | None = None,
-    session: aiohttp.ClientSession | None = None,
+    session: aiohttp.ClientSession | Transport | None = None,
     clock: Callable[[], float] = time.time,
     relay: str | None = None,
     via: Sequence[str | ProxySpec] = (),
@@ -149,9 +149,10 @@ async def verify_with_notaries(
     relay (:mod:`client.ohttp`); ``"auto"`` picks a relay-capable notary of the
     bundle and does not ask it; the verdict's ``relays`` names the relays used.
     ``session`` is the caller's aiohttp session (its connector, proxy and TLS
-    settings apply; redirects are still never followed); by default notaries
-    are asked over one pool of kept-alive connections per event loop
-    (:func:`client.pool.shared_pool`).  Raises :class:`~notary.errors.InputError`
+    settings apply; redirects are still never followed) or a
+    :class:`~client.transport.Transport` such as a :class:`client.pool.NotaryPool`
+    the caller owns; by default notaries are asked over one pool of kept-alive
+    connections per event loop (:func:`client.pool.shared_pool`).  Raises :class:`~notary.errors.InputError`
     for bad arguments; network trouble is reported in the verdict, never raised.
     """
     h, p = split_target(host, 443 if port is None else port)
@@ -183,7 +184,7 @@ async def verify_with_notaries(
     else:
         client_view = None
 
-    sess: Transport = SessionTransport(session) if session is not None else shared_pool()
+    sess: Transport = as_transport(session) if session is not None else shared_pool()
     tasks: dict[asyncio.Task[RawAnswer], BundleEntry] = {}
     probe_task: asyncio.Task[ClientView] | None = None
     proxy_task: asyncio.Task[Any] = asyncio.create_task(probe_all_via(target, specs, timeout=timeout, isolate=isolate, clock=clock))
