@@ -187,7 +187,17 @@ async def verify_with_notaries(
     sess: Transport = as_transport(session) if session is not None else shared_pool()
     tasks: dict[asyncio.Task[RawAnswer], BundleEntry] = {}
     probe_task: asyncio.Task[ClientView] | None = None
-    proxy_task: asyncio.Task[Any] = asyncio.create_task(probe_all_via(target, specs, timeout=timeout, isolate=isolate, clock=clock))
+    proxy_task: asyncio.Task[Any] | None = None
+    every: list[asyncio.Task[Any]] = []
+    # Completed tasks, in the order they finished; ``waker`` is resolved when one arrives.
+    arrived: list[asyncio.Task[Any]] = []
+    waker: list[asyncio.Future[None]] = []
+
+    def arrive(t: asyncio.Task[Any]) -> None:
+        arrived.append(t)
+        if waker and not waker[0].done():
+            waker[0].set_result(None)
+
     try:
         for e in entries:
             t: asyncio.Task[Any] = asyncio.create_task((plan.ask if plan else ask_notary)(sess, e, target, nonce, timeout=timeout,
@@ -195,25 +205,36 @@ async def verify_with_notaries(
                                                max_age=pol.max_age if max_age is None else max_age,
                                                fetch_identity=not _identity_fresh(e, clock())))
             tasks[t] = e
+            every.append(t)
         if client_view is None:
             probe_task = asyncio.create_task(client_probe(target, timeout=timeout, connect_to=connect_to, clock=clock,
                                                           extra_cas=extra_cas))
+            every.append(probe_task)
+        if specs:
+            proxy_task = asyncio.create_task(probe_all_via(target, specs, timeout=timeout, isolate=isolate, clock=clock))
+            every.append(proxy_task)
+        for t in every:
+            t.add_done_callback(arrive)
         evidence: dict[str, Evidence] = {}
         judged: dict[str, tuple[int, NotaryResult]] = {}  # each answer judged once (per second of `now`)
-        pending: set[asyncio.Task[Any]] = set(tasks) | ({probe_task} if probe_task else set())
-        pending.add(proxy_task)
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        remaining = len(every)
+        loop = asyncio.get_running_loop()
+        while remaining:
+            if not arrived:
+                waker[:] = [loop.create_future()]
+                await waker[0]
+            done = arrived[:]
+            del arrived[:]
+            remaining -= len(done)
             now = int(clock())
             for t in done:
                 if t is probe_task:
                     client_view = probe_task.result()
-                elif t is proxy_task:
-                    pass
-                else:
+                elif t is not proxy_task:
                     entry = tasks[t]
                     evidence[entry.key_id + entry.url] = _evidence(t.result(), nonce=nonce, target=target, now=now, policy=pol)
-            if wait_all or client_view is None or not pending or not proxy_task.done() or (specs and pol.proxies == "count"):
+            if wait_all or client_view is None or not remaining or (proxy_task is not None and not proxy_task.done()) \
+                    or (specs and pol.proxies == "count"):
                 continue  # counted proxies are not in _settled's arithmetic: wait for every notary
             if _settled(client_view, entries, evidence, pol, now, target, judged):
                 break
@@ -227,7 +248,7 @@ async def verify_with_notaries(
         complete = all(e.key_id + e.url in evidence for e in entries)
         results = judge_all(client_view, ordered, pol, now)
         mem = await asyncio.to_thread(memory.memory, target) if memory is not None else None
-        ctx = CheckContext(tuple(proxy_task.result()), Expectation(expected), mem)
+        ctx = CheckContext(tuple(proxy_task.result()) if proxy_task is not None else (), Expectation(expected), mem)
         verdict = conclude(client_view, results, pol, now, host=target.host, port=target.port, complete=complete,
                            context=ctx)
         if memory is not None and client_view.spki_sha256:
@@ -236,11 +257,12 @@ async def verify_with_notaries(
             await asyncio.to_thread(memory.record, target, client_view.spki_sha256, judgement(verdict.status, disputed), now)
         return plan.annotate(verdict) if plan else verdict
     finally:
-        every: list[asyncio.Task[Any]] = [*tasks, *([probe_task] if probe_task else []), proxy_task]
-        for t in every:
+        left = [t for t in every if not t.done()]  # not waited for (early decision), or an error
+        for t in left:
             t.cancel()
-        with contextlib.suppress(BaseException):
-            await asyncio.gather(*tasks, *([probe_task] if probe_task else []), proxy_task, return_exceptions=True)
+        if left:
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*left, return_exceptions=True)
 
 
 def _expectation(declared: Sequence[str | bytes]) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
