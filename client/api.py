@@ -41,7 +41,9 @@ from client.policy import Policy, get_policy
 from client.socks import MAX_VIAS, ProxySpec, parse_via, probe_all_via
 from client.pool import shared_pool
 from client.transport import Transport, as_transport
-from client.verdict import ClientView, Evidence, NotaryResult, Verdict, conclude, judge_all, outcome_class
+from client.verdict import (
+    ClientView, Evidence, NotaryResult, Verdict, conclude, judge_all, notary_status, outcome_class,
+)
 from client.verify import check_answer
 
 __all__ = ["verify_with_notaries", "verify_with_notaries_sync", "client_probe"]
@@ -297,8 +299,7 @@ def _settled(client: ClientView, entries: Sequence[BundleEntry], evidence: dict[
     classes = set()
     for fill in ("agrees", "disagrees", "unreachable"):
         results = known + [_placeholder(e, fill) for e in missing]
-        v = conclude(client, results, pol, now, host=target.host, port=target.port)
-        classes.add(outcome_class(v.status))
+        classes.add(outcome_class(notary_status(client, results, pol)))
         if len(classes) > 1:
             return False
     return True
