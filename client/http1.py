@@ -42,6 +42,7 @@ MAX_HEAD = 16 * 1024
 #: Header fields a response may carry.
 MAX_FIELDS = 100
 _MAX_CHUNK_LINE = 1024
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"content-type", b"content-encoding"})
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -209,9 +210,11 @@ class ResponseParser:
         ctype = ""
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
-            if not sep or not name or not _TOKEN.issuperset(name):
+            if not sep or not (name.replace(b"-", b"").isalnum() or (name and _TOKEN.issuperset(name))):
                 raise HttpProtocolError("malformed header field")
             name = name.lower()
+            if name not in _FRAMING:
+                continue
             value = value.strip(b" \t")
             if name == b"content-length":
                 lengths.update(v.strip(b" \t") for v in value.split(b","))
