@@ -56,8 +56,9 @@ from client.transport import MAX_RESPONSE_BYTES
 
 __all__ = ["NotaryPool", "shared_pool", "close_shared_pool", "KEEPALIVE", "LIMIT", "DRAIN_SECONDS"]
 
-#: Seconds an idle connection is kept open.
-KEEPALIVE = 30.0
+#: Seconds an idle connection is kept open: below a notary's own idle limit (30 s,
+#: docs/protocol.md section 10.3), so the client usually closes first.
+KEEPALIVE = 20.0
 #: Connections a pool holds at most (all origins together).
 LIMIT = 100
 #: Seconds a connection whose request was abandoned may take to finish the answer.
