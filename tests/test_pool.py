@@ -401,3 +401,40 @@ async def test_check_with_a_notary_whose_idle_connections_close(tmp_path: Path, 
                 assert v.status == "consistent" and v.results[0].result == "agrees", v.results[0].reason
                 await asyncio.sleep(0.05)
     assert s.connections >= 3
+
+
+async def test_a_callers_aiohttp_session_keeps_the_same_guarantees() -> None:
+    """SessionTransport (verify_with_notaries(session=aiohttp session)): no redirect followed, size cap."""
+    import aiohttp
+
+    from client.transport import MAX_RESPONSE_BYTES, SessionTransport
+
+    async def big_or_redirect(s: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while req := await s.read_request(reader):
+            if b"/big" in req.split(b"\r\n", 1)[0]:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_RESPONSE_BYTES + 1))
+                writer.write(b"x" * (MAX_RESPONSE_BYTES + 1))
+            else:
+                writer.write(b"HTTP/1.1 307 Moved\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n")
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+
+    async with server(big_or_redirect) as s, aiohttp.ClientSession() as session:
+        t = SessionTransport(session)
+        r = await t.request("POST", s.url + "/v1/observe", body=b"{}", content_type="application/json")
+        assert r.status == 307 and s.requests == 1  # not followed to /elsewhere
+        with pytest.raises(HttpProtocolError, match="larger than"):
+            await t.request("GET", s.url + "/big")
+
+
+async def test_check_over_a_pool_the_caller_owns(tmp_path: Path, site_ctx: ssl.SSLContext) -> None:
+    p = NotaryPool(limit=8)
+    try:
+        async with tls_site(site_ctx) as site, local_cluster(3, tmp_path) as cluster:
+            for _ in range(2):
+                v = await verify_with_notaries(HOST, site.port, bundle=cluster.bundle, wait_all=True, timeout=5, session=p)
+                assert v.status == "consistent" and v.agreeing == 3
+            assert 3 <= p.connections <= 8
+    finally:
+        await p.close()
+    assert p.connections == 0
