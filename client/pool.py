@@ -207,11 +207,11 @@ class NotaryPool:
     async def request(self, method: str, url: str, *, body: bytes | None = None,
                       content_type: str | None = None) -> HttpResponse:
         """Send one request and return the whole response (a 3xx too: never followed)."""
-        if self.closed:
-            raise ConnectionError("the notary connection pool is closed")
         key, authority, target = _origin(url)
         data = encode_request(method, authority, target, body, content_type)
         for attempt in (1, 2):
+            if self.closed:
+                raise ConnectionError("the notary connection pool is closed")
             conn, reused = await self._acquire(key)
             try:
                 return await conn.send(data, self.max_body)

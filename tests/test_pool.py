@@ -438,3 +438,20 @@ async def test_check_over_a_pool_the_caller_owns(tmp_path: Path, site_ctx: ssl.S
     finally:
         await p.close()
     assert p.connections == 0
+
+
+async def test_a_closed_pool_refuses_requests_and_ends_those_in_flight() -> None:
+    async def stall(s: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await s.read_request(reader)
+        await reader.read()
+
+    p = NotaryPool()
+    async with server(stall) as s:
+        inflight = asyncio.create_task(p.request("GET", s.url + "/v1/notary"))
+        await asyncio.sleep(0.1)
+        await p.close()
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(inflight, 2)
+        with pytest.raises(ConnectionError, match="closed"):
+            await p.request("GET", s.url + "/v1/notary")
+    assert p.connections == 0 and s.connections == 1
