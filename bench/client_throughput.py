@@ -6,8 +6,8 @@ Setup:    ``--sites`` (50) local TLS sites on distinct ports (own process) x
           127.0.0.1 (StaticResolver); the client's own probe goes to the same
           site through ``connect_to``.
 Subject:  verify_with_notaries for every target with ``--concurrency`` (16)
-          checks in flight and one shared aiohttp session (``session=``), in
-          this process.  Pass ``cold``: the notaries have never seen the targets
+          checks in flight and one client.pool.NotaryPool (``session=``; at
+          most 100 kept-alive notary connections), in this process.  Pass ``cold``: the notaries have never seen the targets
           (each probes); pass ``warm``: the same targets again (cached).
 Baseline: raw asyncio TLS handshakes (unverified, then abort) to the same
           1,000 targets with the same concurrency, from this process.
@@ -58,10 +58,9 @@ async def bounded(items: list, conc: int, fn, max_seconds: float) -> tuple[float
 
 
 async def measure(args: argparse.Namespace) -> dict:
-    import aiohttp
-
     from client.api import verify_with_notaries
     from client.bundle import load_bundle
+    from client.pool import NotaryPool
 
     with serve("sites", {"count": args.sites, "names": ["bench.test", "*.bench.test"]}) as sites:
         ports = sites.info["ports"]
@@ -76,8 +75,8 @@ async def measure(args: argparse.Namespace) -> dict:
                 await raw_handshake("127.0.0.1", t[1], t[0], ctx)
                 return "ok"
 
-            conn = aiohttp.TCPConnector(limit=100)
-            async with aiohttp.ClientSession(connector=conn) as session:
+            session = NotaryPool(limit=100)
+            try:
 
                 async def check(t: tuple[str, int]) -> str:
                     v = await verify_with_notaries(t[0], t[1], bundle=bundle, timeout=30, session=session,
@@ -89,6 +88,8 @@ async def measure(args: argparse.Namespace) -> dict:
                     elapsed, done, outcomes = await bounded(targets, args.concurrency, fn, args.max_seconds)
                     out[label] = {"elapsed_s": elapsed, "done": done, "rate": done / elapsed, "outcomes": dict(outcomes)}
                     print(f"[{NAME}] {label:10s} {done} in {elapsed:6.2f}s = {done / elapsed:8.1f}/s  {dict(outcomes)}")
+            finally:
+                await session.close()
     return out
 
 

@@ -10,6 +10,7 @@ from client.bundle import Bundle, BundleEntry, load_bundle, merge_entries, sign_
 from client.evidence import CheckContext, Expectation, KeyMemory, ProxyView
 from client.keymemory import KeyStore
 from client.policy import PRESETS, Policy, get_policy
+from client.pool import NotaryPool
 from client.verdict import ClientView, Evidence, NotaryResult, Verdict, decide
 from client.socks import ProxySpec, parse_via
 from client.verify import check_answer
@@ -20,4 +21,5 @@ __all__ = [
     "PRESETS", "Policy", "get_policy",
     "ClientView", "Evidence", "NotaryResult", "Verdict", "decide", "check_answer",
     "CheckContext", "Expectation", "KeyMemory", "ProxyView", "KeyStore", "ProxySpec", "parse_via",
+    "NotaryPool",
 ]

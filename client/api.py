@@ -8,8 +8,8 @@ It stops early once more answers cannot change the outcome class
 reported as ``not_waited`` and count against the quorum.
 
 Per-check cost is kept low for callers that check every page (the browser
-helper): notaries are asked over one kept-alive session per event loop
-(:mod:`client.pool`) unless the caller passes ``session=``; identity documents
+helper): notaries are asked over one pool of kept-alive HTTP/1.1 connections
+per event loop (:mod:`client.pool`) unless the caller passes ``session=``; identity documents
 are re-fetched only every :data:`IDENTITY_TTL` seconds; observation envelopes
 already verified are remembered (:func:`client.verify.verify_cached`); each
 answer is judged once, when it arrives.
@@ -39,8 +39,11 @@ from client.interception import proven_keys
 from client.keymemory import KeyStore
 from client.policy import Policy, get_policy
 from client.socks import MAX_VIAS, ProxySpec, parse_via, probe_all_via
-from client.pool import shared_session
-from client.verdict import ClientView, Evidence, NotaryResult, Verdict, conclude, judge_all, outcome_class
+from client.pool import shared_pool
+from client.transport import Transport, as_transport
+from client.verdict import (
+    ClientView, Evidence, NotaryResult, Verdict, conclude, judge_all, notary_status, outcome_class,
+)
 from client.verify import check_answer
 
 __all__ = ["verify_with_notaries", "verify_with_notaries_sync", "client_probe"]
@@ -121,7 +124,7 @@ async def verify_with_notaries(
     subset: int | None = None,
     connect_to: tuple[str, int] | None = None,
     max_age: int | None = None,
-    session: aiohttp.ClientSession | None = None,
+    session: aiohttp.ClientSession | Transport | None = None,
     clock: Callable[[], float] = time.time,
     relay: str | None = None,
     via: Sequence[str | ProxySpec] = (),
@@ -147,8 +150,11 @@ async def verify_with_notaries(
     ``"none"``/None, or a relay URL) asks the notaries through an Oblivious HTTP
     relay (:mod:`client.ohttp`); ``"auto"`` picks a relay-capable notary of the
     bundle and does not ask it; the verdict's ``relays`` names the relays used.
-    ``session`` is the caller's aiohttp session; by default one kept-alive
-    session per event loop is shared by every call (:mod:`client.pool`).  Raises :class:`~notary.errors.InputError`
+    ``session`` is the caller's aiohttp session (its connector, proxy and TLS
+    settings apply; redirects are still never followed) or a
+    :class:`~client.transport.Transport` such as a :class:`client.pool.NotaryPool`
+    the caller owns; by default notaries are asked over one pool of kept-alive
+    connections per event loop (:func:`client.pool.shared_pool`).  Raises :class:`~notary.errors.InputError`
     for bad arguments; network trouble is reported in the verdict, never raised.
     """
     h, p = split_target(host, 443 if port is None else port)
@@ -180,10 +186,20 @@ async def verify_with_notaries(
     else:
         client_view = None
 
-    sess = session if session is not None else shared_session()
+    sess: Transport = as_transport(session) if session is not None else shared_pool()
     tasks: dict[asyncio.Task[RawAnswer], BundleEntry] = {}
     probe_task: asyncio.Task[ClientView] | None = None
-    proxy_task: asyncio.Task[Any] = asyncio.create_task(probe_all_via(target, specs, timeout=timeout, isolate=isolate, clock=clock))
+    proxy_task: asyncio.Task[Any] | None = None
+    every: list[asyncio.Task[Any]] = []
+    # Completed tasks, in the order they finished; ``waker`` is resolved when one arrives.
+    arrived: list[asyncio.Task[Any]] = []
+    waker: list[asyncio.Future[None]] = []
+
+    def arrive(t: asyncio.Task[Any]) -> None:
+        arrived.append(t)
+        if waker and not waker[0].done():
+            waker[0].set_result(None)
+
     try:
         for e in entries:
             t: asyncio.Task[Any] = asyncio.create_task((plan.ask if plan else ask_notary)(sess, e, target, nonce, timeout=timeout,
@@ -191,25 +207,36 @@ async def verify_with_notaries(
                                                max_age=pol.max_age if max_age is None else max_age,
                                                fetch_identity=not _identity_fresh(e, clock())))
             tasks[t] = e
+            every.append(t)
         if client_view is None:
             probe_task = asyncio.create_task(client_probe(target, timeout=timeout, connect_to=connect_to, clock=clock,
                                                           extra_cas=extra_cas))
+            every.append(probe_task)
+        if specs:
+            proxy_task = asyncio.create_task(probe_all_via(target, specs, timeout=timeout, isolate=isolate, clock=clock))
+            every.append(proxy_task)
+        for t in every:
+            t.add_done_callback(arrive)
         evidence: dict[str, Evidence] = {}
         judged: dict[str, tuple[int, NotaryResult]] = {}  # each answer judged once (per second of `now`)
-        pending: set[asyncio.Task[Any]] = set(tasks) | ({probe_task} if probe_task else set())
-        pending.add(proxy_task)
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        remaining = len(every)
+        loop = asyncio.get_running_loop()
+        while remaining:
+            if not arrived:
+                waker[:] = [loop.create_future()]
+                await waker[0]
+            done = arrived[:]
+            del arrived[:]
+            remaining -= len(done)
             now = int(clock())
             for t in done:
                 if t is probe_task:
                     client_view = probe_task.result()
-                elif t is proxy_task:
-                    pass
-                else:
+                elif t is not proxy_task:
                     entry = tasks[t]
                     evidence[entry.key_id + entry.url] = _evidence(t.result(), nonce=nonce, target=target, now=now, policy=pol)
-            if wait_all or client_view is None or not pending or not proxy_task.done() or (specs and pol.proxies == "count"):
+            if wait_all or client_view is None or not remaining or (proxy_task is not None and not proxy_task.done()) \
+                    or (specs and pol.proxies == "count"):
                 continue  # counted proxies are not in _settled's arithmetic: wait for every notary
             if _settled(client_view, entries, evidence, pol, now, target, judged):
                 break
@@ -223,7 +250,7 @@ async def verify_with_notaries(
         complete = all(e.key_id + e.url in evidence for e in entries)
         results = judge_all(client_view, ordered, pol, now)
         mem = await asyncio.to_thread(memory.memory, target) if memory is not None else None
-        ctx = CheckContext(tuple(proxy_task.result()), Expectation(expected), mem)
+        ctx = CheckContext(tuple(proxy_task.result()) if proxy_task is not None else (), Expectation(expected), mem)
         verdict = conclude(client_view, results, pol, now, host=target.host, port=target.port, complete=complete,
                            context=ctx)
         if memory is not None and client_view.spki_sha256:
@@ -232,11 +259,12 @@ async def verify_with_notaries(
             await asyncio.to_thread(memory.record, target, client_view.spki_sha256, judgement(verdict.status, disputed), now)
         return plan.annotate(verdict) if plan else verdict
     finally:
-        every: list[asyncio.Task[Any]] = [*tasks, *([probe_task] if probe_task else []), proxy_task]
-        for t in every:
+        left = [t for t in every if not t.done()]  # not waited for (early decision), or an error
+        for t in left:
             t.cancel()
-        with contextlib.suppress(BaseException):
-            await asyncio.gather(*tasks, *([probe_task] if probe_task else []), proxy_task, return_exceptions=True)
+        if left:
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*left, return_exceptions=True)
 
 
 def _expectation(declared: Sequence[str | bytes]) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
@@ -271,8 +299,7 @@ def _settled(client: ClientView, entries: Sequence[BundleEntry], evidence: dict[
     classes = set()
     for fill in ("agrees", "disagrees", "unreachable"):
         results = known + [_placeholder(e, fill) for e in missing]
-        v = conclude(client, results, pol, now, host=target.host, port=target.port)
-        classes.add(outcome_class(v.status))
+        classes.add(outcome_class(notary_status(client, results, pol)))
         if len(classes) > 1:
             return False
     return True

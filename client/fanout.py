@@ -1,32 +1,32 @@
-"""Asking notaries: one task per notary over one shared aiohttp session.
+"""Asking notaries: one task per notary over one :class:`~client.transport.Transport`.
 
 Each notary gets its own timeout and its own task; a failure is a value
 (:class:`RawAnswer` with ``error``), never an exception that cancels the others.
 Nothing here verifies or counts anything: :mod:`client.verify` does that.
 
-Redirects are never followed (``allow_redirects=False`` on every request, so
-also on a session the caller passes in): a notary, or anyone on the path to an
-``http://`` notary, answering 3xx would otherwise make this machine send the
-request to another address.  A 3xx is a bad answer: ``error`` starts with
-``redirect`` and ``kind`` is ``invalid``.
+Redirects are never followed (no transport follows them, a caller's aiohttp
+session included): a notary, or anyone on the path to an ``http://`` notary,
+answering 3xx would otherwise make this machine send the request to another
+address.  A 3xx is a bad answer: ``error`` starts with ``redirect`` and
+``kind`` is ``invalid``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from notary.core import Target, canonical_decode
-from notary.errors import EncodingError
-from notary.httputil import read_capped
+from notary.errors import EncodingError, RemoteError
 from client.bundle import BundleEntry
+from client.transport import MAX_RESPONSE_BYTES, Transport, as_transport
 
 __all__ = ["RawAnswer", "ask_notary", "answer_from_doc", "observe_body", "MAX_RESPONSE_BYTES"]
-
-MAX_RESPONSE_BYTES = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,19 +45,19 @@ class Redirected(Exception):
     """The notary answered a redirect (3xx), which is never followed."""
 
 
-async def _get_json(session: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> Any:
-    async with session.request(method, url, json=body, allow_redirects=False) as resp:
-        if 300 <= resp.status < 400:
-            raise Redirected(f"redirect: {method} {resp.url.path} answered HTTP {resp.status} (not followed)")
-        raw = await read_capped(resp.content, MAX_RESPONSE_BYTES)
-        if resp.status != 200:
-            reason = ""
-            try:
-                reason = canonical_decode(raw).get("reason", "")
-            except (EncodingError, AttributeError):
-                pass
-            raise ValueError(f"HTTP {resp.status} {reason}".strip())
-        return canonical_decode(raw, max_bytes=MAX_RESPONSE_BYTES)
+async def _get_json(transport: Transport, method: str, url: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+    resp = await transport.request(method, url, body=data, content_type=None if data is None else "application/json")
+    if 300 <= resp.status < 400:
+        raise Redirected(f"redirect: {method} {urlsplit(url).path} answered HTTP {resp.status} (not followed)")
+    if resp.status != 200:
+        reason = ""
+        try:
+            reason = canonical_decode(resp.body).get("reason", "")
+        except (EncodingError, AttributeError):
+            pass
+        raise ValueError(f"HTTP {resp.status} {reason}".strip())
+    return canonical_decode(resp.body, max_bytes=MAX_RESPONSE_BYTES)
 
 
 def observe_body(target: Target, nonce: str, *, max_age: int | None, all_addresses: bool) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def observe_body(target: Target, nonce: str, *, max_age: int | None, all_address
 
 
 async def ask_notary(
-    session: aiohttp.ClientSession,
+    transport: Transport | aiohttp.ClientSession,
     entry: BundleEntry,
     target: Target,
     nonce: str,
@@ -79,21 +79,26 @@ async def ask_notary(
     all_addresses: bool = True,
     fetch_identity: bool = True,
 ) -> RawAnswer:
-    """POST /v1/observe (and GET /v1/notary alongside) within ``timeout`` seconds."""
+    """POST /v1/observe (and GET /v1/notary alongside) within ``timeout`` seconds.
+
+    ``transport`` is a :class:`~client.transport.Transport` (or an aiohttp session, wrapped).
+    """
+    tr = as_transport(transport)
     body = observe_body(target, nonce, max_age=max_age, all_addresses=all_addresses)
     try:
         async with asyncio.timeout(timeout):
-            jobs = [_get_json(session, "POST", entry.url + "/v1/observe", body)]
             if fetch_identity:
-                jobs.append(_get_json(session, "GET", entry.url + "/v1/notary"))
-            got = await asyncio.gather(*jobs)
+                doc, identity = await asyncio.gather(_get_json(tr, "POST", entry.url + "/v1/observe", body),
+                                                     _get_json(tr, "GET", entry.url + "/v1/notary"))
+            else:
+                doc, identity = await _get_json(tr, "POST", entry.url + "/v1/observe", body), None
     except TimeoutError:
         return RawAnswer(entry, error=f"no answer within {timeout:g}s")
     except Redirected as exc:
         return RawAnswer(entry, error=str(exc), kind="invalid")
-    except (aiohttp.ClientError, OSError, ValueError, EncodingError) as exc:
+    except (aiohttp.ClientError, OSError, ValueError, EncodingError, RemoteError) as exc:
         return RawAnswer(entry, error=f"{type(exc).__name__}: {exc}"[:300])
-    return answer_from_doc(entry, got[0], got[1] if fetch_identity else None)
+    return answer_from_doc(entry, doc, identity)
 
 
 def answer_from_doc(entry: BundleEntry, doc: Any, identity: Any) -> RawAnswer:

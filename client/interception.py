@@ -13,17 +13,26 @@ matches only keys that are *proven*:
 
 The walk stops at the first link that does not verify; the chain is at most
 :data:`notary.core.observation.MAX_CHAIN_CERTS` certificates.
+
+A site presents the same chain on every visit, and the walk checks a signature
+per link, so results are remembered (:data:`PROVEN_CACHE` entries, keyed by
+the exact DER bytes of the chain and of the declared CAs: a pure function of them).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Sequence
 
 from cryptography import x509
 
 from notary.core import spki_sha256
 
-__all__ = ["proven_keys"]
+__all__ = ["proven_keys", "PROVEN_CACHE"]
+
+#: How many (chain, declared CAs) results are remembered (LRU).
+PROVEN_CACHE = 256
+_proven: "OrderedDict[tuple[tuple[bytes, ...], tuple[bytes, ...]], tuple[str, ...]]" = OrderedDict()
 
 
 def _load(der: bytes) -> x509.Certificate | None:
@@ -45,6 +54,19 @@ def proven_keys(chain: Sequence[bytes], extra_cas: Sequence[bytes] = ()) -> tupl
     """SPKI SHA-256 hex of the leaf key and of every key proven to have signed the path up from it."""
     if not chain:
         return ()
+    key = (tuple(chain), tuple(extra_cas))
+    hit = _proven.get(key)
+    if hit is not None:
+        _proven.move_to_end(key)
+        return hit
+    out = _walk(chain, extra_cas)
+    _proven[key] = out
+    while len(_proven) > PROVEN_CACHE:
+        _proven.popitem(last=False)
+    return out
+
+
+def _walk(chain: Sequence[bytes], extra_cas: Sequence[bytes]) -> tuple[str, ...]:
     certs = [c for c in (_load(d) for d in chain[:10]) if c is not None]
     leaf = _load(chain[0])
     if leaf is None:

@@ -53,10 +53,10 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from notary.core import Target, bhttp, canonical_decode, canonical_encode, ohttp, verify_identity
-from notary.errors import EncodingError, InputError, OhttpError, VerificationError
-from notary.httputil import read_capped
+from notary.errors import EncodingError, InputError, OhttpError, RemoteError, VerificationError
 from client.bundle import Bundle, BundleEntry
 from client.fanout import MAX_RESPONSE_BYTES, RawAnswer, answer_from_doc, observe_body
+from client.transport import Transport, as_transport
 from client.verdict import Verdict
 from client.verify import check_identity
 
@@ -96,18 +96,17 @@ class RelayRoute:
         return cls(entry.name, r.template, r.identity_template, entry.key_id)
 
 
-async def _get(session: aiohttp.ClientSession, method: str, url: str, *, relay_hop: bool, **kw: Any) -> tuple[int, str, bytes]:
+async def _get(transport: Transport, method: str, url: str, *, relay_hop: bool, body: bytes | None = None,
+               content_type: str | None = None) -> tuple[int, str, bytes]:
     try:
-        async with session.request(method, url, allow_redirects=False, **kw) as resp:
-            body = await read_capped(resp.content, MAX_RESPONSE_BYTES)
-            status, ctype = resp.status, resp.content_type
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        resp = await transport.request(method, url, body=body, content_type=content_type)
+    except (aiohttp.ClientError, OSError, ValueError, RemoteError) as exc:
         if relay_hop:
             raise RelayFailed(f"relay unreachable: {type(exc).__name__}") from None
         raise
-    if relay_hop and status >= 500:
-        raise RelayFailed(f"relay answered HTTP {status}")
-    return status, ctype, body
+    if relay_hop and resp.status >= 500:
+        raise RelayFailed(f"relay answered HTTP {resp.status}")
+    return resp.status, resp.content_type, resp.body
 
 
 def _fill(template: str, entry: BundleEntry) -> str:
@@ -124,7 +123,7 @@ def _reason(status: int, body: bytes) -> str:
     return f"HTTP {status} {why}".strip()
 
 
-async def _gateway_key(session: aiohttp.ClientSession, entry: BundleEntry, route: RelayRoute,
+async def _gateway_key(transport: Transport, entry: BundleEntry, route: RelayRoute,
                        now: float, seen: list[str] | None = None) -> tuple[ohttp.KeyConfig, Any]:
     """The notary's current gateway key, from its identity document verified with the bundle key.
 
@@ -136,11 +135,11 @@ async def _gateway_key(session: aiohttp.ClientSession, entry: BundleEntry, route
     if cached is not None and now - cached[0] < KEYS_TTL:
         return cached[1], None
     if route.identity_template is not None:
-        status, _, body = await _get(session, "GET", _fill(route.identity_template, entry), relay_hop=True)
+        status, _, body = await _get(transport, "GET", _fill(route.identity_template, entry), relay_hop=True)
     else:  # a third-party relay forwards only message/ohttp-req: ask the notary itself
         if seen is not None and entry.name not in seen:
             seen.append(entry.name)
-        status, _, body = await _get(session, "GET", entry.url + "/v1/notary", relay_hop=False)
+        status, _, body = await _get(transport, "GET", entry.url + "/v1/notary", relay_hop=False)
     if status != 200:
         raise ValueError(f"identity document: {_reason(status, body)}")
     envelope = canonical_decode(body, max_bytes=MAX_RESPONSE_BYTES)
@@ -176,16 +175,16 @@ def forget_gateway_key(entry: BundleEntry) -> None:
     _keys_cache.pop((entry.url, entry.key_id), None)
 
 
-async def _ask_once(session: aiohttp.ClientSession, entry: BundleEntry, route: RelayRoute, body: dict[str, Any],
+async def _ask_once(transport: Transport, entry: BundleEntry, route: RelayRoute, body: dict[str, Any],
                     now: float, seen: list[str] | None = None) -> RawAnswer:
-    config, identity = await _gateway_key(session, entry, route, now, seen)
+    config, identity = await _gateway_key(transport, entry, route, now, seen)
     authority = urlsplit(entry.url).netloc
     inner = bhttp.encode_request(bhttp.Request(
         "POST", "https", authority, "/v1/observe", (("content-type", "application/json"),), canonical_encode(body)))
     # Zero-padded (RFC 9292), so the relay sees the same size whatever the host's name.
     enc, ctx = ohttp.encapsulate_request(config, bhttp.pad(inner, bhttp.request_padded_size(len(inner))))
-    status, ctype, raw = await _get(session, "POST", _fill(route.template, entry), relay_hop=True,
-                                    data=enc, headers={"Content-Type": ohttp.REQUEST_MEDIA_TYPE})
+    status, ctype, raw = await _get(transport, "POST", _fill(route.template, entry), relay_hop=True,
+                                    body=enc, content_type=ohttp.REQUEST_MEDIA_TYPE)
     if status != 200 or ctype != ohttp.RESPONSE_MEDIA_TYPE:
         if status == 400:
             forget_gateway_key(entry)  # e.g. the key was rotated away: fetch it again next time
@@ -197,7 +196,7 @@ async def _ask_once(session: aiohttp.ClientSession, entry: BundleEntry, route: R
 
 
 async def ask_notary_relayed(
-    session: aiohttp.ClientSession,
+    transport: Transport | aiohttp.ClientSession,
     entry: BundleEntry,
     target: Target,
     nonce: str,
@@ -217,7 +216,9 @@ async def ask_notary_relayed(
     other requests skip it) and the next route is tried; the route that
     answered is appended to ``used``; a notary whose identity was fetched directly, to
     ``seen``.  Failures are values, as in :func:`client.fanout.ask_notary`.
+    ``transport``: a :class:`~client.transport.Transport` (or an aiohttp session, wrapped).
     """
+    tr = as_transport(transport)
     body = observe_body(target, nonce, max_age=max_age, all_addresses=all_addresses)
     failed = failed if failed is not None else set()
     last = "no relay available for this notary"
@@ -227,7 +228,7 @@ async def ask_notary_relayed(
                 if route.via == entry.key_id or route.name in failed:
                     continue
                 try:
-                    answer = await _ask_once(session, entry, route, body, clock(), seen)
+                    answer = await _ask_once(tr, entry, route, body, clock(), seen)
                 except RelayFailed as exc:
                     failed.add(route.name)
                     last = f"relay {route.name}: {exc}"
@@ -237,7 +238,7 @@ async def ask_notary_relayed(
                 return answer
     except TimeoutError:
         return RawAnswer(entry, error=f"no answer within {timeout:g}s (via relay)")
-    except (aiohttp.ClientError, OSError, ValueError, EncodingError, VerificationError, OhttpError) as exc:
+    except (aiohttp.ClientError, OSError, ValueError, EncodingError, VerificationError, OhttpError, RemoteError) as exc:
         return RawAnswer(entry, error=f"{type(exc).__name__}: {exc}"[:300])
     return RawAnswer(entry, error=last)
 
@@ -252,9 +253,9 @@ class RelayPlan:
     failed: set[str] = field(default_factory=set)
     seen: list[str] = field(default_factory=list)  # notaries that saw the client's address
 
-    async def ask(self, session: aiohttp.ClientSession, entry: BundleEntry, target: Target, nonce: str, *,
+    async def ask(self, transport: Transport | aiohttp.ClientSession, entry: BundleEntry, target: Target, nonce: str, *,
                   timeout: float, max_age: int | None, all_addresses: bool, **_: Any) -> RawAnswer:
-        return await ask_notary_relayed(session, entry, target, nonce, routes=self.routes, timeout=timeout,
+        return await ask_notary_relayed(transport, entry, target, nonce, routes=self.routes, timeout=timeout,
                                         max_age=max_age, all_addresses=all_addresses, used=self.used,
                                         failed=self.failed, seen=self.seen)
 

@@ -1,69 +1,361 @@
-"""One reusable HTTP session per event loop for talking to notaries (keep-alive).
+"""Kept-alive HTTP/1.1 connections to notaries: the client's default :class:`~client.transport.Transport`.
 
-A check asks five or so notaries; opening a new session, so new TCP
-connections, for every check costs more CPU than the check's own TLS probe.
-:func:`shared_session` hands out one :class:`aiohttp.ClientSession` per running
-event loop, whose connections to each notary stay open between checks
-(``keepalive`` seconds idle, at most ``limit`` connections in all).
+A check asks five or so notaries; an aiohttp request costs more CPU than
+reading and verifying the notary's answer, and a new connection per check
+costs more than the check's own TLS probe.  :class:`NotaryPool` keeps
+connections to each notary open between checks and speaks just enough HTTP/1.1
+(:mod:`client.http1`) over an :class:`asyncio.Protocol`.
 
-Closing: the session is closed by :func:`close_shared_session`, or by itself
-when the loop shuts down its async generators (``asyncio.run`` does that before
-closing the loop), so a script that never closes it leaves nothing behind.
-Callers that manage their own session pass ``session=`` to
-:func:`client.api.verify_with_notaries` and this module is not used.
+Theory of operation
+-------------------
+* One request at a time per connection.  A request takes an idle connection
+  to the same origin (scheme, host, port; most recently used first) or opens
+  one: TCP, then for ``https`` TLS with the pool's context (by default
+  :func:`ssl.create_default_context`: certificate and host name verified).
+* At most ``limit`` connections in all (open, opening or finishing an
+  abandoned answer); at the limit an idle connection to another origin is
+  closed, or the request waits for one to be freed.
+* A connection idle for ``keepalive`` seconds is never reused and is closed
+  (a sweep every ``keepalive / 2`` seconds); one the server closes is dropped
+  at once (its EOF arrives while idle).
+* Stale connection race: a server may close an idle connection just as a
+  request is written to it.  When a *reused* connection closes before a single
+  byte of the answer arrived, the request is sent once more on a new
+  connection, never more often.  Every request the client makes is safe to
+  resend: ``GET /v1/notary``, ``POST /v1/observe`` (read-only for the notary;
+  the answer is bound to the request's own nonce, so a second answer to the
+  same request is just as good) and the relay's encrypted ``POST`` (HPKE: the
+  gateway decrypts and answers it again, with the same key material).
+* Timeouts are the caller's (``asyncio.timeout`` around :meth:`request`).  A
+  request cancelled after it was written (a timeout, or an early decision
+  that no longer needs that notary) leaves its connection to finish reading
+  the answer for at most :data:`DRAIN_SECONDS`; a complete answer returns the
+  connection to the pool (no new handshake next time), else it is closed.
+* Redirects are responses (never followed); bodies over ``max_body`` bytes,
+  malformed answers and compressed ones are :class:`~client.http1.HttpProtocolError`.
+
+:func:`shared_pool` hands out one pool per running event loop; it is closed by
+:func:`close_shared_pool`, or by itself when the loop shuts down its async
+generators (``asyncio.run`` does that before closing the loop), so a script
+that never closes it leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ssl
 import weakref
+from collections import deque
 from typing import AsyncGenerator
+from urllib.parse import urlsplit
 
-import aiohttp
+from client.http1 import HttpProtocolError, HttpResponse, ResponseParser, encode_request
+from client.transport import MAX_RESPONSE_BYTES
 
-__all__ = ["shared_session", "close_shared_session", "KEEPALIVE", "LIMIT"]
+__all__ = ["NotaryPool", "shared_pool", "close_shared_pool", "KEEPALIVE", "LIMIT", "DRAIN_SECONDS"]
 
-KEEPALIVE = 30.0
+#: Seconds an idle connection is kept open: below a notary's own idle limit (30 s,
+#: docs/protocol.md section 10.3), so the client usually closes first.
+KEEPALIVE = 20.0
+#: Connections a pool holds at most (all origins together).
 LIMIT = 100
+#: Seconds a connection whose request was abandoned may take to finish the answer.
+DRAIN_SECONDS = 2.0
 
-_sessions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncGenerator[None, None]]]" = (
+
+class _Closed(ConnectionError):
+    """The connection closed before the answer was complete."""
+
+    def __init__(self, message: str, *, empty: bool) -> None:
+        super().__init__(message)
+        self.empty = empty  # no byte of the answer had arrived
+
+
+@functools.lru_cache(maxsize=512)
+def _origin(url: str) -> tuple[tuple[str, str, int], str, str]:
+    """((scheme, host, port), Host header value, request target) of an http(s) URL."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    port = parts.port or (443 if scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return (scheme, parts.hostname, port), parts.netloc.rpartition("@")[2], target
+
+
+@functools.lru_cache(maxsize=1)
+def _default_tls() -> ssl.SSLContext:
+    return ssl.create_default_context()  # loads the CA store once (tens of ms): cached
+
+
+class _Conn(asyncio.Protocol):
+    """One connection: at most one request in flight, parsed by :class:`ResponseParser`."""
+
+    def __init__(self, pool: "NotaryPool", key: tuple[str, str, int]) -> None:
+        self.pool, self.key = pool, key
+        self.transport: asyncio.Transport | None = None
+        self.parser: ResponseParser | None = None
+        self.waiter: asyncio.Future[HttpResponse] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # drain deadline of an abandoned request
+        self.idle_since = 0.0  # loop time it was last returned to the pool
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None:  # bytes nobody asked for: this connection's framing cannot be trusted
+            self.close()
+            return
+        try:
+            parser.feed(data)
+        except HttpProtocolError as exc:
+            self._finish(exc)
+            return
+        if parser.done:
+            self._finish(None)
+
+    def eof_received(self) -> bool | None:
+        parser = self.parser
+        if parser is not None:
+            try:
+                parser.feed_eof()
+            except HttpProtocolError as exc:
+                self._finish(_Closed(str(exc), empty=not parser.received))
+                return None
+            self._finish(None)
+        self.close()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.parser is not None:
+            empty = not self.parser.received
+            self._finish(_Closed(f"connection lost: {exc}" if exc else "connection closed by the server", empty=empty))
+        self.closed = True
+        self.pool._gone(self)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+            self.pool._gone(self)
+
+    def _finish(self, exc: Exception | None) -> None:
+        parser, waiter = self.parser, self.waiter
+        self.parser = self.waiter = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if exc is None and parser is not None and parser.keep_alive and not self.closed:
+            self.pool._idle_add(self)
+        else:
+            self.close()
+        if waiter is not None and not waiter.done():
+            if exc is not None:
+                waiter.set_exception(exc)
+            else:
+                assert parser is not None and parser.response is not None
+                waiter.set_result(parser.response)
+
+    async def send(self, data: bytes, max_body: int) -> HttpResponse:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        self.parser = ResponseParser(max_body=max_body)
+        waiter = self.waiter = loop.create_future()
+        self.transport.write(data)
+        try:
+            response: HttpResponse = await waiter
+            return response
+        except asyncio.CancelledError:
+            if self.parser is not None and not self.closed:  # abandoned: let it finish, bounded
+                self.timer = loop.call_later(DRAIN_SECONDS, self.close)
+            raise
+
+
+class NotaryPool:
+    """A keep-alive HTTP/1.1 connection pool (a :class:`~client.transport.Transport`); see the module docstring.
+
+    ``ssl_context`` is used for ``https`` URLs (default: the system's CA store,
+    host names checked).  ``limit`` connections at most, ``keepalive`` seconds
+    idle, answers of at most ``max_body`` bytes.
+    """
+
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None, limit: int = LIMIT,
+                 keepalive: float = KEEPALIVE, max_body: int = MAX_RESPONSE_BYTES) -> None:
+        self._ssl = ssl_context
+        self.limit, self.keepalive, self.max_body = limit, keepalive, max_body
+        self._all: set[_Conn] = set()
+        self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
+        self._opening = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    @property
+    def connections(self) -> int:
+        """Connections open or opening now (idle, busy or draining)."""
+        return len(self._all) + self._opening
+
+    async def request(self, method: str, url: str, *, body: bytes | None = None,
+                      content_type: str | None = None) -> HttpResponse:
+        """Send one request and return the whole response (a 3xx too: never followed)."""
+        key, authority, target = _origin(url)
+        data = encode_request(method, authority, target, body, content_type)
+        for attempt in (1, 2):
+            if self.closed:
+                raise ConnectionError("the notary connection pool is closed")
+            conn, reused = await self._acquire(key)
+            try:
+                return await conn.send(data, self.max_body)
+            except _Closed as exc:
+                if not (reused and exc.empty and attempt == 1):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def close(self) -> None:
+        """Close every connection; later requests fail.  Idempotent."""
+        self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self._all):
+            conn.close()
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+
+    # -- connections ------------------------------------------------------------------------
+
+    async def _acquire(self, key: tuple[str, str, int]) -> tuple[_Conn, bool]:
+        """An idle connection to ``key`` (reused: True) or a new one, within the limit."""
+        while True:
+            idle = self._idle.get(key)
+            if idle:
+                fresh = asyncio.get_running_loop().time() - self.keepalive
+                while idle:
+                    conn = idle.pop()
+                    if conn.idle_since > fresh and not conn.closed and conn.transport is not None \
+                            and not conn.transport.is_closing():
+                        return conn, True
+                    conn.close()
+            if self.connections < self.limit or self._evict_idle():
+                return await self._open(key), False
+            w = asyncio.get_running_loop().create_future()
+            self._waiters.append(w)
+            try:
+                await w
+            except asyncio.CancelledError:
+                if w.done() and not w.cancelled():
+                    self._wake()  # pass the freed slot on to the next waiter
+                raise
+            if self.closed:
+                raise ConnectionError("the notary connection pool is closed")
+
+    async def _open(self, key: tuple[str, str, int]) -> _Conn:
+        scheme, host, port = key
+        loop = asyncio.get_running_loop()
+        tls = (self._ssl or _default_tls()) if scheme == "https" else None
+        self._opening += 1
+        try:
+            _, conn = await loop.create_connection(lambda: _Conn(self, key), host, port, ssl=tls,
+                                                   server_hostname=host if tls else None)
+        finally:
+            self._opening -= 1
+            self._wake()
+        if self.closed:
+            conn.close()
+            raise ConnectionError("the notary connection pool is closed")
+        self._all.add(conn)
+        return conn
+
+    def _idle_add(self, conn: _Conn) -> None:
+        if self.closed:
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        conn.idle_since = loop.time()
+        self._idle.setdefault(conn.key, []).append(conn)
+        if self._sweeper is None:  # one timer per pool, not one per request
+            self._sweeper = loop.call_later(self.keepalive / 2, self._sweep)
+        self._wake()
+
+    def _sweep(self) -> None:
+        """Close connections idle for ``keepalive`` seconds; run again while any stay idle."""
+        self._sweeper = None
+        expired = asyncio.get_running_loop().time() - self.keepalive
+        for idle in list(self._idle.values()):
+            for conn in [c for c in idle if c.idle_since <= expired]:
+                conn.close()
+        if any(self._idle.values()) and not self.closed:
+            self._sweeper = asyncio.get_running_loop().call_later(self.keepalive / 2, self._sweep)
+
+    def _gone(self, conn: _Conn) -> None:
+        self._all.discard(conn)
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+        self._wake()
+
+    def _evict_idle(self) -> bool:
+        """Close the longest-idle connection of any origin; False if none is idle."""
+        oldest = min((c for idle in self._idle.values() for c in idle), key=lambda c: c.idle_since, default=None)
+        if oldest is None:
+            return False
+        oldest.close()
+        return True
+
+    def _wake(self) -> None:
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                return
+
+
+_pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[NotaryPool, AsyncGenerator[None, None]]]" = (
     weakref.WeakKeyDictionary()
 )
 
 
-async def _closer(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+async def _closer(pool: NotaryPool) -> AsyncGenerator[None, None]:
     """Parked async generator: its ``finally`` runs at ``loop.shutdown_asyncgens()``."""
     try:
         yield
     finally:
         with contextlib.suppress(Exception):
-            await session.close()
+            await pool.close()
 
 
-def shared_session() -> aiohttp.ClientSession:
-    """The running loop's notary session (created on first use; a closed one is replaced)."""
+def shared_pool() -> NotaryPool:
+    """The running loop's notary connection pool (created on first use; a closed one is replaced)."""
     loop = asyncio.get_running_loop()
-    got = _sessions.get(loop)
+    got = _pools.get(loop)
     if got is not None and not got[0].closed:
         return got[0]
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=LIMIT, keepalive_timeout=KEEPALIVE, enable_cleanup_closed=False),
-    )
-    gen = _closer(session)
+    pool = NotaryPool()
+    gen = _closer(pool)
     # Start the generator so the loop tracks it (asyncgen hooks) and closes it at shutdown.
     step = gen.asend(None)
     try:
         step.send(None)
     except StopIteration:
         pass
-    _sessions[loop] = (session, gen)
-    return session
+    _pools[loop] = (pool, gen)
+    return pool
 
 
-async def close_shared_session() -> None:
-    """Close the running loop's shared session, if any (idempotent)."""
-    got = _sessions.pop(asyncio.get_running_loop(), None)
+async def close_shared_pool() -> None:
+    """Close the running loop's shared pool, if any (idempotent)."""
+    got = _pools.pop(asyncio.get_running_loop(), None)
     if got is not None:
         await got[0].close()
         with contextlib.suppress(Exception):

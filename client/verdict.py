@@ -51,6 +51,7 @@ a notary quorum for another key), a declared interceptor (``mitm_suspected``
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
@@ -72,6 +73,7 @@ __all__ = [
     "outcome_class",
     "judge_all",
     "conclude",
+    "notary_status",
 ]
 
 STATUSES = ("consistent", "consistent_with_outliers", "mitm_suspected", "split_view", "insufficient", "unreachable",
@@ -79,6 +81,8 @@ STATUSES = ("consistent", "consistent_with_outliers", "mitm_suspected", "split_v
 RESULTS = ("agrees", "disagrees", "unreachable", "bad_signature", "invalid", "stale", "excluded", "not_waited")
 ACCEPTING = frozenset({"consistent", "consistent_with_outliers"})
 _UNKNOWN_REGIONS = {"", "unknown", None}
+#: ``sha256/`` pins of SPKI hashes (hex), memoised: each check shows the same few keys many times.
+_pin = functools.lru_cache(maxsize=1024)(pin_from_spki_hex)
 
 
 def outcome_class(status: str) -> str:
@@ -104,9 +108,9 @@ class ClientView:
     def to_json(self) -> dict[str, Any]:
         return {
             "status": self.status, "spki_sha256": self.spki_sha256,
-            "pin": pin_from_spki_hex(self.spki_sha256) if self.spki_sha256 else None,
+            "pin": _pin(self.spki_sha256) if self.spki_sha256 else None,
             "ip": self.ip, "detail": self.detail, "source": self.source,
-            "proven_pins": [pin_from_spki_hex(k) for k in self.proven_keys],
+            "proven_pins": [_pin(k) for k in self.proven_keys],
         }
 
 
@@ -219,7 +223,7 @@ def _judge(ev: Evidence, client: ClientView, policy: Policy, now: int) -> Notary
         why = "; ".join(sorted({f"{o.status}: {o.detail or ''}".rstrip(": ") for o in ev.observations})) or "no observation"
         return NotaryResult(**base, result="unreachable", reason=f"notary could not observe the target ({why})", **extra)
     keys = sorted({o.spki_sha256 for o in ok if o.spki_sha256})
-    pins = tuple(pin_from_spki_hex(k) for k in keys)
+    pins = tuple(_pin(k) for k in keys)
     sightings = [s for o in ev.observations for s in o.key_history if s.spki_sha256 == client.spki_sha256]
     agrees, reason = False, ""
     if client.spki_sha256 in keys:
@@ -351,6 +355,60 @@ def _weigh_context(v: Verdict, client: ClientView, results: Sequence[NotaryResul
     return v
 
 
+@dataclass(frozen=True, slots=True)
+class _Tally:
+    """Which rule of the module docstring decides, with the counts it was decided on."""
+
+    rule: str  # unreachable | too_few | accept | mitm | regions | few_answers | split
+    need: int
+    agree: list[NotaryResult]
+    disagree: list[NotaryResult]
+    agree_regions: tuple[str, ...]
+    dis_regions: tuple[str, ...]
+
+    @property
+    def status(self) -> str:
+        if self.rule == "accept":
+            return "consistent_with_outliers" if self.disagree else "consistent"
+        return _RULE_STATUS[self.rule]
+
+
+_RULE_STATUS = {"unreachable": "unreachable", "too_few": "insufficient", "mitm": "mitm_suspected",
+                "regions": "insufficient", "few_answers": "insufficient", "split": "split_view"}
+
+
+def _tally(client: ClientView, results: Sequence[NotaryResult], policy: Policy) -> _Tally:
+    """Rules 1-6 of the module docstring over per-notary results: the one place they are applied."""
+    n = len(results)
+    need = policy.required(n)
+    agree = [r for r in results if r.result == "agrees" and r.counted]
+    disagree = [r for r in results if r.result == "disagrees"]
+    a, d = len(agree), len(disagree)
+    agree_regions = _regions(agree)
+    dis_regions = _regions(disagree)
+    if client.status != "ok" or not client.spki_sha256:
+        rule = "unreachable"
+    elif n < policy.min_notaries:
+        rule = "too_few"
+        need = policy.min_notaries  # so "N needed" and "needs at least N" say the same
+    elif a >= need and _spans(agree_regions, policy.min_regions):
+        rule = "accept"
+    elif d >= need and _spans(dis_regions, policy.min_regions):
+        rule = "mitm"
+    elif a >= need or d >= need:
+        rule = "regions"  # a quorum by count that fails the region-span rule: never accepted, never mitm
+    elif a + d < need:
+        rule = "few_answers"
+    else:
+        rule = "split"
+    return _Tally(rule, need, agree, disagree, agree_regions, dis_regions)
+
+
+def notary_status(client: ClientView, results: Sequence[NotaryResult], policy: Policy) -> str:
+    """The status :func:`conclude` gives ``results`` without a context (no summary built): for early decisions."""
+    return _tally(client, results, policy).status
+
+
 def _conclude_notaries(
     client: ClientView,
     results: Sequence[NotaryResult],
@@ -363,53 +421,40 @@ def _conclude_notaries(
 ) -> Verdict:
     """The verdict from per-notary results (one per notary asked)."""
     n = len(results)
-    need = policy.required(n)
-    min_regions = policy.min_regions
-    agree = [r for r in results if r.result == "agrees" and r.counted]
-    disagree = [r for r in results if r.result == "disagrees"]
+    t = _tally(client, results, policy)
+    need, min_regions, status = t.need, policy.min_regions, t.status
+    agree, disagree, agree_regions, dis_regions = t.agree, t.disagree, t.agree_regions, t.dis_regions
     a, d = len(agree), len(disagree)
-    agree_regions = _regions(agree)
-    dis_regions = _regions(disagree)
     quorum_pins = tuple(sorted({p for r in disagree for p in r.pins}))
     outliers = tuple(r.name for r in disagree)
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    mine = client.to_json()["pin"]
+    mine = _pin(client.spki_sha256) if client.spki_sha256 else None
 
-    if client.status != "ok" or not client.spki_sha256:
-        status = "unreachable"
+    if t.rule == "unreachable":
         why = f"{client.status}: {client.detail}" if client.detail else client.status
         summary = f"unreachable: you could not complete a TLS handshake with {target} ({why})"
-    elif n < policy.min_notaries:
-        status = "insufficient"
+    elif t.rule == "too_few":
         summary = f"insufficient: {n} notaries asked; policy {policy.name} needs at least {policy.min_notaries}"
-        need = policy.min_notaries  # so "N needed" and "needs at least N" say the same
-    elif a >= need and _spans(agree_regions, min_regions):
+    elif t.rule == "accept":
         if d:
-            status = "consistent_with_outliers"
             names = ", ".join(f"{r.name} ({r.region or '?'})" for r in disagree)
             summary = (f"consistent: {a}/{n} notaries saw your key for {target}; outliers {names} saw a "
                        f"different key (their network path may be intercepted)")
         else:
-            status = "consistent"
             summary = f"consistent: {a}/{n} notaries in {len(agree_regions) or 1} region(s) saw the same key as you for {target} ({mine})"
-    elif d >= need and _spans(dis_regions, min_regions):
-        status = "mitm_suspected"
+    elif t.rule == "mitm":
         summary = (f"MITM suspected: {d}/{n} notaries saw a different key for {target} than you did "
                    f"(you: {mine}; they: {', '.join(quorum_pins)}); your connection may be intercepted")
-    elif a >= need or d >= need:
-        # A quorum by count that fails the region-span rule: never accepted, never mitm.
+    elif t.rule == "regions":
         side, regions, k = ("saw your key", agree_regions, a) if a >= need else ("saw a different key", dis_regions, d)
-        status = "insufficient"
         summary = (f"insufficient: {k}/{n} notaries {side} for {target}, but they span {len(regions)} "
                    f"region{'s' if len(regions) != 1 else ''}, policy {policy.name} needs {min_regions} "
                    f"(an unknown or empty region counts as none)")
-    elif a + d < need:
-        status = "insufficient"
+    elif t.rule == "few_answers":
         late = sum(1 for r in results if r.result == "agrees" and not r.counted)
         summary = (f"insufficient: only {a + d}/{n} notaries gave answers that count for {target}; {need} needed"
                    + (f" ({late} saw your key, but not yet for the quorum duration)" if late else ""))
     else:
-        status = "split_view"
         summary = f"split view: for {target}, {a} notaries saw your key and {d} saw others; no quorum of {need}/{n}"
 
     return Verdict(

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from dataclasses import replace
 from collections.abc import Mapping
 from typing import Any, Sequence
 
@@ -67,6 +68,10 @@ PARSED_CACHE = 1024
 # Digests of (key, payload type, payload text, signature entries) that verified: 32 bytes each,
 # so remembering many costs little memory (tens of thousands of observations ~ a few MB).
 _verified: "OrderedDict[bytes, None]" = OrderedDict()
+# The most recent PARSED_CACHE of them, keyed by the exact strings themselves (key, payload text,
+# signature entries: a hit compares every character), each with its verified payload bytes, so a
+# warm check neither hashes nor decodes an observation it verified before (~3 KB each: a few MB).
+_recent: "OrderedDict[tuple[bytes, str, tuple[tuple[str, str], ...]], Verified]" = OrderedDict()
 _parsed: "OrderedDict[bytes, Observation]" = OrderedDict()
 
 
@@ -102,10 +107,12 @@ def verify_cached(envelope: Any, key: VerifyKey, payload_type: str) -> Verified:
     """:func:`~notary.core.verify_envelope`, remembering successes for observation envelopes.
 
     A hit needs the same key, payload type, payload text and signature entries
-    (compared by a SHA-256 over all of them, length-prefixed), so the signature
-    it skips is one that verified before over the same bytes; the payload is
-    still decoded strictly.  On a hit the returned ``payload`` is ``None`` (it
-    is parsed, if needed, by the observation parser).  Failures are never cached.
+    (the most recent :data:`PARSED_CACHE` compared in full, character by
+    character, with their decoded payload bytes kept; older ones by a SHA-256
+    over all of them, length-prefixed, then the payload decoded strictly
+    again), so the signature it skips is one that verified before over the
+    same bytes.  On a hit the returned ``payload`` is ``None`` (it is parsed,
+    if needed, by the observation parser).  Failures are never cached.
     """
     if payload_type != OBSERVATION_TYPE or not isinstance(envelope, Mapping):
         return verify_envelope(envelope, key, payload_type)
@@ -114,6 +121,11 @@ def verify_cached(envelope: Any, key: VerifyKey, payload_type: str) -> Verified:
         isinstance(x, Mapping) and isinstance(x.get("keyid"), str) and isinstance(x.get("sig"), str) for x in sigs
     ):
         return verify_envelope(envelope, key, payload_type)
+    exact = (key.raw, payload, tuple((x["keyid"], x["sig"]) for x in sigs))
+    hit = _recent.get(exact)  # dict lookup: equal hash, then the strings compared in full
+    if hit is not None:
+        _recent.move_to_end(exact)
+        return hit
     h = hashlib.sha256(key.raw)
     for text in (payload_type, payload, *(t for x in sigs for t in (x["keyid"], x["sig"]))):
         _field(h, text)
@@ -124,12 +136,16 @@ def verify_cached(envelope: Any, key: VerifyKey, payload_type: str) -> Verified:
             payload_bytes = b64decode_strict(payload)
         except EncodingError:  # cannot happen: it decoded when it verified
             return verify_envelope(envelope, key, payload_type)
-        return Verified(key_id=key.key_id, payload_type=payload_type, payload_bytes=payload_bytes, payload=None)
-    got = verify_envelope(envelope, key, payload_type)
-    _verified[ck] = None
-    if len(_verified) > VERIFIED_CACHE:
-        _verified.popitem(last=False)
-    return got
+        out = Verified(key_id=key.key_id, payload_type=payload_type, payload_bytes=payload_bytes, payload=None)
+    else:
+        out = verify_envelope(envelope, key, payload_type)
+        _verified[ck] = None
+        if len(_verified) > VERIFIED_CACHE:
+            _verified.popitem(last=False)
+    _recent[exact] = replace(out, payload=None) if out.payload is not None else out
+    if len(_recent) > PARSED_CACHE:
+        _recent.popitem(last=False)
+    return out
 
 
 def _fail(entry: BundleEntry, kind: str, reason: str) -> Evidence:

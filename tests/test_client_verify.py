@@ -730,3 +730,25 @@ def test_verified_envelope_memory_never_accepts_a_changed_envelope(keys, leaf_de
     # And a whole answer checked twice (the second from memory) gives the same observations.
     e = entry_for(keys[0], 0)
     assert check(e, [env]).observations == check(e, [copy.deepcopy(env)]).observations
+
+
+def test_verified_memory_beyond_the_recent_entries_still_checks_exact_bytes(keys, leaf_der, monkeypatch) -> None:
+    """Once out of the recent (compared in full) entries, a hit is by digest: changed envelopes still fail."""
+    import client.verify as cv
+    from notary.errors import VerificationError as VE
+
+    monkeypatch.setattr(cv, "PARSED_CACHE", 1)
+    monkeypatch.setattr(cv, "_recent", type(cv._recent)())
+    a = signed(keys[0], leaf_der, observed_at=NOW - 11)
+    b = signed(keys[0], leaf_der, observed_at=NOW - 12)
+    first = cv.verify_cached(a, keys[0].verify_key, OBSERVATION_TYPE)
+    cv.verify_cached(b, keys[0].verify_key, OBSERVATION_TYPE)  # pushes a out of the recent entries
+    assert tuple(cv._recent)[-1][1] == b["payload"] and len(cv._recent) == 1
+    again = cv.verify_cached(copy.deepcopy(a), keys[0].verify_key, OBSERVATION_TYPE)
+    assert again.payload_bytes == first.payload_bytes and again.payload is None
+    bad = copy.deepcopy(a)
+    bad["payload"] = flip_b64(bad["payload"], 30)
+    with pytest.raises(VE):
+        cv.verify_cached(bad, keys[0].verify_key, OBSERVATION_TYPE)
+    with pytest.raises(VE):
+        cv.verify_cached(copy.deepcopy(b), keys[1].verify_key, OBSERVATION_TYPE)

@@ -599,3 +599,21 @@ def test_fault_tolerance_per_n_is_what_mpic_promises(n: int) -> None:
         assert v.status == "split_view"
         v = run(build(n, n - tol - 1, 0))
         assert v.status == "insufficient"
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_notary_status_is_the_status_conclude_gives(preset: str) -> None:
+    """The early-decision shortcut (no summary built) agrees with conclude on every combination."""
+    import itertools
+
+    from client.verdict import NotaryResult, notary_status
+
+    kinds = [("agrees", True), ("agrees", False), ("disagrees", True), ("unreachable", False)]
+    pol = PRESETS[preset]
+    for cview in (ClientView("ok", "aa" * 32), ClientView("refused", None)):
+        for n in range(1, 6):
+            for combo in itertools.product(range(len(kinds)), repeat=n):
+                results = [NotaryResult(f"n{i}", ["r1", "r2", "unknown"][i % 3], f"k{i}", kinds[c][0], "x",
+                                        counted=kinds[c][1], pins=(("sha256/x",) if kinds[c][0] == "disagrees" else ()))
+                           for i, c in enumerate(combo)]
+                assert notary_status(cview, results, pol) == conclude(cview, results, pol, NOW, host="h", port=1).status

@@ -288,15 +288,15 @@ class _Progress:
 
 async def _check_many(args: argparse.Namespace, targets: list[tuple[str, int]], bundle: Bundle, policy: Policy) -> int:
     """Check every target, at most ``--concurrency`` at a time; print in input order as results arrive."""
-    import aiohttp
-
     from client.api import verify_with_notaries
+    from client.pool import NotaryPool
 
     gate = asyncio.Semaphore(args.concurrency)
     progress = _Progress(len(targets), sys.stderr)
     kwargs = _common_kwargs(args)
 
-    async with aiohttp.ClientSession() as session:
+    session = NotaryPool()  # kept-alive connections to the notaries, shared by every check
+    try:
         async def one(host: str, port: int) -> Verdict:
             async with gate:
                 v = await verify_with_notaries(host, port, bundle=bundle, policy=policy, session=session, **kwargs)
@@ -317,6 +317,8 @@ async def _check_many(args: argparse.Namespace, targets: list[tuple[str, int]], 
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await session.close()
     progress.clear()
     if not args.json:
         print(render_summary(verdicts))

@@ -62,6 +62,7 @@ from notary.errors import InputError, ParallaxError, VerificationError
 from client.bundle import Bundle, find_bundle_path, load_bundle
 from client.ohttp import relay_capable
 from client.policy import Policy, get_policy
+from client.pool import NotaryPool
 
 __all__ = ["HelperConfig", "HelperService", "CheckRequest", "parse_check", "error", "helper_config_path", "VERSION"]
 
@@ -255,7 +256,7 @@ class HelperService:
         self._sem = asyncio.Semaphore(self.config.max_inflight)
         self._cache: OrderedDict[tuple[Any, ...], tuple[float, dict[str, Any]]] = OrderedDict()
         self._inflight: dict[tuple[Any, ...], asyncio.Task[dict[str, Any]]] = {}
-        self._session: Any = None
+        self._pool: "NotaryPool | None" = None
         self.verifications = 0  # how many verifications actually ran (tests, metrics)
 
     # -- configuration ----------------------------------------------------------
@@ -367,17 +368,15 @@ class HelperService:
                 return v if isinstance(v, dict) else v.to_json()
             from client.api import verify_with_notaries
 
-            if self._session is None or self._session.closed:
-                import aiohttp
-
-                self._session = aiohttp.ClientSession()
+            if self._pool is None or self._pool.closed:
+                self._pool = NotaryPool()  # kept-alive connections to the notaries, closed in close()
             connect_to = (req.ip, req.target.port) if req.ip and req.observed is None else None
             relay: str | None = self.config.relay
             if relay == "auto" and not relay_capable(bundle):
                 relay = None  # the bundle allows no relay: ask directly
             verdict = await verify_with_notaries(
                 req.target.host, req.target.port, bundle=bundle, policy=self.policy, observed=req.observed,
-                timeout=self.config.timeout, connect_to=connect_to, session=self._session, relay=relay,
+                timeout=self.config.timeout, connect_to=connect_to, session=self._pool, relay=relay,
                 via=self.config.via, isolate=self.config.isolate, expect_interceptor=self._expect,
             )
             log.debug("check %s -> %s", req.target, verdict.status)
@@ -391,6 +390,6 @@ class HelperService:
             t.cancel()
         if self._inflight:
             await asyncio.gather(*self._inflight.values(), return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
