@@ -14,7 +14,8 @@ Theory of operation
   :func:`ssl.create_default_context`: certificate and host name verified).
 * At most ``limit`` connections in all (open, opening or finishing an
   abandoned answer); at the limit an idle connection to another origin is
-  closed, or the request waits for one to be freed.
+  closed, else one finishing an abandoned answer, or the request waits for
+  one to be freed.
 * A connection idle for ``keepalive`` seconds is never reused and is closed
   (a sweep every ``keepalive / 2`` seconds); one the server closes is dropped
   at once (its EOF arrives while idle).
@@ -151,6 +152,7 @@ class _Conn(asyncio.Protocol):
     def _finish(self, exc: Exception | None) -> None:
         parser, waiter = self.parser, self.waiter
         self.parser = self.waiter = None
+        self.pool._draining.discard(self)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -177,6 +179,7 @@ class _Conn(asyncio.Protocol):
         except asyncio.CancelledError:
             if self.parser is not None and not self.closed:  # abandoned: let it finish, bounded
                 self.timer = loop.call_later(DRAIN_SECONDS, self.close)
+                self.pool._draining.add(self)
             raise
 
 
@@ -193,6 +196,7 @@ class NotaryPool:
         self._ssl = ssl_context
         self.limit, self.keepalive, self.max_body = limit, keepalive, max_body
         self._all: set[_Conn] = set()
+        self._draining: set[_Conn] = set()  # finishing the answer to an abandoned request
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self._opening = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -300,16 +304,21 @@ class NotaryPool:
 
     def _gone(self, conn: _Conn) -> None:
         self._all.discard(conn)
+        self._draining.discard(conn)
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
         self._wake()
 
     def _evict_idle(self) -> bool:
-        """Close the longest-idle connection of any origin; False if none is idle."""
+        """Make room at the limit: close the longest-idle connection of any origin, else one
+        still finishing an abandoned answer (a request waiting now matters more than a
+        connection saved for later); False if every connection is in use."""
         oldest = min((c for idle in self._idle.values() for c in idle), key=lambda c: c.idle_since, default=None)
         if oldest is None:
-            return False
+            if not self._draining:
+                return False
+            oldest = next(iter(self._draining))
         oldest.close()
         return True
 

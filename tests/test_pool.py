@@ -259,6 +259,38 @@ async def test_connections_are_bounded() -> None:
     assert s.max_open <= 2 and s.requests == 6
 
 
+async def test_at_the_limit_a_new_request_displaces_an_abandoned_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An abandoned request's connection may wait out its answer (DRAIN_SECONDS), but not while
+    a new request is waiting for room at the limit: the draining connection is closed for it
+    (found by bench/client_throughput: early decisions left the pool at its limit)."""
+    monkeypatch.setattr(pool_mod, "DRAIN_SECONDS", 5.0)
+    release = asyncio.Event()
+
+    async def stall_first(s: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await s.read_request(reader):
+            if s.requests == 1:
+                await release.wait()  # the abandoned request's answer is late
+            writer.write(ok())
+            await writer.drain()
+
+    p = NotaryPool(limit=1)
+    try:
+        async with server(stall_first) as s:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await p.request("GET", s.url + "/v1/notary")
+            assert p.connections == 1  # draining
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            got = await asyncio.wait_for(p.request("GET", s.url + "/v1/notary"), 3)
+            assert got.status == 200
+            assert loop.time() - start < 2.0  # not held until the drain deadline (5 s)
+            assert s.connections == 2 and p.connections == 1
+            release.set()
+    finally:
+        await p.close()
+
+
 async def test_unsolicited_bytes_on_an_idle_connection_drop_it(pool: NotaryPool) -> None:
     async def chatty(s: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if await s.read_request(reader):
