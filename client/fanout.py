@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -60,6 +60,19 @@ async def _get_json(transport: Transport, method: str, url: str, body: Any = Non
     return canonical_decode(resp.body, max_bytes=MAX_RESPONSE_BYTES)
 
 
+async def _both(first: Awaitable[Any], second: Awaitable[Any]) -> tuple[Any, Any]:
+    """Both results, run concurrently; when either fails (or this is cancelled) the other is
+    cancelled too, never left running unbounded after its caller has given up."""
+    tasks = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
+    try:
+        a, b = await asyncio.gather(*tasks)
+        return a, b
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+
+
 def observe_body(target: Target, nonce: str, *, max_age: int | None, all_addresses: bool) -> dict[str, Any]:
     """The ``POST /v1/observe`` body for one target (direct, or encrypted for a relay)."""
     body: dict[str, Any] = {"targets": [target.to_json()], "nonce": nonce, "all_addresses": all_addresses}
@@ -88,8 +101,8 @@ async def ask_notary(
     try:
         async with asyncio.timeout(timeout):
             if fetch_identity:
-                doc, identity = await asyncio.gather(_get_json(tr, "POST", entry.url + "/v1/observe", body),
-                                                     _get_json(tr, "GET", entry.url + "/v1/notary"))
+                doc, identity = await _both(_get_json(tr, "POST", entry.url + "/v1/observe", body),
+                                            _get_json(tr, "GET", entry.url + "/v1/notary"))
             else:
                 doc, identity = await _get_json(tr, "POST", entry.url + "/v1/observe", body), None
     except TimeoutError:

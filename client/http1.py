@@ -16,10 +16,13 @@ counts as unreachable, never half-read):
 * a status line ``HTTP/1.1 NNN reason`` or ``HTTP/1.0 NNN reason``; interim
   ``1xx`` responses other than 101 are skipped (RFC 9110 section 15.2);
 * a head (status line and fields) of at most ``max_head`` bytes (16 KiB) and
-  :data:`MAX_FIELDS` fields, lines ending in CRLF, no obsolete line folding;
+  :data:`MAX_FIELDS` fields, lines ending in CRLF, no obsolete line folding, no
+  bare CR or LF and no NUL anywhere in it; at most :data:`MAX_INTERIM` interim
+  responses before the final one;
 * a body framed by ``Content-Length`` (one value; repeated identical values are
   one), by ``Transfer-Encoding: chunked`` (and nothing else; both together is
-  refused, RFC 9112 section 6.3), or, with neither, by the connection closing
+  refused, RFC 9112 section 6.3; at most :data:`MAX_CHUNKS` chunks and a trailer
+  section of at most ``max_head`` bytes), or, with neither, by the connection closing
   (then the connection is not reused); ``204``/``304`` have no body;
 * no ``Content-Encoding`` other than ``identity`` (the client never asks for one);
 * a body of at most ``max_body`` bytes, refused as soon as a declared length or
@@ -27,6 +30,10 @@ counts as unreachable, never half-read):
 
 ``keep_alive`` is true only for an HTTP/1.1 response without ``Connection:
 close`` whose body had explicit framing and that was followed by no stray bytes.
+
+Cost: linear in the bytes fed, however they are cut (the buffer is a
+``bytearray`` consumed from the front, and a head or line is searched for
+from where the last search stopped).
 """
 
 from __future__ import annotations
@@ -35,12 +42,17 @@ from dataclasses import dataclass
 
 from notary.errors import RemoteError
 
-__all__ = ["HttpResponse", "HttpProtocolError", "ResponseParser", "encode_request", "MAX_HEAD", "MAX_FIELDS"]
+__all__ = ["HttpResponse", "HttpProtocolError", "ResponseParser", "encode_request", "MAX_HEAD", "MAX_FIELDS",
+           "MAX_CHUNKS", "MAX_INTERIM"]
 
 #: Bytes a response head (status line and header fields) may take.
 MAX_HEAD = 16 * 1024
 #: Header fields a response may carry.
 MAX_FIELDS = 100
+#: Chunks a chunked body may be cut into (tiny chunks cost the parser far more than their bytes).
+MAX_CHUNKS = 4096
+#: Interim (1xx) responses skipped before the final one.
+MAX_INTERIM = 8
 _MAX_CHUNK_LINE = 1024
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"content-type", b"content-encoding"})
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -79,13 +91,17 @@ def encode_request(method: str, authority: str, target: str, body: bytes | None 
 class ResponseParser:
     """Parses one HTTP/1.x response from the bytes fed to it (see the module docstring)."""
 
-    __slots__ = ("max_body", "max_head", "_buf", "_state", "_status", "_ctype", "_length", "_body",
-                 "_size", "keep_alive", "received", "response")
+    __slots__ = ("max_body", "max_head", "_buf", "_scan", "_state", "_status", "_ctype", "_length", "_body",
+                 "_size", "_chunks", "_interim", "_trailer", "keep_alive", "received", "response")
 
     def __init__(self, *, max_body: int, max_head: int = MAX_HEAD) -> None:
         self.max_body = max_body
         self.max_head = max_head
-        self._buf = b""
+        self._buf = bytearray()
+        self._scan = 0  # where the next search for a line or head end starts
+        self._chunks = 0
+        self._interim = 0
+        self._trailer = 0
         self._state = "head"  # head | length | chunk_size | chunk_data | chunk_crlf | trailer | close | done
         self._status = 0
         self._ctype = ""
@@ -111,7 +127,7 @@ class ResponseParser:
         if self._state == "done":
             self.keep_alive = False  # stray bytes after the response: the framing cannot be trusted
             return
-        self._buf = self._buf + data if self._buf else data
+        self._buf += data
         self._run()
 
     def feed_eof(self) -> None:
@@ -120,8 +136,8 @@ class ResponseParser:
         if self._state == "close":
             self._finish(keep_alive=False)
         elif self._state != "done":
-            got = "nothing" if not self.received else "an incomplete response"
-            raise HttpProtocolError(f"connection closed after {got}")
+            raise HttpProtocolError("connection closed after an incomplete answer" if self.received
+                                    else "connection closed before any answer (nothing arrived)")
         else:
             self.keep_alive = False
 
@@ -135,21 +151,18 @@ class ResponseParser:
                     return
             elif state == "length":
                 need = self._length - self._size
-                take, self._buf = self._buf[:need], self._buf[need:]
-                self._add(take)
+                self._add(self._take(need))
                 if self._size < self._length:
                     return
                 self._finish(keep_alive=self.keep_alive)
             elif state == "close":
-                self._add(self._buf)
-                self._buf = b""
+                self._add(self._take(len(self._buf)))
                 return
             elif state == "chunk_size":
                 if not self._chunk_size():
                     return
             elif state == "chunk_data":
-                need = self._length
-                take, self._buf = self._buf[:need], self._buf[need:]
+                take = self._take(self._length)
                 self._add(take)
                 self._length -= len(take)
                 if self._length:
@@ -160,15 +173,15 @@ class ResponseParser:
                     return
                 if self._buf[:2] != b"\r\n":
                     raise HttpProtocolError("chunk not followed by CRLF")
-                self._buf = self._buf[2:]
+                del self._buf[:2]
                 self._state = "chunk_size"
             elif state == "trailer":
-                end = self._buf.find(b"\r\n")
-                if end < 0:
-                    if len(self._buf) > self.max_head:
-                        raise HttpProtocolError("trailer section too large")
+                line = self._line(self.max_head - self._trailer, "trailer section too large")
+                if line is None:
                     return
-                line, self._buf = self._buf[:end], self._buf[end + 2:]
+                self._trailer += len(line) + 2
+                if self._trailer > self.max_head:
+                    raise HttpProtocolError("trailer section too large")
                 if not line:
                     self._finish(keep_alive=self.keep_alive)
             else:  # done
@@ -177,6 +190,27 @@ class ResponseParser:
                 if self._buf:
                     self.keep_alive = False
                 return
+
+    def _take(self, n: int) -> bytes:
+        """Up to ``n`` bytes from the front of the buffer (amortised O(n): bytearray front deletes)."""
+        take = bytes(self._buf[:n])
+        del self._buf[:n]
+        self._scan = 0
+        return take
+
+    def _line(self, limit: int, too_long: str) -> bytes | None:
+        """The next CRLF-terminated line (without it), or None until it is complete; a line
+        still unfinished after ``limit`` bytes is an error (``too_long``)."""
+        end = self._buf.find(b"\r\n", self._scan)
+        if end < 0:
+            if len(self._buf) > limit:
+                raise HttpProtocolError(too_long)
+            self._scan = max(0, len(self._buf) - 1)
+            return None
+        line = bytes(self._buf[:end])
+        del self._buf[:end + 2]
+        self._scan = 0
+        return line
 
     def _add(self, data: bytes) -> None:
         if data:
@@ -193,14 +227,20 @@ class ResponseParser:
 
     def _head(self) -> bool:
         buf = self._buf
-        end = buf.find(b"\r\n\r\n")
+        end = buf.find(b"\r\n\r\n", self._scan)
         if end < 0:
             if len(buf) > self.max_head:
                 raise HttpProtocolError(f"response head larger than {self.max_head} bytes")
+            self._scan = max(0, len(buf) - 3)
             return False
         if end + 4 > self.max_head:
             raise HttpProtocolError(f"response head larger than {self.max_head} bytes")
-        head, self._buf = buf[:end], buf[end + 4:]
+        head = bytes(buf[:end])
+        del buf[:end + 4]
+        self._scan = 0
+        crlf = head.count(b"\r\n")
+        if head.count(b"\n") != crlf or head.count(b"\r") != crlf or b"\0" in head:
+            raise HttpProtocolError("bare CR, LF or NUL in the response head")
         lines = head.split(b"\r\n")
         status, version = _status_line(lines[0])
         if len(lines) - 1 > MAX_FIELDS:
@@ -232,6 +272,9 @@ class ResponseParser:
         if 100 <= status < 200:
             if status == 101:
                 raise HttpProtocolError("unexpected protocol switch (101)")
+            self._interim += 1
+            if self._interim > MAX_INTERIM:
+                raise HttpProtocolError(f"more than {MAX_INTERIM} interim responses")
             return True  # interim response: the final one follows (state stays "head")
         self._status, self._ctype = status, ctype
         self.keep_alive = version == b"HTTP/1.1" and not close
@@ -261,12 +304,9 @@ class ResponseParser:
         return True
 
     def _chunk_size(self) -> bool:
-        end = self._buf.find(b"\r\n")
-        if end < 0:
-            if len(self._buf) > _MAX_CHUNK_LINE:
-                raise HttpProtocolError("chunk size line too long")
+        line = self._line(_MAX_CHUNK_LINE, "chunk size line too long")
+        if line is None:
             return False
-        line, self._buf = self._buf[:end], self._buf[end + 2:]
         raw = line.split(b";", 1)[0].strip(b" \t")
         if not raw or len(raw) > 15 or not all(c in b"0123456789abcdefABCDEF" for c in raw):
             raise HttpProtocolError("malformed chunk size")
@@ -274,6 +314,9 @@ class ResponseParser:
         if size == 0:
             self._state = "trailer"
         else:
+            self._chunks += 1
+            if self._chunks > MAX_CHUNKS:
+                raise HttpProtocolError(f"body cut into more than {MAX_CHUNKS} chunks")
             if self._size + size > self.max_body:
                 raise HttpProtocolError(f"response body larger than {self.max_body} bytes")
             self._length = size

@@ -21,13 +21,14 @@ Theory of operation
   at once (its EOF arrives while idle).
 * Stale connection race: a server may close an idle connection just as a
   request is written to it.  When a *reused* connection closes before a single
-  byte of the answer arrived, the request is sent once more on a new
-  connection, never more often.  Every request the client makes is safe to
+  byte of the answer arrived, the request is sent once more on a newly opened
+  connection (never another idle one), never more often.  Every request the client makes is safe to
   resend: ``GET /v1/notary``, ``POST /v1/observe`` (read-only for the notary;
   the answer is bound to the request's own nonce, so a second answer to the
   same request is just as good) and the relay's encrypted ``POST`` (HPKE: the
   gateway decrypts and answers it again, with the same key material).
-* Timeouts are the caller's (``asyncio.timeout`` around :meth:`request`).  A
+* Timeouts are the caller's (``asyncio.timeout`` around :meth:`request`), with
+  a backstop of ``deadline`` seconds (:data:`REQUEST_DEADLINE`) per request.  A
   request cancelled after it was written (a timeout, or an early decision
   that no longer needs that notary) leaves its connection to finish reading
   the answer for at most :data:`DRAIN_SECONDS`; a complete answer returns the
@@ -50,12 +51,14 @@ import ssl
 import weakref
 from collections import deque
 from typing import AsyncGenerator
-from urllib.parse import urlsplit
+
+from yarl import URL
 
 from client.http1 import HttpProtocolError, HttpResponse, ResponseParser, encode_request
 from client.transport import MAX_RESPONSE_BYTES
 
-__all__ = ["NotaryPool", "shared_pool", "close_shared_pool", "KEEPALIVE", "LIMIT", "DRAIN_SECONDS"]
+__all__ = ["NotaryPool", "ConnectionClosed", "shared_pool", "close_shared_pool", "KEEPALIVE", "LIMIT", "DRAIN_SECONDS",
+           "REQUEST_DEADLINE"]
 
 #: Seconds an idle connection is kept open: below a notary's own idle limit (30 s,
 #: docs/protocol.md section 10.3), so the client usually closes first.
@@ -64,10 +67,12 @@ KEEPALIVE = 20.0
 LIMIT = 100
 #: Seconds a connection whose request was abandoned may take to finish the answer.
 DRAIN_SECONDS = 2.0
+#: Seconds any one request may take, whatever its caller does (a backstop; callers time out sooner).
+REQUEST_DEADLINE = 60.0
 
 
-class _Closed(ConnectionError):
-    """The connection closed before the answer was complete."""
+class ConnectionClosed(ConnectionError):
+    """The connection closed before the answer was complete (``empty``: before any byte of it)."""
 
     def __init__(self, message: str, *, empty: bool) -> None:
         super().__init__(message)
@@ -76,14 +81,22 @@ class _Closed(ConnectionError):
 
 @functools.lru_cache(maxsize=512)
 def _origin(url: str) -> tuple[tuple[str, str, int], str, str]:
-    """((scheme, host, port), Host header value, request target) of an http(s) URL."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
+    """((scheme, host, port), Host header value, request target) of an http(s) URL.
+
+    The host is IDNA-encoded and the path and query percent-encoded (``yarl``, as aiohttp
+    does), so a bundle's non-ASCII notary URL is asked as it would be by any HTTP client.
+    """
+    try:
+        u = URL(url)
+        scheme, host, port = u.scheme.lower(), u.raw_host, u.port
+    except (ValueError, UnicodeError):
+        raise ValueError(f"not an http(s) URL: {url!r}") from None
+    if scheme not in ("http", "https") or not host or port is None:
         raise ValueError(f"not an http(s) URL: {url!r}")
-    port = parts.port or (443 if scheme == "https" else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return (scheme, parts.hostname, port), parts.netloc.rpartition("@")[2], target
+    authority = f"[{host}]" if ":" in host else host
+    if not u.is_default_port():
+        authority += f":{port}"
+    return (scheme, host, port), authority, u.raw_path_qs or "/"
 
 
 @functools.lru_cache(maxsize=1)
@@ -126,7 +139,7 @@ class _Conn(asyncio.Protocol):
             try:
                 parser.feed_eof()
             except HttpProtocolError as exc:
-                self._finish(_Closed(str(exc), empty=not parser.received))
+                self._finish(ConnectionClosed(str(exc), empty=not parser.received))
                 return None
             self._finish(None)
         self.close()
@@ -135,7 +148,7 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.parser is not None:
             empty = not self.parser.received
-            self._finish(_Closed(f"connection lost: {exc}" if exc else "connection closed by the server", empty=empty))
+            self._finish(ConnectionClosed(f"connection lost: {exc}" if exc else "connection closed by the server", empty=empty))
         self.closed = True
         self.pool._gone(self)
 
@@ -177,7 +190,10 @@ class _Conn(asyncio.Protocol):
             response: HttpResponse = await waiter
             return response
         except asyncio.CancelledError:
-            if self.parser is not None and not self.closed:  # abandoned: let it finish, bounded
+            # Abandoned: let it finish, bounded.  Only if the connection still carries *this*
+            # request: its answer may have arrived, and another request taken the connection,
+            # just before this task was cancelled.
+            if self.waiter is waiter and self.parser is not None and not self.closed:
                 self.timer = loop.call_later(DRAIN_SECONDS, self.close)
                 self.pool._draining.add(self)
             raise
@@ -192,9 +208,11 @@ class NotaryPool:
     """
 
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None, limit: int = LIMIT,
-                 keepalive: float = KEEPALIVE, max_body: int = MAX_RESPONSE_BYTES) -> None:
+                 keepalive: float = KEEPALIVE, max_body: int = MAX_RESPONSE_BYTES,
+                 deadline: float = REQUEST_DEADLINE) -> None:
         self._ssl = ssl_context
-        self.limit, self.keepalive, self.max_body = limit, keepalive, max_body
+        self.limit, self.keepalive, self.max_body, self.deadline = limit, keepalive, max_body, deadline
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._all: set[_Conn] = set()
         self._draining: set[_Conn] = set()  # finishing the answer to an abandoned request
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
@@ -213,19 +231,42 @@ class NotaryPool:
         """Send one request and return the whole response (a 3xx too: never followed)."""
         key, authority, target = _origin(url)
         data = encode_request(method, authority, target, body, content_type)
-        for attempt in (1, 2):
-            if self.closed:
-                raise ConnectionError("the notary connection pool is closed")
-            conn, reused = await self._acquire(key)
-            try:
-                return await conn.send(data, self.max_body)
-            except _Closed as exc:
-                if not (reused and exc.empty and attempt == 1):
-                    raise
+        self._bind(asyncio.get_running_loop())
+        async with asyncio.timeout(self.deadline):  # a backstop: callers set their own, shorter, timeouts
+            for attempt in (1, 2):
+                if self.closed:
+                    raise ConnectionError("the notary connection pool is closed")
+                conn, reused = await self._acquire(key, fresh=attempt == 2)
+                try:
+                    return await conn.send(data, self.max_body)
+                except ConnectionClosed as exc:
+                    if not (reused and exc.empty and attempt == 1):
+                        raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Connections belong to the loop that opened them: used from another loop (a pool kept
+        across two ``asyncio.run`` calls), the pool forgets them (closing what can still be
+        closed) and starts afresh."""
+        if self._loop is loop:
+            return
+        if self._loop is not None:
+            for conn in list(self._all):
+                conn.closed = True
+                if conn.transport is not None:
+                    with contextlib.suppress(Exception):  # the old loop may be closed
+                        conn.transport.abort()
+            self._all.clear()
+            self._idle.clear()
+            self._draining.clear()
+            self._waiters.clear()
+            self._opening = 0
+            self._sweeper = None
+        self._loop = loop
 
     async def close(self) -> None:
         """Close every connection; later requests fail.  Idempotent."""
+        self._bind(asyncio.get_running_loop())  # connections of an earlier, closed loop are only forgotten
         self.closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -239,15 +280,15 @@ class NotaryPool:
 
     # -- connections ------------------------------------------------------------------------
 
-    async def _acquire(self, key: tuple[str, str, int]) -> tuple[_Conn, bool]:
-        """An idle connection to ``key`` (reused: True) or a new one, within the limit."""
+    async def _acquire(self, key: tuple[str, str, int], *, fresh: bool = False) -> tuple[_Conn, bool]:
+        """An idle connection to ``key`` (reused: True) or a new one (always, if ``fresh``), within the limit."""
         while True:
-            idle = self._idle.get(key)
+            idle = None if fresh else self._idle.get(key)
             if idle:
-                fresh = asyncio.get_running_loop().time() - self.keepalive
+                recent = asyncio.get_running_loop().time() - self.keepalive
                 while idle:
                     conn = idle.pop()
-                    if conn.idle_since > fresh and not conn.closed and conn.transport is not None \
+                    if conn.idle_since > recent and not conn.closed and conn.transport is not None \
                             and not conn.transport.is_closing():
                         return conn, True
                     conn.close()
