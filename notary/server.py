@@ -23,11 +23,12 @@ import json
 import logging
 import math
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 import notary
@@ -84,11 +85,12 @@ def _error(status: int, code: str, reason: str, headers: dict[str, str] | None =
 
 @web.middleware
 async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    metrics = request.app[METRICS]
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    # The only middleware (each one is a coroutine layer on every request): errors as JSON,
+    # the connection guard's busy state, and the request count.
     code = 500
     guard = request.app[GUARD]
-    guard.request_started(request.protocol)
+    protocol = request.protocol
+    guard.request_started(protocol)
     try:
         resp = await handler(request)
         code = resp.status
@@ -127,22 +129,39 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
         log.exception("unexpected error")
         return _error(500, "internal", "internal error")
     finally:
-        guard.request_finished(request.protocol)
-        _request_counter(metrics, route, code).inc()
+        guard.request_finished(protocol)
+        resource = request.match_info.route.resource
+        request.app[REQUESTS].count(resource.canonical if resource is not None else "unmatched", code)
+
+
+class RequestCounts:
+    """``parallax_http_requests_total`` by route and status code.
+
+    Plain integers on the request path (a prometheus ``Counter`` child takes a
+    lock on every increment); exported as a counter family when /metrics is read.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, int], int] = {}
+
+    def count(self, route: str, code: int) -> None:
+        key = (route, code)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("parallax_http_requests", "HTTP requests by route and status code",
+                                     labels=["route", "code"])
+        for (route, code), n in sorted(self.counts.items()):
+            family.add_metric([route, str(code)], n)
+        yield family
+
+
+REQUESTS = web.AppKey("requests", RequestCounts)
 
 
 @functools.lru_cache(maxsize=4096)
 def _target_json(target: Target) -> str:
     return json.dumps(target.to_json(), separators=(",", ":"))
-
-
-def _request_counter(metrics: dict[str, Any], route: str, code: int) -> Any:
-    """The ``parallax_http_requests`` child for (route, code), looked up once (labels() is slow)."""
-    children = metrics.setdefault("_request_children", {})
-    child = children.get((route, code))
-    if child is None:
-        child = children[(route, code)] = metrics["requests"].labels(route=route, code=str(code))
-    return child
 
 
 def _clock(app: web.Application) -> int:
@@ -190,8 +209,11 @@ def _client(request: web.Request) -> str:
                               request.app[CONFIG].trusted_proxies)
 
 
-def _rate_limit(request: web.Request, cost: int, bucket: "web.AppKey[RateLimiter]" = LIMITER) -> None:
-    limiter, client, now = request.app[bucket], _client(request), time.monotonic()
+def _rate_limit(request: web.Request, cost: int, bucket: "web.AppKey[RateLimiter]" = LIMITER,
+                client: str | None = None) -> None:
+    limiter, now = request.app[bucket], time.monotonic()
+    if client is None:
+        client = _client(request)
     wait = limiter.check(client, now, cost)
     if wait > 0:
         # A refused request is charged too (down to -burst): a client that keeps asking while
@@ -254,10 +276,9 @@ def _parse_bool(value: Any, name: str) -> bool:
 
 
 async def _observe_many(request: web.Request, targets: list[Target], nonce: str, max_age: int | None,
-                        all_addresses: bool) -> web.Response:
+                        all_addresses: bool, client: str) -> web.Response:
     service = request.app[SERVICE]
     # One deadline for the whole request: no probe waits for a slot past it (then: ``busy``).
-    client = _client(request)
     deadline = asyncio.get_running_loop().time() + service.limits.queue_timeout
     if len(targets) == 1:  # the common case: no gather, no extra task
         rounds = [await service.round(targets[0], max_age=max_age, all_addresses=all_addresses, client=client,
@@ -276,12 +297,17 @@ async def _observe_many(request: web.Request, targets: list[Target], nonce: str,
         answers = [await service.stamp(rounds[0][0], nonce, rounds[0][1])]
     else:  # stamped in one event-loop turn: one freshness statement for the whole request
         answers = list(await asyncio.gather(*(service.stamp(r, nonce, source) for r, source in rounds)))
-    # Spliced JSON: the cached envelopes' text is reused, not encoded again per request.
+    # Spliced JSON: the cached envelopes' text is reused, not encoded again per request
+    # (all of it ASCII: json.dumps escapes the rest).
     body = '{"results":[' + ",".join(
         '{"target":' + _target_json(t) + "," + a.json_members() + "}"
         for t, a in zip(targets, answers)
     ) + "]}"
-    return web.Response(text=body, content_type="application/json")
+    return web.Response(body=body.encode("ascii"), headers=_JSON_HEADERS)
+
+
+#: Response headers of an observe answer (a shared read-only mapping: aiohttp copies it).
+_JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 
 
 def _capped(service: ObservationService, rounds: list[tuple[SignedRound, str]],
@@ -334,10 +360,11 @@ async def _observe_post(request: web.Request) -> web.Response:
         if not isinstance(item, dict) or set(item) - {"host", "port", "sni"}:
             raise InputError("each target is {host, port, sni?}", "bad_targets")
         targets.append(_target(item.get("host"), item.get("port", 443), item.get("sni")))
-    _rate_limit(request, len(targets))
+    client = _client(request)
+    _rate_limit(request, len(targets), client=client)
     return await _observe_many(
         request, targets, nonce, _parse_max_age(body.get("max_age")),
-        _parse_bool(body.get("all_addresses"), "all_addresses"),
+        _parse_bool(body.get("all_addresses"), "all_addresses"), client,
     )
 
 
@@ -345,10 +372,11 @@ async def _observe_get(request: web.Request) -> web.Response:
     q = request.query
     target = _target(request.match_info["host"], request.match_info["port"], q.get("sni"))
     nonce = validate_nonce(q.get("nonce"))
-    _rate_limit(request, 1)
+    client = _client(request)
+    _rate_limit(request, 1, client=client)
     return await _observe_many(
         request, [target], nonce, _parse_max_age(q.get("max_age")),
-        _parse_bool(q.get("all_addresses"), "all_addresses"),
+        _parse_bool(q.get("all_addresses"), "all_addresses"), client,
     )
 
 
@@ -371,6 +399,8 @@ async def _metrics(request: web.Request) -> web.Response:
     for kind, n in guard.closed.items():
         metrics["conn_events"].labels(event=f"closed_{kind}").set(n)
     metrics["conn_events"].labels(event="evicted").set(guard.evicted)
+    metrics["freshness"].labels(kind="statements").set(service.freshness.statements)
+    metrics["freshness"].labels(kind="leaves").set(service.freshness.leaves)
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -385,13 +415,14 @@ async def _openapi(request: web.Request) -> web.Response:
 
 def _make_metrics(registry: CollectorRegistry) -> dict[str, Any]:
     return {
-        "requests": Counter("parallax_http_requests", "HTTP requests by route and status code", ["route", "code"], registry=registry),
         "probes": Counter("parallax_probes", "Probes by result status", ["status"], registry=registry),
         "inflight": Gauge("parallax_probes_inflight", "Probes in flight", registry=registry),
         "probe_seconds": Histogram("parallax_probe_seconds", "Probe duration", registry=registry),
         "connections": Gauge("parallax_connections_open", "Client connections open now", registry=registry),
         "conn_events": Gauge("parallax_connection_events", "Connections refused (client, global cap) or closed "
                              "(head, idle deadline) since start", ["event"], registry=registry),
+        "freshness": Gauge("parallax_freshness_signed", "Freshness statements signed and leaves (answers) they "
+                           "covered since start: leaves / statements is the mean batch size", ["kind"], registry=registry),
         "queued": Gauge("parallax_probes_queued", "Probes waiting for a slot", registry=registry),
         "ohttp": Counter("parallax_ohttp_decapsulations", "Oblivious HTTP messages the gateway tried to decrypt, "
                          "by result (decapsulated, rejected)", ["result"], registry=registry),
@@ -420,6 +451,8 @@ def create_app(
     app[CLOCK] = clock
     app[REGISTRY] = registry
     app[METRICS] = metrics
+    app[REQUESTS] = RequestCounts()
+    registry.register(app[REQUESTS])
     app[LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
     app[OPS_LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
     app[IDENTITY_CACHE] = []

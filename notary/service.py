@@ -135,7 +135,7 @@ class ObservationService:
 
     async def stamp(self, signed: SignedRound, nonce: str, source: str) -> Answer:
         """``signed`` bound to ``nonce`` by a freshness leaf (batched with this turn's other answers)."""
-        return Answer(signed, *await self.freshness.stamp_with_json(nonce, signed.digests, source))
+        return Answer(signed, None, await self.freshness.stamp_json(nonce, signed.digests, source))
 
     def sign_error(self, target: Target, ip: str | None, status: str, detail: str) -> tuple[dict[str, Any], str]:
         """A signed error observation made now (not a probe: ``answer_too_large`` and the like).
@@ -155,19 +155,29 @@ class ObservationService:
                 if stored and self.clock() - stored[0].observed_at <= ttl:
                     cached = await self._sign(target, stored)
                     _put(self._latest, key, cached)
-            if cached is not None and self.clock() - cached.observed_at <= ttl and self._allowed_now(cached.results):
+            if cached is not None and self.clock() - cached.observed_at <= ttl and self._allowed_now(cached):
                 self.cache_hits += 1
                 return cached, "cached"
         return await self._fresh_round(target, all_addresses), "fresh"
 
-    def _allowed_now(self, results: list[ProbeResult]) -> bool:
-        """Whether the address policy in force still allows this cached round (port and every address)."""
+    def _allowed_now(self, signed: SignedRound) -> bool:
+        """Whether the address policy in force still allows this cached round (port and every address).
+
+        The verdict is remembered with the round for that policy object (policies are
+        frozen): a replaced policy is checked in full on the next answer.
+        """
         policy = self.prober.policy
+        if signed.allowed_under is policy:
+            return True
+        results = signed.results
         if any(r.status in UNSTORED for r in results):
             return False  # a refusal or busy answer from an older store is decided afresh
         if policy.port_reason(results[0].target.port):
             return False
-        return not any(r.ip is not None and policy.address_reason(r.ip) for r in results)
+        if any(r.ip is not None and policy.address_reason(r.ip) for r in results):
+            return False
+        signed.allowed_under = policy
+        return True
 
     async def fresh(self, target: Target, *, all_addresses: bool = False) -> list[ProbeResult]:
         """Probe now (sharing an in-flight probe of the same target) and store the result."""

@@ -67,7 +67,6 @@ FRESHNESS_TYPE = "application/vnd.parallax.freshness+json; version=1"
 #: A leaf names at most this many observations (one per probed address).
 MAX_OBSERVATIONS = 16
 MAX_LEAF_BYTES = 4096
-_HEX = frozenset("0123456789abcdef")
 _PLAIN = re.compile(r"[A-Za-z0-9_-]*")
 
 VerifyFn = Callable[[Any, VerifyKey, str], Verified]
@@ -78,8 +77,11 @@ def _parse_observation(v: Verified) -> Observation:
     return Observation.from_payload(v.payload)
 
 
+_HEX32 = re.compile("[0-9a-f]{64}")
+
+
 def _is_hex32(text: Any) -> bool:
-    return isinstance(text, str) and len(text) == 64 and set(text) <= _HEX
+    return isinstance(text, str) and _HEX32.fullmatch(text) is not None
 
 
 def observation_digest(payload: bytes) -> str:
