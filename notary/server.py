@@ -88,7 +88,8 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
     # The only middleware (each one is a coroutine layer on every request): errors as JSON,
     # the connection guard's busy state, and the request count.
     code = 500
-    guard = request.app[GUARD]
+    app = request.app
+    guard = app[GUARD]
     protocol = request.protocol
     guard.request_started(protocol)
     try:
@@ -110,7 +111,7 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
             # per connection, so flooding costs the notary little (connections are capped too).
             await asyncio.sleep(exc.delay)
         if exc.status == 413:
-            return _error(413, "body_too_large", f"request body larger than {request.app[CONFIG].max_body_bytes} bytes")
+            return _error(413, "body_too_large", f"request body larger than {app[CONFIG].max_body_bytes} bytes")
         # Keep only the headers that carry meaning (Allow on 405, Retry-After on 429);
         # the exception's own Content-Type would clash with the JSON body.
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
@@ -131,7 +132,7 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
     finally:
         guard.request_finished(protocol)
         resource = request.match_info.route.resource
-        request.app[REQUESTS].count(resource.canonical if resource is not None else "unmatched", code)
+        app[REQUESTS].count(resource.canonical if resource is not None else "unmatched", code)
 
 
 class RequestCounts:
@@ -203,17 +204,21 @@ def _client_key_cached(peer: str | None, forwarded: tuple[str, ...], trusted: tu
     return client_key(peer, list(forwarded), trusted)
 
 
-def _client(request: web.Request) -> str:
+def _client(request: web.Request, config: NotaryConfig | None = None) -> str:
     """The request's rate-limit key (memoised: the same peer asks again and again)."""
-    return _client_key_cached(request.remote, tuple(request.headers.getall("X-Forwarded-For", [])),
-                              request.app[CONFIG].trusted_proxies)
+    trusted = (config or request.app[CONFIG]).trusted_proxies
+    if not trusted:  # no proxy to believe: X-Forwarded-For is ignored (see client_key)
+        return _client_key_cached(request.remote, (), ())
+    return _client_key_cached(request.remote, tuple(request.headers.getall("X-Forwarded-For", [])), trusted)
 
 
 def _rate_limit(request: web.Request, cost: int, bucket: "web.AppKey[RateLimiter]" = LIMITER,
-                client: str | None = None) -> None:
-    limiter, now = request.app[bucket], time.monotonic()
+                client: str | None = None, app: web.Application | None = None) -> None:
+    if app is None:
+        app = request.app
+    limiter, now = app[bucket], time.monotonic()
     if client is None:
-        client = _client(request)
+        client = _client(request, app[CONFIG])
     wait = limiter.check(client, now, cost)
     if wait > 0:
         # A refused request is charged too (down to -burst): a client that keeps asking while
@@ -221,7 +226,7 @@ def _rate_limit(request: web.Request, cost: int, bucket: "web.AppKey[RateLimiter
         # for half that wait (at most rate_limit_delay), never long enough to earn a token back.
         limiter.charge(client, cost)
         wait = limiter.check(client, now, cost)
-        raise _TooMany(wait, min(wait / 2, request.app[CONFIG].rate_limit_delay))
+        raise _TooMany(wait, min(wait / 2, app[CONFIG].rate_limit_delay))
 
 
 class _TooMany(web.HTTPTooManyRequests):
@@ -275,9 +280,9 @@ def _parse_bool(value: Any, name: str) -> bool:
     raise InputError(f"{name} must be a boolean", f"bad_{name}")
 
 
-async def _observe_many(request: web.Request, targets: list[Target], nonce: str, max_age: int | None,
+async def _observe_many(app: web.Application, targets: list[Target], nonce: str, max_age: int | None,
                         all_addresses: bool, client: str) -> web.Response:
-    service = request.app[SERVICE]
+    service = app[SERVICE]
     # One deadline for the whole request: no probe waits for a slot past it (then: ``busy``).
     deadline = asyncio.get_running_loop().time() + service.limits.queue_timeout
     if len(targets) == 1:  # the common case: no gather, no extra task
@@ -290,20 +295,24 @@ async def _observe_many(request: web.Request, targets: list[Target], nonce: str,
         ))
     # One token per target was taken up front; an answer with several addresses per
     # target costs one token per envelope, so big answers cannot be had at a discount.
-    request.app[LIMITER].charge(client, sum(len(r.envelopes) for r, _ in rounds) - len(targets))
+    extra = sum([len(r.envelopes) for r, _ in rounds]) - len(targets)
+    if extra:
+        app[LIMITER].charge(client, extra)
     # The cap replaces what does not fit before the nonce is bound: the freshness leaf names what is sent.
-    rounds = _capped(service, rounds, request.app[CONFIG].max_answer_bytes)
+    rounds = _capped(service, rounds, app[CONFIG].max_answer_bytes)
+    # Every leaf is queued in this turn, so one freshness statement covers the whole request.
+    freshness = service.freshness
     if len(rounds) == 1:
-        answers = [await service.stamp(rounds[0][0], nonce, rounds[0][1])]
-    else:  # stamped in one event-loop turn: one freshness statement for the whole request
-        answers = list(await asyncio.gather(*(service.stamp(r, nonce, source) for r, source in rounds)))
+        texts = [await freshness.submit(nonce, rounds[0][0].digests, rounds[0][1])]
+    else:
+        texts = await asyncio.gather(*[freshness.submit(nonce, r.digests, source) for r, source in rounds])
     # Spliced JSON: the cached envelopes' text is reused, not encoded again per request
     # (all of it ASCII: json.dumps escapes the rest).
-    body = '{"results":[' + ",".join(
-        '{"target":' + _target_json(t) + "," + a.json_members() + "}"
-        for t, a in zip(targets, answers)
-    ) + "]}"
-    return web.Response(body=body.encode("ascii"), headers=_JSON_HEADERS)
+    body = ",".join([
+        '{"target":' + _target_json(t) + ',"envelopes":' + r.envelopes_json + ',"freshness":' + text + "}"
+        for t, (r, _), text in zip(targets, rounds, texts)
+    ])
+    return web.Response(body=f'{{"results":[{body}]}}'.encode("ascii"), headers=_JSON_HEADERS)
 
 
 #: Response headers of an observe answer (a shared read-only mapping: aiohttp copies it).
@@ -314,7 +323,7 @@ def _capped(service: ObservationService, rounds: list[tuple[SignedRound, str]],
             max_bytes: int) -> list[tuple[SignedRound, str]]:
     """``rounds`` with the envelopes that would overflow ``max_bytes`` replaced (see :mod:`notary.answercap`)."""
     # The common case costs one addition per target: each round's envelope list was serialised once.
-    if sum(len(r.envelopes_json) for r, _ in rounds) + TARGET_OVERHEAD * len(rounds) <= max_bytes:
+    if sum([len(r.envelopes_json) for r, _ in rounds]) + TARGET_OVERHEAD * len(rounds) <= max_bytes:
         return rounds
     made: dict[int, str] = {}
 
@@ -335,7 +344,8 @@ def _capped(service: ObservationService, rounds: list[tuple[SignedRound, str]],
 
 
 async def _observe_post(request: web.Request) -> web.Response:
-    cfg = request.app[CONFIG]
+    app = request.app
+    cfg = app[CONFIG]
     try:
         raw = await read_request_body(request, limit=cfg.max_body_bytes, timeout=cfg.body_timeout)
     except BodyTooLarge:
@@ -360,10 +370,10 @@ async def _observe_post(request: web.Request) -> web.Response:
         if not isinstance(item, dict) or set(item) - {"host", "port", "sni"}:
             raise InputError("each target is {host, port, sni?}", "bad_targets")
         targets.append(_target(item.get("host"), item.get("port", 443), item.get("sni")))
-    client = _client(request)
-    _rate_limit(request, len(targets), client=client)
+    client = _client(request, cfg)
+    _rate_limit(request, len(targets), client=client, app=app)
     return await _observe_many(
-        request, targets, nonce, _parse_max_age(body.get("max_age")),
+        app, targets, nonce, _parse_max_age(body.get("max_age")),
         _parse_bool(body.get("all_addresses"), "all_addresses"), client,
     )
 
@@ -375,7 +385,7 @@ async def _observe_get(request: web.Request) -> web.Response:
     client = _client(request)
     _rate_limit(request, 1, client=client)
     return await _observe_many(
-        request, [target], nonce, _parse_max_age(q.get("max_age")),
+        request.app, [target], nonce, _parse_max_age(q.get("max_age")),
         _parse_bool(q.get("all_addresses"), "all_addresses"), client,
     )
 

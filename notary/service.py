@@ -130,12 +130,27 @@ class ObservationService:
         client: str = "", deadline: float | None = None,
     ) -> tuple[SignedRound, str]:
         """The signed round that answers ``target`` and its source (``cached`` or ``fresh``)."""
+        cached = self.cached(target, max_age=max_age, all_addresses=all_addresses)
+        if cached is not None:  # the common case: no store, no probe, no request context
+            return cached, "cached"
         with request_context(client, deadline):
             return await self._round(target, max_age, all_addresses)
 
+    def cached(self, target: Target, *, max_age: int | None = None, all_addresses: bool = False) -> SignedRound | None:
+        """The round in the memory cache that may answer ``target`` now (young enough and allowed
+        by the policy in force), else None.  Reads neither the store nor the network."""
+        ttl = self.limits.ttl if max_age is None else min(max_age, self.limits.ttl)
+        if ttl <= 0:
+            return None
+        cached = self._latest.get((target, all_addresses))
+        if cached is not None and self.clock() - cached.observed_at <= ttl and self._allowed_now(cached):
+            self.cache_hits += 1
+            return cached
+        return None
+
     async def stamp(self, signed: SignedRound, nonce: str, source: str) -> Answer:
         """``signed`` bound to ``nonce`` by a freshness leaf (batched with this turn's other answers)."""
-        return Answer(signed, None, await self.freshness.stamp_json(nonce, signed.digests, source))
+        return Answer(signed, None, await self.freshness.submit(nonce, signed.digests, source))
 
     def sign_error(self, target: Target, ip: str | None, status: str, detail: str) -> tuple[dict[str, Any], str]:
         """A signed error observation made now (not a probe: ``answer_too_large`` and the like).

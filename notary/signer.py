@@ -146,13 +146,21 @@ class FreshnessBatcher:
 
     async def stamp_json(self, nonce: str, digests: Sequence[str], source: str) -> str:
         """The JSON text of the ``freshness`` member (what the notary sends; :meth:`stamp` parses it)."""
+        return await self.submit(nonce, digests, source)
+
+    def submit(self, nonce: str, digests: Sequence[str], source: str) -> "asyncio.Future[str]":
+        """Queue a leaf; the future gets :meth:`stamp_json`'s text when this turn's batch is signed.
+
+        Raises at once (``ValueError``, :class:`~notary.errors.EncodingError`) for a leaf that
+        cannot be encoded.  The hot path awaits the future itself (no coroutine frame).
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[str] = loop.create_future()
         self._pending.append((leaf_bytes(nonce, digests, source), fut))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
-        return await fut
+        return fut
 
     def _flush(self) -> None:
         self._scheduled = False
