@@ -55,8 +55,8 @@ async def read_request_body(request: "web.BaseRequest", *, limit: int, timeout: 
     """
     from aiohttp.web import RequestPayloadError
 
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"body larger than {limit} bytes")
+    if not request.content.is_eof() and request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"body larger than {limit} bytes")  # (a body already received is measured below)
     try:
         if request.content.is_eof():
             # The whole body arrived with the head (the common case): reading it cannot

@@ -308,11 +308,15 @@ async def _observe_many(app: web.Application, targets: list[Target], nonce: str,
         texts = await asyncio.gather(*[freshness.submit(nonce, r.digests, source) for r, source in rounds])
     # Spliced JSON: the cached envelopes' text is reused, not encoded again per request
     # (all of it ASCII: json.dumps escapes the rest).
-    body = ",".join([
-        '{"target":' + _target_json(t) + ',"envelopes":' + r.envelopes_json + ',"freshness":' + text + "}"
-        for t, (r, _), text in zip(targets, rounds, texts)
-    ])
-    return web.Response(body=f'{{"results":[{body}]}}'.encode("ascii"), headers=_JSON_HEADERS)
+    if len(texts) == 1:  # one string built, one copy to bytes
+        body = (f'{{"results":[{{"target":{_target_json(targets[0])},"envelopes":{rounds[0][0].envelopes_json},'
+                f'"freshness":{texts[0]}}}]}}')
+    else:
+        body = '{"results":[' + ",".join([
+            '{"target":' + _target_json(t) + ',"envelopes":' + r.envelopes_json + ',"freshness":' + text + "}"
+            for t, (r, _), text in zip(targets, rounds, texts)
+        ]) + "]}"
+    return web.Response(body=body.encode("ascii"), headers=_JSON_HEADERS)
 
 
 #: Response headers of an observe answer (a shared read-only mapping: aiohttp copies it).
@@ -343,6 +347,10 @@ def _capped(service: ObservationService, rounds: list[tuple[SignedRound, str]],
     return out
 
 
+_OBSERVE_FIELDS = frozenset({"targets", "nonce", "max_age", "all_addresses"})
+_TARGET_FIELDS = frozenset({"host", "port", "sni"})
+
+
 async def _observe_post(request: web.Request) -> web.Response:
     app = request.app
     cfg = app[CONFIG]
@@ -356,8 +364,8 @@ async def _observe_post(request: web.Request) -> web.Response:
         raise InputError(f"request body is not valid JSON: {exc}", "bad_json") from None
     if not isinstance(body, dict):
         raise InputError("request body must be a JSON object", "bad_json")
-    unknown = set(body) - {"targets", "nonce", "max_age", "all_addresses"}
-    if unknown:
+    if not _OBSERVE_FIELDS.issuperset(body):
+        unknown = set(body) - _OBSERVE_FIELDS
         raise InputError(f"unknown fields: {', '.join(sorted(unknown))}", "bad_json")
     nonce = validate_nonce(body.get("nonce"))
     raw_targets = body.get("targets")
@@ -367,7 +375,7 @@ async def _observe_post(request: web.Request) -> web.Response:
         raise InputError(f"at most {cfg.max_targets} targets per request", "too_many_targets")
     targets = []
     for item in raw_targets:
-        if not isinstance(item, dict) or set(item) - {"host", "port", "sni"}:
+        if not isinstance(item, dict) or not _TARGET_FIELDS.issuperset(item):
             raise InputError("each target is {host, port, sni?}", "bad_targets")
         targets.append(_target(item.get("host"), item.get("port", 443), item.get("sni")))
     client = _client(request, cfg)

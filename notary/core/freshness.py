@@ -78,6 +78,7 @@ def _parse_observation(v: Verified) -> Observation:
 
 
 _HEX32 = re.compile("[0-9a-f]{64}")
+_HEX32_LIST = re.compile('[0-9a-f]{64}(?:","[0-9a-f]{64})*')
 
 
 def _is_hex32(text: Any) -> bool:
@@ -99,9 +100,9 @@ def leaf_bytes(nonce: str, digests: Sequence[str], source: str) -> bytes:
     """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}")
-    if _PLAIN.fullmatch(nonce) and all(_is_hex32(d) for d in digests):
-        quoted = ",".join(f'"{d}"' for d in digests)
-        return f'{{"nonce":"{nonce}","observations":[{quoted}],"source":"{source}"}}'.encode("ascii")
+    inner = '","'.join(digests)  # one regex checks them all: a hex digest holds no '","'
+    if _HEX32_LIST.fullmatch(inner) and _PLAIN.fullmatch(nonce):
+        return f'{{"nonce":"{nonce}","observations":["{inner}"],"source":"{source}"}}'.encode("ascii")
     return canonical.encode({"nonce": nonce, "observations": list(digests), "source": source})
 
 
