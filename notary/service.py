@@ -222,8 +222,12 @@ class ObservationService:
         if any(r.status in UNSTORED for r in results):
             signed = sign_round(results, self.key, ())  # says nothing about the target: no history, not kept
         else:
-            await self.store.add(results, all_addresses=all_addresses)
-            signed = await self._sign(target, results)
+            # The answer waits for the commit (synchronous=FULL: see notary.store); the store reads
+            # the key history in the same job, right after it, when it can.
+            history = await self.store.add(results, all_addresses=all_addresses)
+            if history is None:
+                history = await self.store.key_history(target)
+            signed = sign_round(results, self.key, history)
             _put(self._latest, (target, all_addresses), signed)
         for r in results:
             log.info("probed %s ip=%s status=%s spki=%s", target, r.ip, r.status, r.spki_sha256)
