@@ -165,6 +165,15 @@ def _target_json(target: Target) -> str:
     return json.dumps(target.to_json(), separators=(",", ":"))
 
 
+def _probe_counter(metrics: dict[str, Any], status: str) -> Any:
+    """The ``parallax_probes`` child for ``status``, looked up once (``labels()`` is slow)."""
+    children = metrics.setdefault("_probe_children", {})
+    child = children.get(status)
+    if child is None:
+        child = children[status] = metrics["probes"].labels(status=status)
+    return child
+
+
 def _clock(app: web.Application) -> int:
     return int(app[CLOCK]())  # type: ignore[operator]
 
@@ -487,7 +496,7 @@ def create_app(
         )
         app[SERVICE] = ObservationService(
             key, prober, st, clock=clock, limits=config.service_limits,
-            on_probe=lambda r: metrics["probes"].labels(status=r.status).inc(),
+            on_probe=lambda r: _probe_counter(metrics, r.status).inc(),
             on_duration=metrics["probe_seconds"].observe,
         )
         retention = None

@@ -27,13 +27,14 @@ import json
 from typing import Any, Callable, Sequence
 
 from notary.core import (
+    OBSERVATION_TYPE,
     KeySighting,
     Observation,
     ProbeResult,
     SigningKey,
     leaf_bytes,
     observation_digest,
-    sign_observation,
+    sign_envelope,
     sign_statement,
 )
 from notary.core import canonical, merkle
@@ -72,8 +73,8 @@ def sign_round(results: Sequence[ProbeResult], key: SigningKey, history: tuple[K
     envelopes, digests = [], []
     for r in results:
         obs = Observation.from_probe(r, notary=key.key_id, key_history=history)
-        payload = canonical.encode(obs.to_payload())
-        envelopes.append(sign_observation(obs, key))
+        payload = canonical.encode(obs.to_payload())  # encoded once: signed and digested as these bytes
+        envelopes.append(sign_envelope(OBSERVATION_TYPE, payload, key))
         digests.append(observation_digest(payload))
     return SignedRound(list(results), envelopes, digests)
 
