@@ -17,6 +17,12 @@ state per connection:
   middleware sees the request until its handler returned).  Body reading and
   probing have their own deadlines (``body_timeout``, the probe scheduler).
 
+Deadlines cost nothing per request: a state change only moves the connection's
+deadline, and its one timer, never set further ahead than the shorter of the
+two timeouts, re-arms itself for what is left when it fires early (see
+``_Guarded._arm``), so a kept-alive connection answering thousands of requests
+a second creates a timer every few seconds, not two per request.
+
 Admission happens in :class:`Acceptor`, the listening socket's own accept
 loop, before any transport exists: a refused connection gets a short JSON
 answer written straight to the socket and is closed *at once*, so refusals never

@@ -15,7 +15,17 @@ thread: every database call is serialised there (no interleaved transactions),
 and concurrent :meth:`~SQLiteStore.add` calls are *group-committed*: all rounds
 waiting when the writer runs go into one transaction with one fsync.  A failed
 transaction is rolled back whole and every waiting caller gets a
-:class:`~notary.errors.StoreError`.
+:class:`~notary.errors.StoreError`.  In the same job on the store thread, right
+after the commit, each round's key history is read and returned by
+:meth:`~SQLiteStore.add` (the service signs with it: one thread hop per probe,
+not two); should that read fail, the round stays committed and ``add`` returns
+None, and the caller reads the history itself.
+
+What is guaranteed: an answer that carries a fresh observation is sent only
+after the transaction holding it has committed with ``synchronous=FULL`` (the
+fsync is on the cold answer's path: about 1 ms here, the largest part of a cold
+observe after the handshake; ``bench/notary_cold_latency.py`` prints the
+breakdown).  Nothing answered is kept only in memory.
 
 Each distinct presented chain is stored once, in ``chains``, keyed by the
 SHA-256 of its canonical form (content-addressed); an observation row keeps
