@@ -108,3 +108,38 @@ async def test_a_failed_history_read_keeps_the_commit_and_the_service_reads_it_i
         assert len(payload["key_history"]) == 2
     finally:
         await store.close()
+
+
+async def test_a_failed_write_is_an_error_for_the_request_and_nothing_is_cached_or_kept(
+        tmp_path: Path, certs: list[Any]) -> None:
+    """The answer waits for the commit: a write that fails (injected: a real disk failure cannot be
+    provoked on demand) is a StoreError for the caller (the server answers 503), the round is
+    neither cached nor stored, and the store serves the next probe normally."""
+    from notary.errors import StoreError
+
+    store = await SQLiteStore.open(tmp_path / "obs.sqlite3")
+    real_write = store._write  # noqa: SLF001
+
+    def failing_write(rounds: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error (injected)")
+
+    class OneResultProber(Prober):
+        """A fake at the network seam: this test is about the store and the service."""
+
+        async def probe(self, target: Target, *, all_addresses: bool = False) -> list[ProbeResult]:
+            return [_ok(target, "192.0.2.1", T0 + 3, certs[1])]
+
+    service = ObservationService(SigningKey.generate(), OneResultProber(AddressPolicy(), clock=lambda: T0 + 3),
+                                 store, clock=lambda: T0 + 3)
+    t = Target.parse("a.example", 443)
+    store._write = failing_write  # type: ignore[method-assign]  # noqa: SLF001
+    try:
+        with pytest.raises(StoreError, match="injected"):
+            await service.fresh(t)
+        assert (t, False) not in service._latest  # noqa: SLF001
+        assert await store.count() == 0
+        store._write = real_write  # type: ignore[method-assign]  # noqa: SLF001
+        assert (await service.fresh(t))[0].status == "ok"
+        assert (t, False) in service._latest and await store.count() == 1  # noqa: SLF001
+    finally:
+        await store.close()
