@@ -221,13 +221,8 @@ def _client(request: web.Request, config: NotaryConfig | None = None) -> str:
     return _client_key_cached(request.remote, tuple(request.headers.getall("X-Forwarded-For", [])), trusted)
 
 
-def _rate_limit(request: web.Request, cost: int, bucket: "web.AppKey[RateLimiter]" = LIMITER,
-                client: str | None = None, app: web.Application | None = None) -> None:
-    if app is None:
-        app = request.app
-    limiter, now = app[bucket], time.monotonic()
-    if client is None:
-        client = _client(request, app[CONFIG])
+def _rate_limit(request: web.Request, cost: int, bucket: "web.AppKey[RateLimiter]" = LIMITER) -> None:
+    limiter, client, now = request.app[bucket], _client(request), time.monotonic()
     wait = limiter.check(client, now, cost)
     if wait > 0:
         # A refused request is charged too (down to -burst): a client that keeps asking while
@@ -235,7 +230,7 @@ def _rate_limit(request: web.Request, cost: int, bucket: "web.AppKey[RateLimiter
         # for half that wait (at most rate_limit_delay), never long enough to earn a token back.
         limiter.charge(client, cost)
         wait = limiter.check(client, now, cost)
-        raise _TooMany(wait, min(wait / 2, app[CONFIG].rate_limit_delay))
+        raise _TooMany(wait, min(wait / 2, request.app[CONFIG].rate_limit_delay))
 
 
 class _TooMany(web.HTTPTooManyRequests):
@@ -289,9 +284,11 @@ def _parse_bool(value: Any, name: str) -> bool:
     raise InputError(f"{name} must be a boolean", f"bad_{name}")
 
 
-async def _observe_many(app: web.Application, targets: list[Target], nonce: str, max_age: int | None,
-                        all_addresses: bool, client: str) -> web.Response:
+async def _observe_many(request: web.Request, targets: list[Target], nonce: str, max_age: int | None,
+                        all_addresses: bool) -> web.Response:
+    app = request.app
     service = app[SERVICE]
+    client = _client(request, app[CONFIG])
     # One deadline for the whole request: no probe waits for a slot past it (then: ``busy``).
     deadline = asyncio.get_running_loop().time() + service.limits.queue_timeout
     if len(targets) == 1:  # the common case: no gather, no extra task
@@ -304,9 +301,7 @@ async def _observe_many(app: web.Application, targets: list[Target], nonce: str,
         ))
     # One token per target was taken up front; an answer with several addresses per
     # target costs one token per envelope, so big answers cannot be had at a discount.
-    extra = sum([len(r.envelopes) for r, _ in rounds]) - len(targets)
-    if extra:
-        app[LIMITER].charge(client, extra)
+    request.app[LIMITER].charge(client, sum(len(r.envelopes) for r, _ in rounds) - len(targets))
     # The cap replaces what does not fit before the nonce is bound: the freshness leaf names what is sent.
     rounds = _capped(service, rounds, app[CONFIG].max_answer_bytes)
     # Every leaf is queued in this turn, so one freshness statement covers the whole request.
@@ -387,11 +382,10 @@ async def _observe_post(request: web.Request) -> web.Response:
         if not isinstance(item, dict) or not _TARGET_FIELDS.issuperset(item):
             raise InputError("each target is {host, port, sni?}", "bad_targets")
         targets.append(_target(item.get("host"), item.get("port", 443), item.get("sni")))
-    client = _client(request, cfg)
-    _rate_limit(request, len(targets), client=client, app=app)
+    _rate_limit(request, len(targets))
     return await _observe_many(
-        app, targets, nonce, _parse_max_age(body.get("max_age")),
-        _parse_bool(body.get("all_addresses"), "all_addresses"), client,
+        request, targets, nonce, _parse_max_age(body.get("max_age")),
+        _parse_bool(body.get("all_addresses"), "all_addresses"),
     )
 
 
@@ -399,11 +393,10 @@ async def _observe_get(request: web.Request) -> web.Response:
     q = request.query
     target = _target(request.match_info["host"], request.match_info["port"], q.get("sni"))
     nonce = validate_nonce(q.get("nonce"))
-    client = _client(request)
-    _rate_limit(request, 1, client=client)
+    _rate_limit(request, 1)
     return await _observe_many(
-        request.app, [target], nonce, _parse_max_age(q.get("max_age")),
-        _parse_bool(q.get("all_addresses"), "all_addresses"), client,
+        request, [target], nonce, _parse_max_age(q.get("max_age")),
+        _parse_bool(q.get("all_addresses"), "all_addresses"),
     )
 
 
