@@ -19,11 +19,13 @@ import argparse
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -53,14 +55,20 @@ def wrk(url: str, port: int, *, seconds: int, connections: int, max_requests: in
                BENCH_RUN_ID=secrets.token_hex(4), BENCH_MAX_REQUESTS=str(max_requests))
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency",
            "-s", str(BENCH / "observe.lua"), url]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60).stdout
+    wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped in between
+    wrk_cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / wall
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)
     p50 = re.search(r"50%\s+(\S+)", out)
     return {"rps": rps, "requests": total, "non2xx": int(non2xx.group(1)) if non2xx else 0,
-            "socket_errors": sock.group(1) if sock else None, "p50": p50.group(1) if p50 else None}
+            "socket_errors": sock.group(1) if sock else None, "p50": p50.group(1) if p50 else None,
+            "wrk_cpu": wrk_cpu}
 
 
 def main() -> int:
@@ -101,7 +109,8 @@ def main() -> int:
                         res = wrk(u, port, seconds=args.seconds, connections=args.connections, max_requests=args.max_requests)
                         (base_runs if label == "baseline" else subj_runs).append(res)
                         print(f"[{NAME}] round {r + 1} {label:8s} {res['rps']:9.1f} req/s  n={res['requests']} "
-                              f"p50={res['p50']} non2xx={res['non2xx']} socket_errors={res['socket_errors']}")
+                              f"p50={res['p50']} non2xx={res['non2xx']} socket_errors={res['socket_errors']} "
+                              f"wrk_cpu={res['wrk_cpu']:.2f} cores")
             probes_after = metric(url, "parallax_probes_total")
             check = {"source": answer_source(json.loads(post(
                 url, {"targets": [{"host": HOST, "port": port}], "nonce": secrets.token_urlsafe(18)}))["results"][0])}

@@ -15,12 +15,14 @@ Goal:     workers-2 req/s / workers-1 req/s >= 1.5 (a machine with at least
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -39,6 +41,27 @@ def warm(url: str, port: int, times: int = 40) -> None:
         req = urllib.request.Request(url + "/v1/observe", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=30) as r:
             assert r.status == 200
+    # The notary caps connections per client address (32, wrk's count): let it see the warm-up's
+    # closed connections go before wrk opens its own, or one of wrk's may get a 429.
+    time.sleep(0.5)
+
+
+def group_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) so far of ``pid`` and each of its descendants (the workers), by pid."""
+    try:
+        import psutil
+    except ImportError:  # the bench extra is not installed: no CPU figures
+        return {}
+    try:
+        root = psutil.Process(pid)
+        out = {}
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+        return out
+    except psutil.Error:
+        return {}
 
 
 def main() -> int:
@@ -63,11 +86,16 @@ def main() -> int:
                     with ServeProcesses(1, tmp, extra=["--workers", str(n)], ttl=3600) as notary:
                         url = notary.urls[0]
                         warm(url, port)
+                        cpu0, t0 = group_cpu(notary.pids[0]), time.monotonic()
                         res = wrk(url, port, seconds=args.seconds, connections=args.connections,
                                   max_requests=args.max_requests, host=HOST)
+                        cpu1, wall = group_cpu(notary.pids[0]), time.monotonic() - t0
+                        # Cores each process of the group used during the load (parent first, then workers).
+                        res["notary_cpu"] = [round((cpu1[p] - cpu0.get(p, 0.0)) / wall, 2) for p in cpu1]
                     runs[n].append(res)
                     print(f"[{NAME}] round {r + 1} workers={n} {res['rps']:9.1f} req/s  n={res['requests']} "
-                          f"p50={res['p50']} non2xx={res['non2xx']} socket_errors={res['socket_errors']}")
+                          f"p50={res['p50']} non2xx={res['non2xx']} socket_errors={res['socket_errors']} "
+                          f"wrk_cpu={res['wrk_cpu']:.2f} cores notary_cpu={res['notary_cpu']} cores")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     one, two = median(r["rps"] for r in runs[1]), median(r["rps"] for r in runs[2])

@@ -17,6 +17,12 @@ state per connection:
   middleware sees the request until its handler returned).  Body reading and
   probing have their own deadlines (``body_timeout``, the probe scheduler).
 
+Deadlines cost nothing per request: a state change only moves the connection's
+deadline, and its one timer, never set further ahead than the shorter of the
+two timeouts, re-arms itself for what is left when it fires early (see
+``_Guarded._arm``), so a kept-alive connection answering thousands of requests
+a second creates a timer every few seconds, not two per request.
+
 Admission happens in :class:`Acceptor`, the listening socket's own accept
 loop, before any transport exists: a refused connection gets a short JSON
 answer written straight to the socket and is closed *at once*, so refusals never
@@ -187,6 +193,7 @@ class _Guarded(asyncio.Protocol):
         self.got_bytes = False
         self.fresh = True  # no request handled yet on this connection
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # event-loop time when the current wait (head or idle) expires
 
     # -- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -230,9 +237,18 @@ class _Guarded(asyncio.Protocol):
             self.inner.connection_lost(exc)
 
     # -- deadlines -------------------------------------------------------------------
+    # Lazy timers: a state change only moves ``deadline``; no timer is cancelled or
+    # created per request.  Whenever the connection waits (not busy) one timer is
+    # pending, due no later than its deadline: it is never set further ahead than the
+    # shorter of ``head_timeout`` and ``idle_timeout``, so a deadline moved earlier (the
+    # first byte of a kept-alive request starts the head clock) is still met exactly.  When it fires early it re-arms
+    # for what is left; on a busy connection it lapses and ``request_finished`` re-arms.
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self.timer = asyncio.get_running_loop().call_later(seconds, self._expired)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.deadline = now + seconds
+        if self.timer is None:
+            self.timer = loop.call_at(min(self.deadline, now + self.guard.timer_step), self._expired)
 
     def _disarm(self) -> None:
         if self.timer is not None:
@@ -241,7 +257,12 @@ class _Guarded(asyncio.Protocol):
 
     def _expired(self) -> None:
         self.timer = None
-        if self.busy or self.transport is None:
+        if self.busy or self.transport is None or self.inner is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now < self.deadline:  # the deadline moved since this timer was set
+            self.timer = loop.call_at(min(self.deadline, now + self.guard.timer_step), self._expired)
             return
         kind = "idle" if not self.fresh and not self.got_bytes else "head"
         self.guard.closed[kind] += 1
@@ -260,8 +281,7 @@ class _Guarded(asyncio.Protocol):
             self.transport.abort()
 
     def request_started(self) -> None:
-        self.busy += 1
-        self._disarm()
+        self.busy += 1  # a pending timer lapses when it fires (see _expired)
         self.guard._not_waiting(self)
 
     def request_finished(self) -> None:
@@ -288,6 +308,8 @@ class ConnectionGuard:
         self.trusted = trusted
         self.clock = clock
         self.max_connections = fd_cap(limits.max_connections, limits.fd_reserve, limits.backlog)
+        #: How far ahead a connection's (lazy) deadline timer is ever set, in seconds.
+        self.timer_step = min(limits.head_timeout, limits.idle_timeout)
         self.open = 0
         self.dying = 0  # evicted, descriptor not yet closed
         self.per_client: dict[str, int] = {}

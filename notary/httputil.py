@@ -55,13 +55,18 @@ async def read_request_body(request: "web.BaseRequest", *, limit: int, timeout: 
     """
     from aiohttp.web import RequestPayloadError
 
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"body larger than {limit} bytes")
+    if not request.content.is_eof() and request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"body larger than {limit} bytes")  # (a body already received is measured below)
     try:
-        async with asyncio.timeout(timeout):
-            # request.read(), not the stream: it honours the application's client_max_size
-            # (413) and returns a body already set on the request (the gateway's inner request).
+        if request.content.is_eof():
+            # The whole body arrived with the head (the common case): reading it cannot
+            # wait, so no deadline (and no timer) is needed.
             raw = await request.read()
+        else:
+            async with asyncio.timeout(timeout):
+                # request.read(), not the stream: it honours the application's client_max_size
+                # (413) and returns a body already set on the request (the gateway's inner request).
+                raw = await request.read()
     except TimeoutError:
         raise InputError(f"request body not received within {timeout:g}s", "body_timeout") from None
     except (aiohttp.http_exceptions.HttpProcessingError, RequestPayloadError):

@@ -55,13 +55,10 @@ CREATE INDEX IF NOT EXISTS rounds_age ON rounds (observed_at);
 
 def split_record(result: ProbeResult) -> tuple[bytes, str | None, bytes | None]:
     """(record without its chain, chain key or None, chain bytes or None) for storage."""
-    d = canonical.decode(result.to_record())
-    chain = d["chain"]
-    if not chain:
+    if not result.chain:
         return result.to_record(), None, None
-    blob = canonical.encode(chain)
-    d["chain"] = []
-    return canonical.encode(d), hashlib.sha256(blob).hexdigest(), blob
+    blob = canonical.encode(result.chain_record())
+    return result.to_record(with_chain=False), hashlib.sha256(blob).hexdigest(), blob
 
 
 def join_record(record: bytes, chain: bytes | None) -> ProbeResult:

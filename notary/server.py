@@ -23,11 +23,12 @@ import json
 import logging
 import math
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 import notary
@@ -86,11 +87,13 @@ def _error(status: int, code: str, reason: str, headers: dict[str, str] | None =
 
 @web.middleware
 async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    metrics = request.app[METRICS]
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    # The only middleware (each one is a coroutine layer on every request): errors as JSON,
+    # the connection guard's busy state, and the request count.
     code = 500
-    guard = request.app[GUARD]
-    guard.request_started(request.protocol)
+    app = request.app
+    guard = app[GUARD]
+    protocol = request.protocol
+    guard.request_started(protocol)
     try:
         resp = await handler(request)
         code = resp.status
@@ -110,7 +113,7 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
             # per connection, so flooding costs the notary little (connections are capped too).
             await asyncio.sleep(exc.delay)
         if exc.status == 413:
-            return _error(413, "body_too_large", f"request body larger than {request.app[CONFIG].max_body_bytes} bytes")
+            return _error(413, "body_too_large", f"request body larger than {app[CONFIG].max_body_bytes} bytes")
         # Keep only the headers that carry meaning (Allow on 405, Retry-After on 429);
         # the exception's own Content-Type would clash with the JSON body.
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
@@ -129,8 +132,34 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
         log.exception("unexpected error")
         return _error(500, "internal", "internal error")
     finally:
-        guard.request_finished(request.protocol)
-        _request_counter(metrics, route, code).inc()
+        guard.request_finished(protocol)
+        resource = request.match_info.route.resource
+        app[REQUESTS].count(resource.canonical if resource is not None else "unmatched", code)
+
+
+class RequestCounts:
+    """``parallax_http_requests_total`` by route and status code.
+
+    Plain integers on the request path (a prometheus ``Counter`` child takes a
+    lock on every increment); exported as a counter family when /metrics is read.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, int], int] = {}
+
+    def count(self, route: str, code: int) -> None:
+        key = (route, code)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("parallax_http_requests", "HTTP requests by route and status code",
+                                     labels=["route", "code"])
+        for (route, code), n in sorted(self.counts.items()):
+            family.add_metric([route, str(code)], n)
+        yield family
+
+
+REQUESTS = web.AppKey("requests", RequestCounts)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -138,12 +167,12 @@ def _target_json(target: Target) -> str:
     return json.dumps(target.to_json(), separators=(",", ":"))
 
 
-def _request_counter(metrics: dict[str, Any], route: str, code: int) -> Any:
-    """The ``parallax_http_requests`` child for (route, code), looked up once (labels() is slow)."""
-    children = metrics.setdefault("_request_children", {})
-    child = children.get((route, code))
+def _probe_counter(metrics: dict[str, Any], status: str) -> Any:
+    """The ``parallax_probes`` child for ``status``, looked up once (``labels()`` is slow)."""
+    children = metrics.setdefault("_probe_children", {})
+    child = children.get(status)
     if child is None:
-        child = children[(route, code)] = metrics["requests"].labels(route=route, code=str(code))
+        child = children[status] = metrics["probes"].labels(status=status)
     return child
 
 
@@ -186,10 +215,12 @@ def _client_key_cached(peer: str | None, forwarded: tuple[str, ...], trusted: tu
     return client_key(peer, list(forwarded), trusted)
 
 
-def _client(request: web.Request) -> str:
+def _client(request: web.Request, config: NotaryConfig | None = None) -> str:
     """The request's rate-limit key (memoised: the same peer asks again and again)."""
-    return _client_key_cached(request.remote, tuple(request.headers.getall("X-Forwarded-For", [])),
-                              request.app[CONFIG].trusted_proxies)
+    trusted = (config or request.app[CONFIG]).trusted_proxies
+    if not trusted:  # no proxy to believe: X-Forwarded-For is ignored (see client_key)
+        return _client_key_cached(request.remote, (), ())
+    return _client_key_cached(request.remote, tuple(request.headers.getall("X-Forwarded-For", [])), trusted)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -277,9 +308,10 @@ def _parse_bool(value: Any, name: str) -> bool:
 
 async def _observe_many(request: web.Request, targets: list[Target], nonce: str, max_age: int | None,
                         all_addresses: bool) -> web.Response:
-    service = request.app[SERVICE]
+    app = request.app
+    service = app[SERVICE]
+    client = _client(request, app[CONFIG])
     # One deadline for the whole request: no probe waits for a slot past it (then: ``busy``).
-    client = _client(request)
     deadline = asyncio.get_running_loop().time() + service.limits.queue_timeout
     if len(targets) == 1:  # the common case: no gather, no extra task
         rounds = [await service.round(targets[0], max_age=max_age, all_addresses=all_addresses, client=client,
@@ -293,24 +325,35 @@ async def _observe_many(request: web.Request, targets: list[Target], nonce: str,
     # target costs one token per envelope, so big answers cannot be had at a discount.
     _limiter(request, client).charge(client, sum(len(r.envelopes) for r, _ in rounds) - len(targets))
     # The cap replaces what does not fit before the nonce is bound: the freshness leaf names what is sent.
-    rounds = _capped(service, rounds, request.app[CONFIG].max_answer_bytes)
+    rounds = _capped(service, rounds, app[CONFIG].max_answer_bytes)
+    # Every leaf is queued in this turn, so one freshness statement covers the whole request.
+    freshness = service.freshness
     if len(rounds) == 1:
-        answers = [await service.stamp(rounds[0][0], nonce, rounds[0][1])]
-    else:  # stamped in one event-loop turn: one freshness statement for the whole request
-        answers = list(await asyncio.gather(*(service.stamp(r, nonce, source) for r, source in rounds)))
-    # Spliced JSON: the cached envelopes' text is reused, not encoded again per request.
-    body = '{"results":[' + ",".join(
-        '{"target":' + _target_json(t) + "," + a.json_members() + "}"
-        for t, a in zip(targets, answers)
-    ) + "]}"
-    return web.Response(text=body, content_type="application/json")
+        texts = [await freshness.submit(nonce, rounds[0][0].digests, rounds[0][1])]
+    else:
+        texts = await asyncio.gather(*[freshness.submit(nonce, r.digests, source) for r, source in rounds])
+    # Spliced JSON: the cached envelopes' text is reused, not encoded again per request
+    # (all of it ASCII: json.dumps escapes the rest).
+    if len(texts) == 1:  # one string built, one copy to bytes
+        body = (f'{{"results":[{{"target":{_target_json(targets[0])},"envelopes":{rounds[0][0].envelopes_json},'
+                f'"freshness":{texts[0]}}}]}}')
+    else:
+        body = '{"results":[' + ",".join([
+            '{"target":' + _target_json(t) + ',"envelopes":' + r.envelopes_json + ',"freshness":' + text + "}"
+            for t, (r, _), text in zip(targets, rounds, texts)
+        ]) + "]}"
+    return web.Response(body=body.encode("ascii"), headers=_JSON_HEADERS)
+
+
+#: Response headers of an observe answer (a shared read-only mapping: aiohttp copies it).
+_JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 
 
 def _capped(service: ObservationService, rounds: list[tuple[SignedRound, str]],
             max_bytes: int) -> list[tuple[SignedRound, str]]:
     """``rounds`` with the envelopes that would overflow ``max_bytes`` replaced (see :mod:`notary.answercap`)."""
     # The common case costs one addition per target: each round's envelope list was serialised once.
-    if sum(len(r.envelopes_json) for r, _ in rounds) + TARGET_OVERHEAD * len(rounds) <= max_bytes:
+    if sum([len(r.envelopes_json) for r, _ in rounds]) + TARGET_OVERHEAD * len(rounds) <= max_bytes:
         return rounds
     made: dict[int, str] = {}
 
@@ -330,8 +373,13 @@ def _capped(service: ObservationService, rounds: list[tuple[SignedRound, str]],
     return out
 
 
+_OBSERVE_FIELDS = frozenset({"targets", "nonce", "max_age", "all_addresses"})
+_TARGET_FIELDS = frozenset({"host", "port", "sni"})
+
+
 async def _observe_post(request: web.Request) -> web.Response:
-    cfg = request.app[CONFIG]
+    app = request.app
+    cfg = app[CONFIG]
     try:
         raw = await read_request_body(request, limit=cfg.max_body_bytes, timeout=cfg.body_timeout)
     except BodyTooLarge:
@@ -342,8 +390,8 @@ async def _observe_post(request: web.Request) -> web.Response:
         raise InputError(f"request body is not valid JSON: {exc}", "bad_json") from None
     if not isinstance(body, dict):
         raise InputError("request body must be a JSON object", "bad_json")
-    unknown = set(body) - {"targets", "nonce", "max_age", "all_addresses"}
-    if unknown:
+    if not _OBSERVE_FIELDS.issuperset(body):
+        unknown = set(body) - _OBSERVE_FIELDS
         raise InputError(f"unknown fields: {', '.join(sorted(unknown))}", "bad_json")
     nonce = validate_nonce(body.get("nonce"))
     raw_targets = body.get("targets")
@@ -353,7 +401,7 @@ async def _observe_post(request: web.Request) -> web.Response:
         raise InputError(f"at most {cfg.max_targets} targets per request", "too_many_targets")
     targets = []
     for item in raw_targets:
-        if not isinstance(item, dict) or set(item) - {"host", "port", "sni"}:
+        if not isinstance(item, dict) or not _TARGET_FIELDS.issuperset(item):
             raise InputError("each target is {host, port, sni?}", "bad_targets")
         targets.append(_target(item.get("host"), item.get("port", 443), item.get("sni")))
     _rate_limit(request, len(targets))
@@ -393,6 +441,8 @@ async def _metrics(request: web.Request) -> web.Response:
     for kind, n in guard.closed.items():
         metrics["conn_events"].labels(event=f"closed_{kind}").set(n)
     metrics["conn_events"].labels(event="evicted").set(guard.evicted)
+    metrics["freshness"].labels(kind="statements").set(service.freshness.statements)
+    metrics["freshness"].labels(kind="leaves").set(service.freshness.leaves)
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -407,13 +457,14 @@ async def _openapi(request: web.Request) -> web.Response:
 
 def _make_metrics(registry: CollectorRegistry) -> dict[str, Any]:
     return {
-        "requests": Counter("parallax_http_requests", "HTTP requests by route and status code", ["route", "code"], registry=registry),
         "probes": Counter("parallax_probes", "Probes by result status", ["status"], registry=registry),
         "inflight": Gauge("parallax_probes_inflight", "Probes in flight", registry=registry),
         "probe_seconds": Histogram("parallax_probe_seconds", "Probe duration", registry=registry),
         "connections": Gauge("parallax_connections_open", "Client connections open now", registry=registry),
         "conn_events": Gauge("parallax_connection_events", "Connections refused (client, global cap) or closed "
                              "(head, idle deadline) since start", ["event"], registry=registry),
+        "freshness": Gauge("parallax_freshness_signed", "Freshness statements signed and leaves (answers) they "
+                           "covered since start: leaves / statements is the mean batch size", ["kind"], registry=registry),
         "queued": Gauge("parallax_probes_queued", "Probes waiting for a slot", registry=registry),
         "ohttp": Counter("parallax_ohttp_decapsulations", "Oblivious HTTP messages the gateway tried to decrypt, "
                          "by result (decapsulated, rejected)", ["result"], registry=registry),
@@ -442,6 +493,8 @@ def create_app(
     app[CLOCK] = clock
     app[REGISTRY] = registry
     app[METRICS] = metrics
+    app[REQUESTS] = RequestCounts()
+    registry.register(app[REQUESTS])
     app[LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
     app[OPS_LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
     app[RELAY_PEER_LIMITER] = RateLimiter(config.rate_per_client * config.relay_peer_factor,
@@ -460,7 +513,7 @@ def create_app(
         )
         app[SERVICE] = ObservationService(
             key, prober, st, clock=clock, limits=config.service_limits,
-            on_probe=lambda r: metrics["probes"].labels(status=r.status).inc(),
+            on_probe=lambda r: _probe_counter(metrics, r.status).inc(),
             on_duration=metrics["probe_seconds"].observe,
         )
         retention = None

@@ -130,12 +130,27 @@ class ObservationService:
         client: str = "", deadline: float | None = None,
     ) -> tuple[SignedRound, str]:
         """The signed round that answers ``target`` and its source (``cached`` or ``fresh``)."""
+        cached = self.cached(target, max_age=max_age, all_addresses=all_addresses)
+        if cached is not None:  # the common case: no store, no probe, no request context
+            return cached, "cached"
         with request_context(client, deadline):
             return await self._round(target, max_age, all_addresses)
 
+    def cached(self, target: Target, *, max_age: int | None = None, all_addresses: bool = False) -> SignedRound | None:
+        """The round in the memory cache that may answer ``target`` now (young enough and allowed
+        by the policy in force), else None.  Reads neither the store nor the network."""
+        ttl = self.limits.ttl if max_age is None else min(max_age, self.limits.ttl)
+        if ttl <= 0:
+            return None
+        cached = self._latest.get((target, all_addresses))
+        if cached is not None and self.clock() - cached.observed_at <= ttl and self._allowed_now(cached):
+            self.cache_hits += 1
+            return cached
+        return None
+
     async def stamp(self, signed: SignedRound, nonce: str, source: str) -> Answer:
         """``signed`` bound to ``nonce`` by a freshness leaf (batched with this turn's other answers)."""
-        return Answer(signed, *await self.freshness.stamp_with_json(nonce, signed.digests, source))
+        return Answer(signed, None, await self.freshness.submit(nonce, signed.digests, source))
 
     def sign_error(self, target: Target, ip: str | None, status: str, detail: str) -> tuple[dict[str, Any], str]:
         """A signed error observation made now (not a probe: ``answer_too_large`` and the like).
@@ -155,19 +170,29 @@ class ObservationService:
                 if stored and self.clock() - stored[0].observed_at <= ttl:
                     cached = await self._sign(target, stored)
                     _put(self._latest, key, cached)
-            if cached is not None and self.clock() - cached.observed_at <= ttl and self._allowed_now(cached.results):
+            if cached is not None and self.clock() - cached.observed_at <= ttl and self._allowed_now(cached):
                 self.cache_hits += 1
                 return cached, "cached"
         return await self._fresh_round(target, all_addresses), "fresh"
 
-    def _allowed_now(self, results: list[ProbeResult]) -> bool:
-        """Whether the address policy in force still allows this cached round (port and every address)."""
+    def _allowed_now(self, signed: SignedRound) -> bool:
+        """Whether the address policy in force still allows this cached round (port and every address).
+
+        The verdict is remembered with the round for that policy object (policies are
+        frozen): a replaced policy is checked in full on the next answer.
+        """
         policy = self.prober.policy
+        if signed.allowed_under is policy:
+            return True
+        results = signed.results
         if any(r.status in UNSTORED for r in results):
             return False  # a refusal or busy answer from an older store is decided afresh
         if policy.port_reason(results[0].target.port):
             return False
-        return not any(r.ip is not None and policy.address_reason(r.ip) for r in results)
+        if any(r.ip is not None and policy.address_reason(r.ip) for r in results):
+            return False
+        signed.allowed_under = policy
+        return True
 
     async def fresh(self, target: Target, *, all_addresses: bool = False) -> list[ProbeResult]:
         """Probe now (sharing an in-flight probe of the same target) and store the result."""
@@ -197,8 +222,12 @@ class ObservationService:
         if any(r.status in UNSTORED for r in results):
             signed = sign_round(results, self.key, ())  # says nothing about the target: no history, not kept
         else:
-            await self.store.add(results, all_addresses=all_addresses)
-            signed = await self._sign(target, results)
+            # The answer waits for the commit (synchronous=FULL: see notary.store); the store reads
+            # the key history in the same job, right after it, when it can.
+            history = await self.store.add(results, all_addresses=all_addresses)
+            if history is None:
+                history = await self.store.key_history(target)
+            signed = sign_round(results, self.key, history)
             _put(self._latest, (target, all_addresses), signed)
         for r in results:
             log.info("probed %s ip=%s status=%s spki=%s", target, r.ip, r.status, r.spki_sha256)

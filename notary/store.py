@@ -15,7 +15,17 @@ thread: every database call is serialised there (no interleaved transactions),
 and concurrent :meth:`~SQLiteStore.add` calls are *group-committed*: all rounds
 waiting when the writer runs go into one transaction with one fsync.  A failed
 transaction is rolled back whole and every waiting caller gets a
-:class:`~notary.errors.StoreError`.
+:class:`~notary.errors.StoreError`.  In the same job on the store thread, right
+after the commit, each round's key history is read and returned by
+:meth:`~SQLiteStore.add` (the service signs with it: one thread hop per probe,
+not two); should that read fail, the round stays committed and ``add`` returns
+None, and the caller reads the history itself.
+
+What is guaranteed: an answer that carries a fresh observation is sent only
+after the transaction holding it has committed with ``synchronous=FULL`` (the
+fsync is on the cold answer's path: about 1 ms here, the largest part of a cold
+observe after the handshake; ``bench/notary_cold_latency.py`` prints the
+breakdown).  Nothing answered is kept only in memory.
 
 Each distinct presented chain is stored once, in ``chains``, keyed by the
 SHA-256 of its canonical form (content-addressed); an observation row keeps
@@ -50,16 +60,24 @@ __all__ = ["Store", "SQLiteStore", "SCHEMA_VERSION", "prepare_store"]
 T = TypeVar("T")
 
 
+#: Key sightings a history holds at most (newest last sighting first).
+HISTORY_LIMIT = 32
+
+
 class Store(Protocol):
     """Where a notary keeps its observations."""
 
-    async def add(self, results: Sequence[ProbeResult], *, all_addresses: bool) -> None:
-        """Durably record one probe round (one or several addresses) of a target."""
+    async def add(self, results: Sequence[ProbeResult], *, all_addresses: bool) -> tuple[KeySighting, ...] | None:
+        """Durably record one probe round (one or several addresses) of a target.
+
+        May return the target's key history as of just after the write (what
+        :meth:`key_history` would then return), saving the caller a second read; None if not.
+        """
 
     async def latest(self, target: Target, *, all_addresses: bool) -> list[ProbeResult]:
         """The most recent probe round for ``target`` (empty when never probed)."""
 
-    async def key_history(self, target: Target, *, limit: int = 32) -> tuple[KeySighting, ...]:
+    async def key_history(self, target: Target, *, limit: int = HISTORY_LIMIT) -> tuple[KeySighting, ...]:
         """Each distinct key seen for ``target`` (host, port *and* SNI), first and last sighting, newest first."""
 
     async def close(self) -> None: ...
@@ -105,7 +123,7 @@ class SQLiteStore:
         self.path = path
         self._executor = executor
         self._db = db
-        self._pending: list[tuple[_Round, asyncio.Future[None]]] = []
+        self._pending: list[tuple[_Round, asyncio.Future[tuple[KeySighting, ...] | None]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -130,28 +148,42 @@ class SQLiteStore:
             raise StoreError(f"cannot {what}: {exc}") from None
 
     # -- writes: group commit ---------------------------------------------------
-    async def add(self, results: Sequence[ProbeResult], *, all_addresses: bool) -> None:
+    async def add(self, results: Sequence[ProbeResult], *, all_addresses: bool) -> tuple[KeySighting, ...] | None:
+        """Commit the round (group commit), then return the target's key history read right after
+        the commit on the same thread (None if that read failed: the round is committed all the same)."""
         if not results:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            return None
+        fut: asyncio.Future[tuple[KeySighting, ...] | None] = asyncio.get_running_loop().create_future()
         self._pending.append(((results, all_addresses), fut))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._drain())
-        await asyncio.shield(fut)
+        return await asyncio.shield(fut)
 
     async def _drain(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                await self._run(lambda: self._write([r for r, _ in batch]), "record observations")  # noqa: B023 (awaited here)
+                histories = await self._run(lambda: self._write_and_read([r for r, _ in batch]),  # noqa: B023
+                                            "record observations")
             except Exception as exc:  # every waiter gets it; none is left hanging
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(StoreError(f"cannot record observations: {exc}"))
             else:
-                for _, fut in batch:
+                for (_, fut), history in zip(batch, histories):
                     if not fut.done():
-                        fut.set_result(None)
+                        fut.set_result(history)
+
+    def _write_and_read(self, rounds: list[_Round]) -> list[tuple[KeySighting, ...] | None]:
+        """One job on the store thread: commit ``rounds``, then read each target's key history."""
+        self._write(rounds)
+        out: list[tuple[KeySighting, ...] | None] = []
+        for results, _ in rounds:
+            try:
+                out.append(self._history(results[0].target, HISTORY_LIMIT))
+            except sqlite3.Error:
+                out.append(None)  # committed; the caller reads the history itself
+        return out
 
     def _write(self, rounds: list[_Round]) -> None:
         db = self._db
@@ -194,16 +226,19 @@ class SQLiteStore:
         ), "read observations")
         return [join_record(bytes(row[0]), None if row[1] is None else bytes(row[1])) for row in rows]
 
-    async def key_history(self, target: Target, *, limit: int = 32) -> tuple[KeySighting, ...]:
+    async def key_history(self, target: Target, *, limit: int = HISTORY_LIMIT) -> tuple[KeySighting, ...]:
+        return await self._run(lambda: self._history(target, limit), "read key history")
+
+    def _history(self, target: Target, limit: int) -> tuple[KeySighting, ...]:
         # Keyed by SNI too: a key served for another name on the same address must
         # never enter this name's history (anyone can ask a notary to probe any SNI).
-        rows = await self._run(lambda: self._fetch(
+        rows = self._fetch(
             "SELECT o.spki_sha256, min(o.observed_at), max(o.observed_at) FROM observations o"
             " JOIN rounds r ON r.id = o.round_id"
             " WHERE r.host=? AND r.port=? AND r.sni=? AND o.status='ok' GROUP BY o.spki_sha256"
             " ORDER BY max(o.observed_at) DESC, o.spki_sha256 LIMIT ?",
             (target.host, target.port, target.sni or "", limit),
-        ), "read key history")
+        )
         return tuple(KeySighting(r[0], int(r[1]), int(r[2])) for r in rows)
 
     async def count(self) -> int:

@@ -40,6 +40,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import socket
 import sys
@@ -97,7 +98,7 @@ def _die_with_parent() -> None:
 
 
 def _worker(index: int, config: NotaryConfig, key: SigningKey, host: str, port: int, placeholder: socket.socket,
-            parent: int, options: dict[str, Any]) -> None:
+            parent: int, ready: int, options: dict[str, Any]) -> None:
     """One worker process: its own SO_REUSEPORT socket, one notary app, until SIGTERM."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler (inherited by fork)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM ends a worker
@@ -108,14 +109,14 @@ def _worker(index: int, config: NotaryConfig, key: SigningKey, host: str, port: 
     from notary.errors import ParallaxError
 
     try:
-        _run_worker(index, config, key, host, port, **options)
+        _run_worker(index, config, key, host, port, ready=ready, **options)
     except (ParallaxError, OSError) as exc:  # one line, no traceback; the parent then stops the group
         print(f"parallax: worker {index}: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
 
 
 def _run_worker(index: int, config: NotaryConfig, key: SigningKey, host: str, port: int, *,
-                relay: Any = None, access_log: bool = False) -> None:
+                ready: int, relay: Any = None, access_log: bool = False) -> None:
     import asyncio
 
     from notary.connguard import raise_fd_limit
@@ -129,8 +130,28 @@ def _run_worker(index: int, config: NotaryConfig, key: SigningKey, host: str, po
     app = create_app(config, key, relay=relay)
     app[WORKER] = index
     # The same serving path as a single notary: the connection guard and JSON parse errors.
-    asyncio.run(serve_app(app, host, port, app[GUARD], None, sock=sock,
+    def listening(_addr: tuple[str, int]) -> None:
+        os.write(ready, b"1")  # tell the parent: this worker accepts connections now
+        os.close(ready)
+
+    asyncio.run(serve_app(app, host, port, app[GUARD], listening, sock=sock,
                           access_log=logging.getLogger("aiohttp.access") if access_log else None))
+
+
+def _await_ready(fd: int, workers: int, procs: list[Any], stopping: Callable[[], bool]) -> bool:
+    """Until ``workers`` readiness bytes arrived on ``fd`` (True), or a worker exited or a stop
+    was asked for first (False; the supervision loop then stops the group)."""
+    got = 0
+    while got < workers:
+        if stopping() or any(not p.is_alive() for p in procs):
+            return False
+        readable, _, _ = select.select([fd], [], [], 0.2)
+        if readable:
+            chunk = os.read(fd, workers)
+            if not chunk:  # every write end closed: a worker died before it said so
+                return False
+            got += len(chunk)
+    return True
 
 
 def serve_workers(config: NotaryConfig, key: SigningKey, host: str, port: int, workers: int, *,
@@ -139,7 +160,9 @@ def serve_workers(config: NotaryConfig, key: SigningKey, host: str, port: int, w
     """Run ``workers`` notary processes on ``host:port`` until SIGTERM/SIGINT; returns the exit status.
 
     ``relay``, ``access_log`` and ``on_bound`` are those of :func:`notary.server.run`: ``on_bound``
-    runs in this process once the address is held, before the workers start.
+    runs in this process once every worker is listening (each tells the parent through a pipe),
+    so whoever waits for it (``parallax serve`` prints ``listening`` then) can connect at once.
+    If a worker exits first, ``on_bound`` never runs and the group stops (status 1).
     """
     if not 1 <= workers <= MAX_WORKERS:
         raise ConfigError(f"--workers must be from 1 to {MAX_WORKERS}")
@@ -158,9 +181,9 @@ def serve_workers(config: NotaryConfig, key: SigningKey, host: str, port: int, w
         from notary.server import listen_url
 
         config = dataclasses.replace(config, url=listen_url(host, port))
-    if on_bound is not None:
-        on_bound((str(placeholder.getsockname()[0]), port))
+    bound = (str(placeholder.getsockname()[0]), port)
     ctx = multiprocessing.get_context("fork")
+    ready_r, ready_w = os.pipe()
     procs: list[Any] = []
     stopping = False
 
@@ -175,11 +198,15 @@ def serve_workers(config: NotaryConfig, key: SigningKey, host: str, port: int, w
     status = 0
     try:
         for i in range(workers):
-            p = ctx.Process(target=_worker, args=(i, config, key, host, port, placeholder, os.getpid(),
+            p = ctx.Process(target=_worker, args=(i, config, key, host, port, placeholder, os.getpid(), ready_w,
                                                   {"relay": relay, "access_log": access_log}),
                             name=f"parallax-worker-{i}", daemon=False)
             p.start()
             procs.append(p)
+        os.close(ready_w)
+        ready_w = -1
+        if _await_ready(ready_r, workers, procs, lambda: stopping) and on_bound is not None:
+            on_bound(bound)
         log.info("serving on %s:%d with %d workers (pids %s)", host, port, workers, [p.pid for p in procs])
         while not stopping:
             dead = [p for p in procs if not p.is_alive()]
@@ -190,6 +217,9 @@ def serve_workers(config: NotaryConfig, key: SigningKey, host: str, port: int, w
                 break
             time.sleep(0.2)
     finally:
+        for fd in (ready_r, ready_w):
+            if fd >= 0:
+                os.close(fd)
         stop_all()
         deadline = time.monotonic() + 10
         for p in procs:

@@ -442,3 +442,50 @@ async def test_parser_errors_answer_json_echo_nothing_and_log_no_traceback(
 
 if os.environ.get("PARALLAX_GUARD_DEBUG"):  # pragma: no cover
     logging.basicConfig(level=logging.DEBUG)
+
+
+# -- lazy deadline timers (issue 11): one pending timer per connection, moved without churn ----------
+
+async def _serve_one(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    length = int(next(ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")).split(b":")[1])
+    await r.readexactly(length)
+
+
+async def test_a_kept_alive_connection_trickling_its_next_head_is_closed_at_the_head_deadline(tmp_path: Path) -> None:
+    """The idle deadline (long) is pending when the next request's first byte arrives; the head
+    deadline (short) it then starts must still be met, though no timer is re-created per request."""
+    async with guarded(_cfg(tmp_path, head_timeout=0.6, idle_timeout=5.0)) as (port, guard):
+        r, w = await _open(port)
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:  # many requests over longer than head_timeout: the
+            await _serve_one(r, w)                # connection's first timer is long gone
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
+        started = time.monotonic()
+        assert await _closed_within(r, 4)
+        elapsed = time.monotonic() - started
+        w.close()
+        assert 0.4 < elapsed < 2.0, elapsed  # the head deadline (0.6 s), not the idle one (5 s)
+        assert guard.closed == {"head": 1, "idle": 0}
+        assert guard.open == 0
+
+
+async def test_a_busy_connection_is_never_closed_and_its_idle_deadline_starts_after_the_answer(tmp_path: Path) -> None:
+    """Requests keep a connection busy past both deadlines' lengths in total; it is closed only
+    after ``idle_timeout`` of silence following its last answer."""
+    async with guarded(_cfg(tmp_path, head_timeout=0.3, idle_timeout=0.8)) as (port, guard):
+        r, w = await _open(port)
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:  # longer than both deadlines, never idle for long
+            await _serve_one(r, w)
+            await asyncio.sleep(0.1)
+        last = time.monotonic()
+        assert await _closed_within(r, 4)
+        idle = time.monotonic() - last
+        w.close()
+        assert 0.6 < idle < 2.0, idle
+        assert guard.closed == {"head": 0, "idle": 1}

@@ -200,3 +200,20 @@ async def test_the_spliced_json_of_an_answer_is_the_json_of_its_object() -> None
         assert json.loads(text) == proof
         answer = Answer(rnd, proof, text)
         assert json.loads("{" + answer.json_members() + "}") == answer.to_json()
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 13, 64])
+def test_the_batch_proofs_written_as_text_are_the_json_of_freshness_proof(size: int) -> None:
+    """The notary writes each leaf's ``freshness`` member as text (issue 11); it must parse to exactly
+    what :func:`freshness_proof` builds for the same statement, leaf, index and path."""
+    from notary.core.freshness import freshness_proof, sign_statement
+    from notary.signer import proofs_json
+
+    leaves = [leaf_bytes(f"text-proof-nonce-{i:04d}", ["ab" * 32], "cached") for i in range(size)]
+    root, paths = merkle.tree_paths([merkle.leaf_hash(leaf) for leaf in leaves])
+    statement = sign_statement(KEY, 1234, root, size)
+    texts = proofs_json(statement, leaves, paths)
+    assert len(texts) == size
+    for i, text in enumerate(texts):
+        assert json.loads(text) == freshness_proof(statement, leaves[i], i, paths[i])
+        assert text == json.dumps(freshness_proof(statement, leaves[i], i, paths[i]), separators=(",", ":"))

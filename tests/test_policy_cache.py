@@ -83,3 +83,42 @@ async def test_refusals_are_not_stored_and_a_looser_restart_probes_afresh(tmp_pa
         async with notary(tmp_path, key, LOOPBACK) as observe:
             obs = await observe("127.0.0.1", srv.port)
     assert obs.status == "ok" and obs.source == "fresh"
+
+
+async def test_a_policy_replaced_in_a_running_notary_is_applied_to_its_memory_cache(tmp_path: Path) -> None:
+    """A cached round remembers the policy object it was last allowed under (issue 11: one identity
+    check per cached answer).  Replacing the prober's policy must make the next answer check again:
+    stricter refuses the cached round, the original policy serves it from the cache once more."""
+    from notary.server import SERVICE, create_app
+
+    key = SigningKey.generate()
+    ca = make_ca()
+    async with tls_server(server_context(ca.issue_cert("127.0.0.1"))) as srv:
+        app = create_app(NotaryConfig(data_dir=tmp_path, policy=LOOPBACK, rate_per_client=1000.0,
+                                      burst_per_client=1000), key)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            async def observe(nonce: str) -> Any:
+                async with aiohttp.ClientSession() as s:
+                    async with s.post(base + "/v1/observe", json={"targets": [{"host": "127.0.0.1", "port": srv.port}],
+                                                                  "nonce": nonce}) as r:
+                        assert r.status == 200, await r.text()
+                        res = (await r.json())["results"][0]
+                return verify_answer(res["envelopes"], res["freshness"], key.verify_key, nonce=nonce)[0]
+
+            assert (await observe("policy-memo-nonce-1")).source == "fresh"
+            assert (await observe("policy-memo-nonce-2")).source == "cached"
+            assert srv.handshakes == 1
+            prober = app[SERVICE].prober
+            prober.policy = STRICT
+            refused = await observe("policy-memo-nonce-3")
+            assert refused.status == "blocked_by_policy" and refused.source == "fresh"
+            prober.policy = AddressPolicy(parse_networks(["127.0.0.0/8"]), None)  # equal, but another object
+            again = await observe("policy-memo-nonce-4")
+            assert again.status == "ok" and again.source == "cached"
+            assert srv.handshakes == 1  # the refusal was never cached nor stored; the round was kept
+        finally:
+            await runner.cleanup()

@@ -601,6 +601,9 @@ async def test_healthz_metrics_and_openapi(make_notary: NotaryFactory, cert) -> 
     assert 'parallax_probes_total{status="ok"} 1.0' in text
     assert 'parallax_http_requests_total{code="200",route="/v1/observe"} 1.0' in text
     assert 'code="404"' in text
+    # One answer, so one leaf under one signed freshness statement so far.
+    assert 'parallax_freshness_signed{kind="leaves"} 1.0' in text
+    assert 'parallax_freshness_signed{kind="statements"} 1.0' in text
 
     status, headers, body = await n.request("GET", "/v1/openapi.json")
     assert status == 200

@@ -179,3 +179,22 @@ def test_a_taken_port_is_an_io_error_not_a_crash(tmp_path: Path) -> None:
     assert p.returncode == 74, p.stderr  # as for a single notary (test_cli_notary)
     assert "Traceback" not in p.stderr and "already in use" in p.stderr.lower()
     assert p.stderr.count("\n") == 1
+
+
+def test_serve_says_listening_only_once_every_worker_accepts_connections(tmp_path: Path) -> None:
+    """Issue 11: ``listening`` was printed before the workers had their sockets; a client that
+    connected at once could be refused.  Now every worker reports in first."""
+    data = tmp_path / "d"
+    for _ in range(3):  # the race was a matter of milliseconds: try it a few times
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from client.cli import run_main; run_main()", "serve", "--init", "--region", "test",
+             "--data-dir", str(data), "--listen", "127.0.0.1:0", "--workers", "2"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        try:
+            assert proc.stdout is not None
+            port = int(json.loads(proc.stdout.readline())["listening"].rpartition(":")[2])
+            for _ in range(20):  # no waiting: each connection must be accepted right away
+                with socket.create_connection(("127.0.0.1", port), timeout=5):
+                    pass
+        finally:
+            stop(proc)

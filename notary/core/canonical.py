@@ -102,11 +102,13 @@ def encode(value: Any) -> bytes:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise EncodingError(f"duplicate key in JSON object: {key!r}")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):  # some key came twice: name the first repeated one
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise EncodingError(f"duplicate key in JSON object: {key!r}")
+            seen.add(key)
     return out
 
 
@@ -116,6 +118,10 @@ def _no_float(text: str) -> Any:
 
 def _no_constant(text: str) -> Any:
     raise EncodingError(f"{text} is not JSON")
+
+
+#: One strict decoder for every call (``json.loads`` with hooks builds a new decoder and scanner each time).
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_float=_no_float, parse_constant=_no_constant)
 
 
 def decode(data: bytes | str, *, max_bytes: int = 1 << 20) -> Any:
@@ -133,12 +139,7 @@ def decode(data: bytes | str, *, max_bytes: int = 1 << 20) -> Any:
     except UnicodeDecodeError:
         raise EncodingError("JSON is not valid UTF-8") from None
     try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_no_duplicates,
-            parse_float=_no_float,
-            parse_constant=_no_constant,
-        )
+        value = _DECODER.decode(text)
     except EncodingError:
         raise
     except (ValueError, RecursionError) as exc:

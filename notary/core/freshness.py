@@ -67,7 +67,6 @@ FRESHNESS_TYPE = "application/vnd.parallax.freshness+json; version=1"
 #: A leaf names at most this many observations (one per probed address).
 MAX_OBSERVATIONS = 16
 MAX_LEAF_BYTES = 4096
-_HEX = frozenset("0123456789abcdef")
 _PLAIN = re.compile(r"[A-Za-z0-9_-]*")
 
 VerifyFn = Callable[[Any, VerifyKey, str], Verified]
@@ -78,8 +77,12 @@ def _parse_observation(v: Verified) -> Observation:
     return Observation.from_payload(v.payload)
 
 
+_HEX32 = re.compile("[0-9a-f]{64}")
+_HEX32_LIST = re.compile('[0-9a-f]{64}(?:","[0-9a-f]{64})*')
+
+
 def _is_hex32(text: Any) -> bool:
-    return isinstance(text, str) and len(text) == 64 and set(text) <= _HEX
+    return isinstance(text, str) and _HEX32.fullmatch(text) is not None
 
 
 def observation_digest(payload: bytes) -> str:
@@ -97,9 +100,9 @@ def leaf_bytes(nonce: str, digests: Sequence[str], source: str) -> bytes:
     """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}")
-    if _PLAIN.fullmatch(nonce) and all(_is_hex32(d) for d in digests):
-        quoted = ",".join(f'"{d}"' for d in digests)
-        return f'{{"nonce":"{nonce}","observations":[{quoted}],"source":"{source}"}}'.encode("ascii")
+    inner = '","'.join(digests)  # one regex checks them all: a hex digest holds no '","'
+    if _HEX32_LIST.fullmatch(inner) and _PLAIN.fullmatch(nonce):
+        return f'{{"nonce":"{nonce}","observations":["{inner}"],"source":"{source}"}}'.encode("ascii")
     return canonical.encode({"nonce": nonce, "observations": list(digests), "source": source})
 
 

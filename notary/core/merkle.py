@@ -83,20 +83,30 @@ def inclusion_path(leaves: Sequence[bytes], index: int) -> list[bytes]:
 
 
 def tree_paths(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
-    """The root and every leaf's inclusion path at once, in O(n log n) hashes."""
+    """The root and every leaf's inclusion path at once, in O(n log n) steps and n - 1 hashes.
+
+    Built bottom-up: each level hashes adjacent pairs and carries a lone last node up
+    unchanged, which is the same tree as the RFC 9162 split (the left subtree is the
+    largest perfect tree); a path takes a node's sibling at each level where it has one.
+    """
     n = len(leaves)
     if n == 0:
         raise ValueError("a tree has at least one leaf")
-    if n == 1:
-        return leaves[0], [[]]
-    k = _split(n)
-    left_root, left_paths = tree_paths(leaves[:k])
-    right_root, right_paths = tree_paths(leaves[k:])
-    for p in left_paths:
-        p.append(right_root)
-    for p in right_paths:
-        p.append(left_root)
-    return node_hash(left_root, right_root), left_paths + right_paths
+    paths: list[list[bytes]] = [[] for _ in range(n)]
+    level = list(leaves)
+    shift = 0  # leaf i sits at position i >> shift of the current level
+    while len(level) > 1:
+        size = len(level)
+        for i, path in enumerate(paths):
+            sibling = (i >> shift) ^ 1
+            if sibling < size:
+                path.append(level[sibling])
+        nxt = [node_hash(level[j], level[j + 1]) for j in range(0, size - 1, 2)]
+        if size & 1:
+            nxt.append(level[-1])
+        level = nxt
+        shift += 1
+    return level[0], paths
 
 
 def root_from_path(index: int, size: int, leaf: bytes, path: Sequence[bytes]) -> bytes | None:

@@ -130,7 +130,9 @@ class ProbeResult:
         return cls(target=target, ip=ip, status=status, observed_at=observed_at, detail=detail[:MAX_DETAIL])
 
     # -- storage form (unsigned canonical JSON) ---------------------------------
-    def to_record(self) -> bytes:
+    def to_record(self, *, with_chain: bool = True) -> bytes:
+        """The storage record; ``with_chain=False``: the same record with ``"chain": []``
+        (the store keeps chains apart, see :func:`chain_record`)."""
         return canonical.encode(
             {
                 "target": self.target.to_json(),
@@ -139,9 +141,13 @@ class ProbeResult:
                 "observed_at": self.observed_at,
                 "detail": self.detail,
                 "tls_version": self.tls_version,
-                "chain": [base64.b64encode(c).decode("ascii") for c in self.chain],
+                "chain": self.chain_record() if with_chain else [],
             }
         )
+
+    def chain_record(self) -> list[str]:
+        """The chain as the record holds it: base64 DER certificates, leaf first."""
+        return [base64.b64encode(c).decode("ascii") for c in self.chain]
 
     @classmethod
     def from_record(cls, data: bytes) -> "ProbeResult":
