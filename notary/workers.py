@@ -156,13 +156,16 @@ def _await_ready(fd: int, workers: int, procs: list[Any], stopping: Callable[[],
 
 def serve_workers(config: NotaryConfig, key: SigningKey, host: str, port: int, workers: int, *,
                   relay: Any = None, access_log: bool = False,
-                  on_bound: Callable[[tuple[str, int]], None] | None = None) -> int:
+                  on_bound: Callable[[tuple[str, int]], None] | None = None,
+                  on_ready: Callable[[tuple[str, int]], None] | None = None) -> int:
     """Run ``workers`` notary processes on ``host:port`` until SIGTERM/SIGINT; returns the exit status.
 
     ``relay``, ``access_log`` and ``on_bound`` are those of :func:`notary.server.run`: ``on_bound``
-    runs in this process once every worker is listening (each tells the parent through a pipe),
-    so whoever waits for it (``parallax serve`` prints ``listening`` then) can connect at once.
-    If a worker exits first, ``on_bound`` never runs and the group stops (status 1).
+    runs in this process once the address is held, before the workers start (so whatever it
+    writes exists before any worker answers, e.g. a health check).  ``on_ready`` runs once every
+    worker is listening (each tells the parent through a pipe), so whoever waits for it
+    (``parallax serve`` prints ``listening`` then) can connect at once.  If a worker exits
+    first, ``on_ready`` never runs and the group stops (status 1).
     """
     if not 1 <= workers <= MAX_WORKERS:
         raise ConfigError(f"--workers must be from 1 to {MAX_WORKERS}")
@@ -182,6 +185,8 @@ def serve_workers(config: NotaryConfig, key: SigningKey, host: str, port: int, w
 
         config = dataclasses.replace(config, url=listen_url(host, port))
     bound = (str(placeholder.getsockname()[0]), port)
+    if on_bound is not None:
+        on_bound(bound)
     ctx = multiprocessing.get_context("fork")
     ready_r, ready_w = os.pipe()
     procs: list[Any] = []
@@ -205,8 +210,8 @@ def serve_workers(config: NotaryConfig, key: SigningKey, host: str, port: int, w
             procs.append(p)
         os.close(ready_w)
         ready_w = -1
-        if _await_ready(ready_r, workers, procs, lambda: stopping) and on_bound is not None:
-            on_bound(bound)
+        if _await_ready(ready_r, workers, procs, lambda: stopping) and on_ready is not None:
+            on_ready(bound)
         log.info("serving on %s:%d with %d workers (pids %s)", host, port, workers, [p.pid for p in procs])
         while not stopping:
             dead = [p for p in procs if not p.is_alive()]

@@ -198,3 +198,32 @@ def test_serve_says_listening_only_once_every_worker_accepts_connections(tmp_pat
                     pass
         finally:
             stop(proc)
+
+
+def test_a_healthy_worker_implies_the_entry_and_identity_exist(tmp_path: Path) -> None:
+    """Compose's bundle service and the benchmarks wait for /healthz, then read the exported
+    entry.  Saying ``listening`` only once every worker was ready had moved the entry's writing
+    after the first worker's answers (a benchmark read a missing entry.json); the files are
+    written again as soon as the address is held, before any worker starts."""
+    for attempt in range(3):
+        data, export = tmp_path / f"d{attempt}", tmp_path / f"out{attempt}" / "entry.json"
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from client.cli import run_main; run_main()", "serve", "--init", "--region", "test",
+             "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", "--workers", "2", "--export-entry", str(export)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.002)
+            else:
+                pytest.fail("no worker answered /healthz within 30 s")
+            assert export.exists() and (data / "identity.json").exists(), "healthy before the entry was written"
+            assert json.loads(export.read_text())["region"] == "test"
+        finally:
+            stop(proc)

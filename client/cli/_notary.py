@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -118,24 +119,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         relay = _relay_config(args, config)
         workers = args.workers if args.workers is not None else default_workers()
 
-        def bound(addr: tuple[str, int]) -> None:
+        def record(addr: tuple[str, int]) -> None:
             # Only once the listener is bound: a serve that cannot bind changes nothing on disk.
-            advertised = url or listen_url(host, addr[1])
-            entry = bundle_entry(config.name, advertised, config.region, key.key_id, key.verify_key.b64,
-                                 config.country, config.rir, relay=relay is not None)
+            # Before any request is answered, so a passing health check implies the entry exists.
+            entry = bundle_entry(config.name, url or listen_url(host, addr[1]), config.region, key.key_id,
+                                 key.verify_key.b64, config.country, config.rir, relay=relay is not None)
             write_identity(Path(args.data_dir), entry)
             if args.export_entry:
-                Path(args.export_entry).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.export_entry).write_text(json.dumps(entry, indent=2) + "\n")
+                export = Path(args.export_entry)
+                export.parent.mkdir(parents=True, exist_ok=True)
+                tmp = export.with_name(f".{export.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(entry, indent=2) + "\n")
+                os.replace(tmp, export)  # a reader sees the whole entry or none
+
+        def announce(addr: tuple[str, int]) -> None:
+            # Once connections are accepted (every worker's, with --workers).
             listening = f"{'[' + addr[0] + ']' if ':' in addr[0] else addr[0]}:{addr[1]}"
-            print(json.dumps({"serving": advertised, "key_id": key.key_id, "region": config.region,
-                              "listening": listening, "workers": workers}), flush=True)
+            print(json.dumps({"serving": url or listen_url(host, addr[1]), "key_id": key.key_id,
+                              "region": config.region, "listening": listening, "workers": workers}), flush=True)
+
+        def record_and_announce(addr: tuple[str, int]) -> None:
+            record(addr)
+            announce(addr)
 
         if workers == 1:
-            run(config, key, host, port, relay=relay, access_log=args.access_log, on_bound=bound)
+            run(config, key, host, port, relay=relay, access_log=args.access_log, on_bound=record_and_announce)
             return 0
         return serve_workers(config, key, host, port, workers, relay=relay, access_log=args.access_log,
-                             on_bound=bound)
+                             on_bound=record, on_ready=announce)
     finally:
         if lock is not None:
             lock.release()
