@@ -239,15 +239,22 @@ class _Guarded(asyncio.Protocol):
     # -- deadlines -------------------------------------------------------------------
     # Lazy timers: a state change only moves ``deadline``; no timer is cancelled or
     # created per request.  Whenever the connection waits (not busy) one timer is
-    # pending, due no later than its deadline: it is never set further ahead than the
-    # shorter of ``head_timeout`` and ``idle_timeout``, so a deadline moved earlier (the
-    # first byte of a kept-alive request starts the head clock) is still met exactly.  When it fires early it re-arms
-    # for what is left; on a busy connection it lapses and ``request_finished`` re-arms.
+    # pending, due no later than its deadline: it is never set further ahead than
+    # ``timer_step`` (the shorter of ``head_timeout`` and ``idle_timeout``, at least 1 s),
+    # so with the default limits a deadline moved earlier (the first byte of a kept-alive
+    # request starts the head clock) is still met without touching the timer; a deadline
+    # earlier than the pending timer (a timeout under ``timer_step``) replaces it.  When it
+    # fires early it re-arms for what is left; on a busy connection it lapses and
+    # ``request_finished`` re-arms.
     def _arm(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
         self.deadline = now + seconds
-        if self.timer is None:
+        timer = self.timer
+        if timer is not None and timer.when() > self.deadline:
+            timer.cancel()
+            timer = self.timer = None
+        if timer is None:
             self.timer = loop.call_at(min(self.deadline, now + self.guard.timer_step), self._expired)
 
     def _disarm(self) -> None:
@@ -309,7 +316,11 @@ class ConnectionGuard:
         self.clock = clock
         self.max_connections = fd_cap(limits.max_connections, limits.fd_reserve, limits.backlog)
         #: How far ahead a connection's (lazy) deadline timer is ever set, in seconds.
-        self.timer_step = min(limits.head_timeout, limits.idle_timeout)
+        # At most the shorter deadline (so a deadline moved earlier is met without a cancel), but
+        # never under a second: a zero or tiny timeout must not make a waiting connection's timer
+        # spin (an earlier deadline than the pending timer is then handled by a cancel in _arm).
+        positive = [t for t in (limits.head_timeout, limits.idle_timeout) if t > 0]
+        self.timer_step = max(1.0, min(positive)) if positive else 1.0
         self.open = 0
         self.dying = 0  # evicted, descriptor not yet closed
         self.per_client: dict[str, int] = {}

@@ -188,6 +188,22 @@ def test_leaf_fast_path_is_byte_identical_to_rfc8785(nonce: str, digests: list[s
     assert leaf_bytes(nonce, digests, source) == expected
 
 
+def test_leaf_fast_path_does_not_take_two_digests_for_one() -> None:
+    """Review of the speed pass: one item holding '","' between two hex digests passed the
+    fast path's joined regex, and the leaf named two observations for one input item."""
+    a, b = "a" * 64, "b" * 64
+    spliced = f'{a}","{b}'
+    got = leaf_bytes("n" * 22, [spliced], "fresh")
+    assert got == canonical_encode_leaf("n" * 22, [spliced], "fresh")
+    assert json.loads(got)["observations"] == [spliced]  # one item, as given
+
+
+def canonical_encode_leaf(nonce: str, digests: list[str], source: str) -> bytes:
+    from notary.core import canonical_encode
+
+    return canonical_encode({"nonce": nonce, "observations": digests, "source": source})
+
+
 async def test_the_spliced_json_of_an_answer_is_the_json_of_its_object() -> None:
     """The notary writes answers by splicing pre-serialised text; it must parse to the answer object."""
     from notary.signer import Answer

@@ -100,8 +100,10 @@ def leaf_bytes(nonce: str, digests: Sequence[str], source: str) -> bytes:
     """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}")
-    inner = '","'.join(digests)  # one regex checks them all: a hex digest holds no '","'
-    if _HEX32_LIST.fullmatch(inner) and _PLAIN.fullmatch(nonce):
+    inner = '","'.join(digests)
+    # One regex checks them all; the length check makes sure each item is one digest (an item
+    # holding '","' between two digests would otherwise pass as two).
+    if len(inner) == 67 * len(digests) - 3 and _HEX32_LIST.fullmatch(inner) and _PLAIN.fullmatch(nonce):
         return f'{{"nonce":"{nonce}","observations":["{inner}"],"source":"{source}"}}'.encode("ascii")
     return canonical.encode({"nonce": nonce, "observations": list(digests), "source": source})
 
