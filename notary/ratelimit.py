@@ -24,7 +24,7 @@ class RateLimiter:
     but charged to one shared *overflow* bucket (same ``rate`` and ``burst``).
     Rotating through more keys than the table holds therefore never resets a
     limited client; during such a flood new keys share one client's allowance
-    (counted in :attr:`overflowed`).
+    (:attr:`overflowed` counts the checks charged to it; ``/metrics`` shows it).
     """
 
     def __init__(self, rate: float, burst: int, *, max_clients: int = 10_000) -> None:

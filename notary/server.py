@@ -443,6 +443,7 @@ async def _metrics(request: web.Request) -> web.Response:
     metrics["conn_events"].labels(event="evicted").set(guard.evicted)
     metrics["freshness"].labels(kind="statements").set(service.freshness.statements)
     metrics["freshness"].labels(kind="leaves").set(service.freshness.leaves)
+    metrics["rate_overflow"].set(request.app[LIMITER].overflowed + request.app[RELAY_PEER_LIMITER].overflowed)
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -466,6 +467,9 @@ def _make_metrics(registry: CollectorRegistry) -> dict[str, Any]:
         "freshness": Gauge("parallax_freshness_signed", "Freshness statements signed and leaves (answers) they "
                            "covered since start: leaves / statements is the mean batch size", ["kind"], registry=registry),
         "queued": Gauge("parallax_probes_queued", "Probes waiting for a slot", registry=registry),
+        "rate_overflow": Gauge("parallax_rate_limit_overflowed", "Rate-limit checks charged to the shared overflow "
+                               "bucket since start: keys not in the bucket table while it was full of draining "
+                               "buckets (a key flood)", registry=registry),
         "ohttp": Counter("parallax_ohttp_decapsulations", "Oblivious HTTP messages the gateway tried to decrypt, "
                          "by result (decapsulated, rejected)", ["result"], registry=registry),
     }

@@ -62,3 +62,30 @@ async def test_metrics_and_openapi_are_rate_limited_and_healthz_is_free(tmp_path
             assert await status("/v1/notary") == 200  # a bucket of their own: the observation budget is intact
     finally:
         await runner.cleanup()
+
+
+async def test_a_key_flood_shows_in_metrics(tmp_path: Path) -> None:
+    """Requests charged to the shared overflow bucket (the table full of draining buckets) are
+    counted in ``parallax_rate_limit_overflowed``, so an operator can see a key flood."""
+    from notary.ratelimit import RateLimiter
+    from notary.server import LIMITER
+
+    app = create_app(NotaryConfig(data_dir=tmp_path, rate_per_client=0.001, burst_per_client=1, rate_limit_delay=0.0),
+                     SigningKey.generate())
+    app[LIMITER] = RateLimiter(0.001, 1, max_clients=2)  # a small table, so three addresses flood it
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        for source, expected in (("127.0.0.2", 200), ("127.0.0.3", 200), ("127.0.0.4", 200), ("127.0.0.5", 429)):
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(source, 0))) as s:
+                async with s.get(base + "/v1/notary") as r:
+                    assert r.status == expected, source  # .4 took the overflow bucket's token, .5 found it empty
+        async with aiohttp.ClientSession() as s:
+            async with s.get(base + "/metrics") as r:
+                text = await r.text()
+        [value] = [float(ln.split()[1]) for ln in text.splitlines() if ln.startswith("parallax_rate_limit_overflowed ")]
+        assert value >= 2  # .4 and .5 (a refused request is checked again after its charge)
+    finally:
+        await runner.cleanup()

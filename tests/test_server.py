@@ -604,6 +604,7 @@ async def test_healthz_metrics_and_openapi(make_notary: NotaryFactory, cert) -> 
     # One answer, so one leaf under one signed freshness statement so far.
     assert 'parallax_freshness_signed{kind="leaves"} 1.0' in text
     assert 'parallax_freshness_signed{kind="statements"} 1.0' in text
+    assert "parallax_rate_limit_overflowed 0.0" in text  # no key flood
 
     status, headers, body = await n.request("GET", "/v1/openapi.json")
     assert status == 200
