@@ -263,6 +263,14 @@ def badge_js(ns: str, url: str, extra: str = "") -> str:
 })()""").substitute(ns=ns, url=url, extra=extra)
 
 
+def write_helper_config(env: dict[str, str], doc: dict[str, Any]) -> Path:
+    """Write the helper's ``helper.json`` (``doc``) under the browser environment's ``XDG_CONFIG_HOME``."""
+    config = Path(env["XDG_CONFIG_HOME"]) / "parallax" / "helper.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps(doc))
+    return config
+
+
 def popup_js(extra: str = "") -> str:
     """JS returning the popup's DOM once it is ready (null before); ``extra``: more fields, each a line."""
     return string.Template("""(() => {
@@ -273,6 +281,13 @@ def popup_js(extra: str = "") -> str:
 $extra          rows: [...document.querySelectorAll("#notaries tbody tr")].map(tr => tr.dataset.result),
           height: document.documentElement.scrollHeight};
 })()""").substitute(extra=extra)
+
+
+#: The popup's rows with their kind and cell texts (proxy rows carry ``data-kind="proxy"``).
+POPUP_ROWS_JS = popup_js("""          cells: [...document.querySelectorAll("#notaries tbody tr")].map(tr =>
+            ({kind: tr.dataset.kind || "notary", result: tr.dataset.result,
+              texts: [...tr.children].map(td => td.textContent)})),
+""")
 
 
 class ExtensionBrowser:

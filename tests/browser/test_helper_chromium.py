@@ -29,8 +29,8 @@ from client.cluster import local_cluster
 from client.devtools import StaticResolver, tls_site
 from client.helper.install import EXTENSION_DIR, HOST_NAME, extension_id, install
 from tests.browser.cdp import CDP, CHROMIUM, chromium
-from tests.browser.common import (ARTIFACTS, NAMES, ExtensionBrowser, badge_js, context_and_pin, helper_env,
-                                  logs_on_failure, notary_world, popup_js, wait)
+from tests.browser.common import (ARTIFACTS, NAMES, POPUP_ROWS_JS, ExtensionBrowser, badge_js, context_and_pin,
+                                  helper_env, logs_on_failure, notary_world, popup_js, wait, write_helper_config)
 from tests.support.dante import free_port, require_dante, running_dante
 
 pytestmark = [
@@ -159,11 +159,6 @@ async def test_extension_shows_verdicts_in_chromium(tmp_path: Path) -> None:
                 await wait("the redirect to the warning page", redirected, 15)
 
 
-#: The popup's rows with their kind and cell texts (proxy rows carry ``data-kind="proxy"``).
-POPUP_ROWS_JS = popup_js("""          cells: [...document.querySelectorAll("#notaries tbody tr")].map(tr =>
-            ({kind: tr.dataset.kind || "notary", result: tr.dataset.result,
-              texts: [...tr.children].map(td => td.textContent)})),
-""")
 
 
 async def test_popup_lists_proxy_vantages_in_chromium(tmp_path: Path) -> None:
@@ -184,9 +179,7 @@ async def test_popup_lists_proxy_vantages_in_chromium(tmp_path: Path) -> None:
                 local_cluster(3, tmp_path / "cluster", resolver=resolver) as cluster:
             install("chromium", user_data_dir=udd, bundle=cluster.bundle_path, launcher_dir=tmp_path / "host")
             env = helper_env(tmp_path, helper_log)
-            config = Path(env["XDG_CONFIG_HOME"]) / "parallax" / "helper.json"
-            config.parent.mkdir(parents=True)
-            config.write_text(json.dumps({"via": [dante.url, dead]}))
+            write_helper_config(env, {"via": [dante.url, dead]})
             args = ["--host-resolver-rules=MAP localhost 127.0.0.1", f"--ignore-certificate-errors-spki-list={site_pin}"]
             with logs_on_failure(helper_log, chromium_log, dante.log):
                 async with chromium(udd, EXTENSION_DIR, args, env=env, log_path=chromium_log) as cdp:

@@ -49,6 +49,7 @@ from client.helper.install import EXTENSION_DIR, FIREFOX_EXTENSION_ID, HOST_NAME
 from tests.browser.bidi import FIREFOX, BiDi, BiDiError, firefox
 from tests.browser.common import (
     ARTIFACTS,
+    POPUP_ROWS_JS,
     context_and_pin,
     ExtensionBrowser,
     badge_js,
@@ -58,6 +59,7 @@ from tests.browser.common import (
     popup_js,
     save_png,
     wait,
+    write_helper_config,
 )
 from tests.support.dante import free_port, require_dante, running_dante
 
@@ -157,9 +159,7 @@ async def firefox_with_extension(tmp_path: Path, bundle: Path, ext_uuid: str, he
     env.pop("DISPLAY", None)
     env.pop("WAYLAND_DISPLAY", None)
     if helper_config is not None:
-        config = Path(env["XDG_CONFIG_HOME"]) / "parallax" / "helper.json"
-        config.parent.mkdir(parents=True)
-        config.write_text(json.dumps(helper_config))
+        write_helper_config(env, helper_config)
     prefs = {
         "network.dns.forceResolve": "127.0.0.1",  # every name -> loopback; no real DNS
         "devtools.console.stdout.chrome": True,  # the extension's console.warn lands in firefox.log
@@ -275,10 +275,6 @@ async def test_extension_shows_verdicts_in_firefox(tmp_path: Path) -> None:
             assert after["status"] == "mitm_suspected" and after["text"] == "!"  # advisory, not forgotten
 
 
-POPUP_ROWS_JS = popup_js("""          cells: [...document.querySelectorAll("#notaries tbody tr")].map(tr =>
-            ({kind: tr.dataset.kind || "notary", result: tr.dataset.result,
-              texts: [...tr.children].map(td => td.textContent)})),
-""")
 
 
 async def test_popup_lists_proxy_vantages_in_firefox(tmp_path: Path) -> None:
