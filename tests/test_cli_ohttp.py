@@ -20,7 +20,7 @@ from tests.test_cli_notary import assert_one_line_error, run, serving
 
 def _bundle_file(tmp_path: Path, url: str = "http://127.0.0.1:9", relay: bool = False) -> Path:
     k = SigningKey.generate()
-    entry = {"name": "g", "url": url, "region": "r", "key_id": k.key_id, "public_key": k.verify_key.b64}
+    entry: dict[str, object] = {"name": "g", "url": url, "region": "r", "key_id": k.key_id, "public_key": k.verify_key.b64}
     if relay:
         entry["relay"] = True
     path = tmp_path / "bundle.json"

@@ -15,7 +15,7 @@ import re
 import ssl
 from dataclasses import replace
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -186,7 +186,7 @@ async def test_replayed_answers_cannot_make_a_quorum(site, cluster3) -> None:
     async with proxied(cluster3, 0, replay=True) as (p0, b0):
         cluster3.bundle = b0
         async with proxied(cluster3, 1, replay=True) as (p1, bundle):
-            kw = dict(bundle=bundle, connect_to=("127.0.0.1", site.port), wait_all=True, timeout=5)
+            kw: dict[str, Any] = dict(bundle=bundle, connect_to=("127.0.0.1", site.port), wait_all=True, timeout=5)
             assert (await verify_with_notaries(HOST, site.port, **kw)).status == "consistent"
             v = await verify_with_notaries(HOST, site.port, **kw)
     assert p0.replayed == p1.replayed == 1

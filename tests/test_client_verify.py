@@ -79,7 +79,7 @@ def make_obs(key: SigningKey, der: bytes, *, host: str = HOST, port: int = PORT,
     assert probe.status == "ok"
     obs = Observation.from_probe(probe, notary=key.key_id)
     if notary is not None:
-        obs = Observation(**{**{f: getattr(obs, f) for f in obs.__slots__}, "notary": notary})  # type: ignore[attr-defined]
+        obs = Observation(**{**{f: getattr(obs, f) for f in obs.__slots__}, "notary": notary})
     return obs
 
 

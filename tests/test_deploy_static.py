@@ -362,8 +362,8 @@ def test_compose_three_notaries_on_separate_networks() -> None:
     assert all_nets <= set(doc["networks"])
     for svc in ("bundle", "client"):
         assert set(as_list(doc["services"][svc]["networks"])) == all_nets, f"{svc} must reach every notary"
-    for name, svc in notaries.items():
-        url = service_env(svc)["PARALLAX_URL"]
+    for name, notary_svc in notaries.items():
+        url = service_env(notary_svc)["PARALLAX_URL"]
         assert url == f"http://{name}:{CONTAINER_PORT}", "the default URL is the in-compose service name"
 
 

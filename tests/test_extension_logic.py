@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(NODE is None and os.environ.get("PARALLAX_REQUIR
 
 
 def run(script: str) -> dict:
+    assert NODE is not None, "node is required here (PARALLAX_REQUIRE_BROWSERS=1)"
     p = subprocess.run([NODE, str(HERE / script)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout.strip().splitlines()[-1])

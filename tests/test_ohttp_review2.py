@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -91,6 +92,7 @@ def _served_routes(app: web.Application) -> set[tuple[str, str]]:
     for route in app.router.routes():
         if route.method in ("HEAD", "*"):
             continue  # aiohttp adds HEAD beside each GET
+        assert route.resource is not None
         out.add((route.resource.canonical, route.method.lower()))
     return out
 
@@ -99,7 +101,7 @@ def _served_routes(app: web.Application) -> set[tuple[str, str]]:
 async def test_every_route_the_app_serves_is_in_the_openapi_document(tmp_path: Path, relay: bool) -> None:
     from notary.relay import RelayConfig
 
-    kw = {"relay": RelayConfig({"ed25519:aa": "http://127.0.0.1:9"}, LOOPBACK)} if relay else {}
+    kw: dict[str, Any] = {"relay": RelayConfig({"ed25519:aa": "http://127.0.0.1:9"}, LOOPBACK)} if relay else {}
     app = notary_app(tmp_path, burst=40, **kw)
     served = _served_routes(app)
     async with serving(app) as url, aiohttp.ClientSession() as s:
@@ -150,6 +152,7 @@ def test_concurrent_rotations_each_take_effect_and_readers_never_see_a_torn_file
     watcher.join(10)
     assert errors == []
     ring = load_gateway_keys(tmp_path, create=False)
+    assert ring.previous is not None
     # 40 rotations from (current 0, next 1): every one shifted the keys, none was lost.
     assert (ring.previous.config.key_id, ring.current.config.key_id, ring.next.config.key_id) == (39, 40, 41)
     assert reader.get().current.config.key_id == 40

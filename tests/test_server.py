@@ -532,8 +532,8 @@ async def test_bad_input_is_a_json_400_and_the_server_keeps_serving(make_notary:
 
     # Still serving: a good request succeeds.
     async with tls_server(server_context(cert)) as srv:
-        body = await n.observe([{"host": "127.0.0.1", "port": srv.port}], nonce("after"))
-    obs = n.verify(body["results"][0])
+        doc = await n.observe([{"host": "127.0.0.1", "port": srv.port}], nonce("after"))
+    obs = n.verify(doc["results"][0])
     assert obs.status == "ok" and obs.nonce == nonce("after")
     status, health = await n.get_json("/healthz")
     assert status == 200 and health["status"] == "ok"

@@ -17,7 +17,7 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
 import trustme
@@ -160,7 +160,7 @@ async def test_expected_interceptor_by_ca_certificate(dante: Dante, site, mitm, 
 
 async def test_memory_through_the_library(dante: Dante, site, mitm, tmp_path: Path) -> None:
     store = KeyStore(tmp_path / "keys.sqlite3")
-    kw = dict(bundle=Bundle(()), policy="proxies", via=[dante.url], timeout=5, memory=store)
+    kw: dict[str, Any] = dict(bundle=Bundle(()), policy="proxies", via=[dante.url], timeout=5, memory=store)
     first = await verify_with_notaries(HOST, site.port, connect_to=("127.0.0.1", site.port), **kw)
     again = await verify_with_notaries(HOST, site.port, connect_to=("127.0.0.1", site.port), **kw)
     assert first.status == again.status == "consistent"
@@ -176,7 +176,7 @@ async def test_memory_through_the_library(dante: Dante, site, mitm, tmp_path: Pa
 
 async def test_first_use_does_not_vouch_a_key_a_proxy_contradicted(dante: Dante, site, mitm, tmp_path: Path) -> None:
     store = KeyStore(tmp_path / "keys.sqlite3")
-    kw = dict(bundle=Bundle(()), via=[dante.url], timeout=5, memory=store)  # advisory proxy, no notaries
+    kw: dict[str, Any] = dict(bundle=Bundle(()), via=[dante.url], timeout=5, memory=store)  # advisory proxy, no notaries
     attacked = await verify_with_notaries(HOST, site.port, connect_to=("127.0.0.1", mitm.port), **kw)
     assert attacked.status == "insufficient" and attacked.vantages[0].result == "disagrees"
     assert [dict(k.statuses) for k in store.memory(Target.parse(HOST, site.port)).keys] == [{"disputed": 1}]

@@ -90,10 +90,11 @@ async def test_add_latest_key_history_and_reopen(tmp_path: Path, certs) -> None:
         # Newest sighting first; failures carry no key and do not appear; the round with
         # another SNI does not count for this target (history is per host, port and SNI).
         # Both were last seen at T0 + 20: ties are ordered by key hash.
-        assert [h.to_json() for h in hist] == sorted([
+        expected: list[dict[str, Any]] = [
             {"spki_sha256": leaf_spki(b), "first_seen": T0 + 20, "last_seen": T0 + 20},
             {"spki_sha256": leaf_spki(a), "first_seen": T0, "last_seen": T0 + 20},
-        ], key=lambda h: (-h["last_seen"], h["spki_sha256"]))
+        ]
+        assert [h.to_json() for h in hist] == sorted(expected, key=lambda h: (-h["last_seen"], h["spki_sha256"]))
         assert [h.to_json() for h in await store.key_history(t_other_sni)] == [
             {"spki_sha256": leaf_spki(b), "first_seen": T0 + 30, "last_seen": T0 + 30},
         ]
@@ -188,7 +189,7 @@ async def test_every_returned_observation_survives_kill_9(tmp_path: Path, certs)
                 for i in range(30):
                     if len(returned) == kill_after and killer is None:
                         killer = asyncio.create_task(kill_soon())
-                    body = {"targets": [{"host": "127.0.0.1", "port": target.port}],
+                    body: dict[str, Any] = {"targets": [{"host": "127.0.0.1", "port": target.port}],
                             "nonce": f"kill-test-nonce-{i:04d}", "max_age": 0}
                     try:
                         async with s.post(base + "/v1/observe", json=body) as r:

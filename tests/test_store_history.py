@@ -45,7 +45,7 @@ async def test_add_returns_the_history_key_history_returns_after_the_commit(tmp_
     try:
         t = Target.parse("a.example", 443)
         first = await store.add([_ok(t, "192.0.2.1", T0, certs[0])], all_addresses=False)
-        assert first == await store.key_history(t) and len(first) == 1  # type: ignore[arg-type]
+        assert first == await store.key_history(t) and len(first) == 1
         second = await store.add([_ok(t, "192.0.2.1", T0 + 5, certs[1]), _ok(t, "192.0.2.2", T0 + 5, certs[0])],
                                  all_addresses=True)
         assert second == await store.key_history(t)
@@ -74,7 +74,7 @@ async def test_a_failed_history_read_keeps_the_commit_and_the_service_reads_it_i
     store = await SQLiteStore.open(tmp_path / "obs.sqlite3")
     t = Target.parse("a.example", 443)
     real_history = store._history  # noqa: SLF001
-    failures = []
+    failures: list[Target] = []
 
     def failing_once(target: Target, limit: int) -> Any:
         if not failures:

@@ -154,14 +154,15 @@ def test_stored_envelope_verifies_and_parses_back_to_the_model(name: str) -> Non
     verified = verify_envelope(envb, trusted_key(), entry["payload_type"])
     assert verified.payload_bytes == stored(entry["payload_file"])
     assert verified.key_id == INDEX["key"]["key_id"]
+    parsed: object
     if entry["payload_type"] == OBSERVATION_TYPE:
         parsed = verify_observation(envb, trusted_key())
     elif entry["payload_type"] == BUNDLE_TYPE:
         # Signed by the test key as an operator key; parsed before its expiry (a pure parse).
-        parsed = parse_bundle(envb, [trusted_key()], now=mv.BUNDLE_EXPIRES - 1)
-        assert parsed.signed_by == INDEX["key"]["key_id"]
-        assert (parsed.bundle_version, parsed.expires) == (7, 1735689600)
-        parsed = replace(parsed, signed_by=None)
+        bundle = parse_bundle(envb, [trusted_key()], now=mv.BUNDLE_EXPIRES - 1)
+        assert bundle.signed_by == INDEX["key"]["key_id"]
+        assert (bundle.bundle_version, bundle.expires) == (7, 1735689600)
+        parsed = replace(bundle, signed_by=None)
     elif entry["payload_type"] == FRESHNESS_TYPE:
         parsed = Statement.from_payload(verified.payload)
     else:

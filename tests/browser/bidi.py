@@ -91,7 +91,7 @@ class BiDi(JsonRpcSocket):
     def _is_event(self, data: dict[str, Any]) -> bool:
         return data.get("type") == "event"
 
-    async def send(self, method: str, params: dict[str, Any] | None = None, timeout: float = 15.0) -> dict[str, Any]:
+    async def send(self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 15.0) -> dict[str, Any]:
         data = await self._call(method, params, timeout)
         if data.get("type") == "error":
             raise BiDiError(f"{method}: {data.get('error')}: {data.get('message')}")

@@ -97,7 +97,7 @@ class JsonRpcSocket:
         finally:
             self._waiting.pop(i, None)
 
-    async def send(self, method: str, params: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    async def send(self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 15.0) -> dict[str, Any]:
         raise NotImplementedError
 
     async def close(self) -> None:

@@ -468,9 +468,9 @@ class Undo:
 
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
-        self.steps: list[tuple[str, Callable[[], None]]] = []
+        self.steps: list[tuple[str, Callable[[], object]]] = []
 
-    def add(self, what: str, fn: Callable[[], None]) -> None:
+    def add(self, what: str, fn: Callable[[], object]) -> None:
         self.steps.append((what, fn))
 
     def iptables(self, role: str, table: str, chain: str, *spec: str, insert: bool = False) -> None:
@@ -489,11 +489,11 @@ class Undo:
 
     def run(self, role: str, cmd: Sequence[str], undo: Sequence[str]) -> None:
         self.lab.sh(role, *cmd)
-        self.add(" ".join(undo), lambda: self.lab.sh(role, *undo, check=False) and None)
+        self.add(" ".join(undo), lambda: self.lab.sh(role, *undo, check=False))
 
     def notary_down(self, i: int) -> None:
         self.lab.stop_notary(i)
-        self.add(f"restart notary-{i}", lambda: self.lab.start_notary(i) and None)
+        self.add(f"restart notary-{i}", lambda: self.lab.start_notary(i))
 
     def close(self) -> list[str]:
         errors = []
