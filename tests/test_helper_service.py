@@ -279,3 +279,46 @@ async def test_cached_consistent_verdict_does_not_hide_a_later_interception(tmp_
             assert later["verdict"]["client"]["pin"] == pin_from_spki_hex(spki_sha256(forged_der))
         finally:
             await service.close()
+
+
+async def test_the_helper_remembers_keys_and_honours_pins(world: dict[str, Any]) -> None:
+    """Key memory, as ``parallax check`` uses it: first use, then known; a pin the key does not match is an alarm."""
+    from client.keymemory import KeyStore
+    from notary.core import Target
+
+    svc: HelperService = world["service"]
+    port = world["site"].port
+    req = {"type": "check", "host": HOST, "port": port, "ip": "127.0.0.1", "fresh": True}
+    first = (await svc.handle({**req, "id": 1}))["verdict"]
+    assert first["status"] == "consistent" and first["memory"]["change"] == "first_use", first["memory"]
+    again = (await svc.handle({**req, "id": 2}))["verdict"]
+    assert again["status"] == "consistent" and again["memory"]["change"] == "known", again["memory"]
+    site_key = spki_sha256(world["site_der"])
+    assert [k.spki_sha256 for k in KeyStore().memory(Target.parse(HOST, port)).keys] == [site_key]
+
+    # The user pins another key for this host (`parallax pins pin`): the site's real key is now a mismatch.
+    KeyStore().pin(Target.parse(HOST, port), spki_sha256(world["forged_der"]), 0)
+    pinned = (await svc.handle({**req, "id": 3}))["verdict"]
+    assert pinned["status"] == "pin_mismatch" and pinned["memory"]["pinned"] == "mismatch", pinned["memory"]
+
+
+async def test_memory_false_keeps_nothing(world: dict[str, Any]) -> None:
+    from client.keymemory import default_path
+
+    svc = HelperService(HelperConfig(bundle=str(world["cluster"].bundle_path), timeout=5, memory=False))
+    try:
+        r = await svc.handle({"type": "check", "id": 1, "host": HOST, "port": world["site"].port, "ip": "127.0.0.1"})
+        assert r["verdict"]["status"] == "consistent" and r["verdict"]["memory"] is None
+        assert not default_path().exists()
+    finally:
+        await svc.close()
+
+
+def test_memory_setting_must_be_a_boolean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "helper.json"
+    monkeypatch.setenv("PARALLAX_HELPER_CONFIG", str(cfg))
+    cfg.write_text(json.dumps({"memory": False}))
+    assert HelperConfig.load().memory is False
+    cfg.write_text(json.dumps({"memory": "no"}))
+    with pytest.raises(InputError, match="memory must be true or false"):
+        HelperConfig.load()

@@ -25,7 +25,17 @@ explicit path, else ``$PARALLAX_BUNDLE``, else ``<user config dir>/parallax/bund
 helper settings from ``$PARALLAX_HELPER_CONFIG`` or
 ``<user config dir>/parallax/helper.json`` (``policy``, ``timeout``,
 ``cache_ttl``, ``negative_ttl``, ``max_inflight``, ``operator_keys``, ``bundle``,
-``via``, ``isolate``, ``expect_interceptor``), and ``$PARALLAX_POLICY`` overrides the policy.
+``via``, ``isolate``, ``expect_interceptor``, ``memory``), and ``$PARALLAX_POLICY`` overrides the policy.
+
+``memory`` (default true), as ``parallax check`` without ``--no-memory``: every
+verification reads and then updates the key memory in the state directory
+(:mod:`client.keymemory`, ``<state dir>/keys.sqlite3``, 0600), so a key that
+differs from the one this user saw before, with no quorum confirming it, is
+``key_changed``, and a key the user pinned (``parallax pins pin``) that is not
+the one seen is ``pin_mismatch``.  That file then lists the hosts this browser
+visited (as the browser's own history does); ``"memory": false`` keeps nothing,
+and ``parallax pins forget HOST`` removes one host.  A cached verdict is not
+recorded again.
 
 ``via`` is a list of SOCKS5 proxy URLs (``socks5://`` or ``socks5h://``), the
 same vantages as ``parallax check --via`` (unsigned; how they weigh is the
@@ -60,6 +70,7 @@ from notary.core import Target, VerifyKey, observed_spki
 from notary.core.pins import load_certificate, spki_hex_from_pin
 from notary.errors import InputError, ParallaxError, VerificationError
 from client.bundle import Bundle, find_bundle_path, load_bundle
+from client.keymemory import KeyStore
 from client.ohttp import relay_capable
 from client.policy import Policy, get_policy
 from client.pool import NotaryPool
@@ -106,6 +117,8 @@ class HelperConfig:
     via: tuple[str, ...] = field(default=())
     isolate: bool = True
     expect_interceptor: tuple[str, ...] = field(default=())
+    #: read and update the key memory (pins, trust-on-first-use key changes); see the module docstring
+    memory: bool = True
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> "HelperConfig":
@@ -126,7 +139,7 @@ class HelperConfig:
             if not isinstance(doc, dict):
                 raise InputError(f"helper config {p} must be a JSON object", "bad_config")
             for k in ("bundle", "policy", "timeout", "cache_ttl", "negative_ttl", "max_inflight", "max_cache", "operator_keys",
-                      "relay", "via", "isolate", "expect_interceptor"):
+                      "relay", "via", "isolate", "expect_interceptor", "memory"):
                 if k in doc:
                     listed = k in ("operator_keys", "via", "expect_interceptor")
                     if listed and not (isinstance(doc[k], list) and all(isinstance(x, str) for x in doc[k])):
@@ -151,6 +164,8 @@ class HelperConfig:
             raise InputError("helper config relay must be auto, none or an http(s) URL", "bad_config")
         if not isinstance(self.isolate, bool):
             raise InputError("helper config isolate must be true or false", "bad_config")
+        if not isinstance(self.memory, bool):
+            raise InputError("helper config memory must be true or false", "bad_config")
         from client.socks import MAX_VIAS, parse_via
 
         if len(self.via) > MAX_VIAS:
@@ -257,6 +272,7 @@ class HelperService:
         self._cache: OrderedDict[tuple[Any, ...], tuple[float, dict[str, Any]]] = OrderedDict()
         self._inflight: dict[tuple[Any, ...], asyncio.Task[dict[str, Any]]] = {}
         self._pool: "NotaryPool | None" = None
+        self._memory: KeyStore | None = None
         self.verifications = 0  # how many verifications actually ran (tests, metrics)
 
     # -- configuration ----------------------------------------------------------
@@ -370,6 +386,8 @@ class HelperService:
 
             if self._pool is None or self._pool.closed:
                 self._pool = NotaryPool()  # kept-alive connections to the notaries, closed in close()
+            if self.config.memory and self._memory is None:
+                self._memory = KeyStore()  # the state directory's key memory, as `parallax check` uses
             connect_to = (req.ip, req.target.port) if req.ip and req.observed is None else None
             relay: str | None = self.config.relay
             if relay == "auto" and not relay_capable(bundle):
@@ -377,7 +395,7 @@ class HelperService:
             verdict = await verify_with_notaries(
                 req.target.host, req.target.port, bundle=bundle, policy=self.policy, observed=req.observed,
                 timeout=self.config.timeout, connect_to=connect_to, session=self._pool, relay=relay,
-                via=self.config.via, isolate=self.config.isolate, expect_interceptor=self._expect,
+                via=self.config.via, isolate=self.config.isolate, expect_interceptor=self._expect, memory=self._memory,
             )
             log.debug("check %s -> %s", req.target, verdict.status)
             return verdict.to_json()
