@@ -44,7 +44,7 @@ from notary.openapi import openapi_document
 from notary.prober import Prober, Resolver
 from notary.ratelimit import RateLimiter
 from notary.relay import RelayConfig, install_relay, relay_enabled
-from notary.serving import DIRECT_ROUTES, serve_app
+from notary.serving import DIRECT_ROUTES, received_body, serve_app
 from notary.service import ObservationService
 from notary.signer import SignedRound
 from notary.store import SQLiteStore, Store
@@ -257,7 +257,8 @@ def _limiter(request: web.Request, client: str, bucket: "web.AppKey[RateLimiter]
 
 
 def _rate_limit(request: web.Request, cost: int, bucket: "web.AppKey[RateLimiter]" = LIMITER,
-                app: web.Application | None = None) -> None:
+                app: web.Application | None = None) -> str:
+    """Take ``cost`` tokens from the request's client (429 :class:`_TooMany` if it has too few); its key."""
     if app is None:
         app = request.app
     client, now = _client(request, app[CONFIG]), time.monotonic()
@@ -270,6 +271,7 @@ def _rate_limit(request: web.Request, cost: int, bucket: "web.AppKey[RateLimiter
         limiter.charge(client, cost)
         wait = limiter.check(client, now, cost)
         raise _TooMany(wait, min(wait / 2, app[CONFIG].rate_limit_delay))
+    return client
 
 
 class _TooMany(web.HTTPTooManyRequests):
@@ -323,16 +325,20 @@ def _parse_bool(value: Any, name: str) -> bool:
     raise InputError(f"{name} must be a boolean", f"bad_{name}")
 
 
-async def _observe_many(app: web.Application, request: web.Request, targets: list[Target], nonce: str,
+async def _observe_many(app: web.Application, request: web.Request, client: str, targets: list[Target], nonce: str,
                         max_age: int | None, all_addresses: bool) -> web.Response:
+    """Answer ``targets`` for ``client`` (its rate-limit key; one token per target already taken)."""
     service = app[SERVICE]
-    client = _client(request, app[CONFIG])
-    # One deadline for the whole request: no probe waits for a slot past it (then: ``busy``).
-    deadline = asyncio.get_running_loop().time() + service.limits.queue_timeout
-    if len(targets) == 1:  # the common case: no gather, no extra task
+    cached = service.cached(targets[0], max_age=max_age, all_addresses=all_addresses) if len(targets) == 1 else None
+    if cached is not None:  # the common case: nothing to wait for before the freshness batch
+        rounds = [(cached, "cached")]
+    elif len(targets) == 1:  # no gather, no extra task
+        # One deadline for the whole request: no probe waits for a slot past it (then: ``busy``).
+        deadline = asyncio.get_running_loop().time() + service.limits.queue_timeout
         rounds = [await service.round(targets[0], max_age=max_age, all_addresses=all_addresses, client=client,
                                       deadline=deadline)]
     else:
+        deadline = asyncio.get_running_loop().time() + service.limits.queue_timeout
         rounds = list(await asyncio.gather(
             *(service.round(t, max_age=max_age, all_addresses=all_addresses, client=client, deadline=deadline)
               for t in targets)
@@ -397,12 +403,38 @@ async def _observe_post(request: web.Request) -> web.Response:
     return await _observe_post_in(request.app, request)
 
 
+def _observe_post_direct(app: web.Application, request: web.Request) -> Awaitable[web.Response]:
+    """:func:`_observe_post` for a request straight from the protocol (``DIRECT_ROUTES``).
+
+    A body that came whole with the head (the common case) is taken without awaiting,
+    and the request is checked without a coroutine of its own; the rest is the same.
+    """
+    cfg = app[CONFIG]
+    try:
+        raw = received_body(request, cfg.max_body_bytes)
+    except BodyTooLarge:
+        raise _too_large(cfg, request) from None
+    if raw is None:
+        return _observe_post_in(app, request)
+    return _observe_body(app, request, raw)
+
+
+def _too_large(cfg: NotaryConfig, request: web.Request) -> web.HTTPRequestEntityTooLarge:
+    return web.HTTPRequestEntityTooLarge(max_size=cfg.max_body_bytes, actual_size=request.content_length or 0)
+
+
 async def _observe_post_in(app: web.Application, request: web.Request) -> web.Response:
     cfg = app[CONFIG]
     try:
         raw = await read_request_body(request, limit=cfg.max_body_bytes, timeout=cfg.body_timeout)
     except BodyTooLarge:
-        raise web.HTTPRequestEntityTooLarge(max_size=cfg.max_body_bytes, actual_size=request.content_length or 0) from None
+        raise _too_large(cfg, request) from None
+    return await _observe_body(app, request, raw)
+
+
+def _observe_body(app: web.Application, request: web.Request, raw: bytes) -> Awaitable[web.Response]:
+    """Check an observe request's body and take its tokens (raising at once); then the answer to await."""
+    cfg = app[CONFIG]
     try:
         body = canonical_decode(raw, max_bytes=cfg.max_body_bytes)
     except EncodingError as exc:
@@ -423,9 +455,9 @@ async def _observe_post_in(app: web.Application, request: web.Request) -> web.Re
         if not isinstance(item, dict) or not _TARGET_FIELDS.issuperset(item):
             raise InputError("each target is {host, port, sni?}", "bad_targets")
         targets.append(_target(item.get("host"), item.get("port", 443), item.get("sni")))
-    _rate_limit(request, len(targets), LIMITER, app)
-    return await _observe_many(
-        app, request, targets, nonce, _parse_max_age(body.get("max_age")),
+    client = _rate_limit(request, len(targets), LIMITER, app)
+    return _observe_many(
+        app, request, client, targets, nonce, _parse_max_age(body.get("max_age")),
         _parse_bool(body.get("all_addresses"), "all_addresses"),
     )
 
@@ -434,9 +466,9 @@ async def _observe_get(request: web.Request) -> web.Response:
     q = request.query
     target = _target(request.match_info["host"], request.match_info["port"], q.get("sni"))
     nonce = validate_nonce(q.get("nonce"))
-    _rate_limit(request, 1)
+    client = _rate_limit(request, 1)
     return await _observe_many(
-        request.app, request, [target], nonce, _parse_max_age(q.get("max_age")),
+        request.app, request, client, [target], nonce, _parse_max_age(q.get("max_age")),
         _parse_bool(q.get("all_addresses"), "all_addresses"),
     )
 
@@ -561,7 +593,7 @@ def create_app(
 
     app.cleanup_ctx.extend([open_store, rescan])
 
-    observe = functools.partial(_observe_post_in, app)
+    observe = functools.partial(_observe_post_direct, app)
 
     def observe_direct(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
         # The same handler and the same middleware work as the routed POST /v1/observe,

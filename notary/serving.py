@@ -29,8 +29,9 @@ from aiohttp import http_exceptions as _hx
 from aiohttp.web_protocol import RequestHandler
 
 from notary.connguard import Acceptor, ConnectionGuard, Throttled
+from notary.httputil import BodyTooLarge
 
-__all__ = ["DIRECT_ROUTES", "DirectHandler", "GuardedSite", "direct_dispatch", "json_parse_errors", "serve_app",
+__all__ = ["DIRECT_ROUTES", "DirectHandler", "GuardedSite", "direct_dispatch", "json_parse_errors", "received_body", "serve_app",
            "ParseErrors"]
 
 log = logging.getLogger("parallax.notary")
@@ -123,6 +124,22 @@ def direct_dispatch(routes: dict[tuple[str, str], DirectHandler], inner: DirectH
             return inner(request)
         return direct(request)
     return handle
+
+
+def received_body(request: web.BaseRequest, limit: int) -> bytes | None:
+    """The body of a direct route's request if all of it has arrived (with the head, usually), else None.
+
+    Only for a request straight from the protocol (its body is its payload stream); the
+    caller reads a body still arriving with :func:`notary.httputil.read_request_body`.
+    Raises :class:`~notary.httputil.BodyTooLarge` over ``limit`` bytes.
+    """
+    stream = request.content
+    if not stream.is_eof() or stream.exception() is not None:
+        return None  # still arriving, or undecodable: read_request_body's deadline and errors apply
+    raw = stream.read_nowait()
+    if len(raw) > limit:
+        raise BodyTooLarge(f"body larger than {limit} bytes")
+    return raw
 
 
 def _listen(host: str | None, port: int) -> socket.socket:
