@@ -251,8 +251,10 @@ def _limiter(request: web.Request, client: str, bucket: "web.AppKey[RateLimiter]
     """The bucket table for ``client``: a relay peer's observation budget is its own, larger one."""
     if app is None:
         app = request.app
-    if bucket is LIMITER and _in_networks(client, app[CONFIG].relay_peers):
-        return app[RELAY_PEER_LIMITER]
+    if bucket is LIMITER:
+        peers = app[CONFIG].relay_peers
+        if peers and _in_networks(client, peers):
+            return app[RELAY_PEER_LIMITER]
     return app[bucket]
 
 
@@ -345,7 +347,9 @@ async def _observe_many(app: web.Application, request: web.Request, client: str,
         ))
     # One token per target was taken up front; an answer with several addresses per
     # target costs one token per envelope, so big answers cannot be had at a discount.
-    _limiter(request, client, LIMITER, app).charge(client, sum(len(r.envelopes) for r, _ in rounds) - len(targets))
+    extra = sum([len(r.envelopes) for r, _ in rounds]) - len(targets)
+    if extra > 0:
+        _limiter(request, client, LIMITER, app).charge(client, extra)
     # The cap replaces what does not fit before the nonce is bound: the freshness leaf names what is sent.
     rounds = _capped(service, rounds, app[CONFIG].max_answer_bytes)
     # Every leaf is queued in this turn, so one freshness statement covers the whole request.
