@@ -9,7 +9,7 @@ Subject:  one real notary, ``parallax serve --workers 1`` (its own process: the
           observation).
 Baseline: a bare aiohttp handler (own process) that reads the body and returns
           the bytes of a real cached notary answer (same size, same content type).
-Load:     wrk (1 thread, 32 connections, a new nonce per request via observe.lua),
+Load:     wrk (1 thread, 28 connections, a new nonce per request via observe.lua),
           the same for both, rounds interleaved baseline/subject.
 Goal:     subject req/s / baseline req/s >= 0.6.
 """
@@ -71,7 +71,7 @@ def wrk(url: str, port: int, *, seconds: int, connections: int, max_requests: in
     total = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)
-    p50 = re.search(r"50%\s+(\S+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)  # the latency distribution's line, not a "+/- Stdev" figure
     return {"rps": rps, "requests": total, "non2xx": int(non2xx.group(1)) if non2xx else 0,
             "socket_errors": sock.group(1) if sock else None, "p50": p50.group(1) if p50 else None,
             "wrk_cpu": wrk_cpu}
