@@ -8,6 +8,11 @@ Endpoints (all JSON; errors are ``{"error": code, "reason": text}``):
 * ``GET  /v1/observe/{host}/{port}?nonce=...[&sni=&max_age=&all_addresses=1]``  the same for one target
 * ``GET  /healthz``, ``GET /metrics`` (Prometheus text), ``GET /v1/openapi.json``
 
+Under :func:`notary.serving.serve_app` (``parallax serve``), ``POST /v1/observe``
+with exactly that request target is handed to its handler straight from the
+protocol (``DIRECT_ROUTES``: no router, no middleware layers); :func:`_answer`
+does the middleware's work for it, so every answer, error and count is the same.
+
 Limits: at most ``max_targets`` targets a request, ``max_body_bytes`` a body, a
 per-client token bucket (429 with ``Retry-After``), global and per-host probe
 caps.  Nothing a client sends can produce a traceback or a 500 with details.
