@@ -8,6 +8,11 @@ Endpoints (all JSON; errors are ``{"error": code, "reason": text}``):
 * ``GET  /v1/observe/{host}/{port}?nonce=...[&sni=&max_age=&all_addresses=1]``  the same for one target
 * ``GET  /healthz``, ``GET /metrics`` (Prometheus text), ``GET /v1/openapi.json``
 
+Under :func:`notary.serving.serve_app` (``parallax serve``), ``POST /v1/observe``
+with exactly that request target is handed to its handler straight from the
+protocol (``DIRECT_ROUTES``: no router, no middleware layers); :func:`_answer`
+does the middleware's work for it, so every answer, error and count is the same.
+
 Limits: at most ``max_targets`` targets a request, ``max_body_bytes`` a body, a
 per-client token bucket (429 with ``Retry-After``), global and per-host probe
 caps.  Nothing a client sends can produce a traceback or a 500 with details.
@@ -44,7 +49,7 @@ from notary.openapi import openapi_document
 from notary.prober import Prober, Resolver
 from notary.ratelimit import RateLimiter
 from notary.relay import RelayConfig, install_relay, relay_enabled
-from notary.serving import serve_app
+from notary.serving import DIRECT_ROUTES, received_body, serve_app
 from notary.service import ObservationService
 from notary.signer import SignedRound
 from notary.store import SQLiteStore, Store
@@ -87,10 +92,19 @@ def _error(status: int, code: str, reason: str, headers: dict[str, str] | None =
 
 @web.middleware
 async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    # The only middleware (each one is a coroutine layer on every request): errors as JSON,
-    # the connection guard's busy state, and the request count.
+    # The only middleware (each one is a coroutine layer on every request); see _answer.
+    return await _answer(request.app, request, handler, None)
+
+
+async def _answer(app: web.Application, request: web.Request,
+                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]], route: str | None) -> web.StreamResponse:
+    """Run ``handler``: errors as JSON, the connection guard's busy state, and the request count.
+
+    Every request passes here: routed ones through the :func:`_errors` middleware
+    (``route`` None: counted under the matched resource), and ``POST /v1/observe``
+    also directly from the protocol (:data:`notary.serving.DIRECT_ROUTES`, ``route`` given).
+    """
     code = 500
-    app = request.app
     guard = app[GUARD]
     protocol = request.protocol
     guard.request_started(protocol)
@@ -133,8 +147,10 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
         return _error(500, "internal", "internal error")
     finally:
         guard.request_finished(protocol)
-        resource = request.match_info.route.resource
-        app[REQUESTS].count(resource.canonical if resource is not None else "unmatched", code)
+        if route is None:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+        app[REQUESTS].count(route, code)
 
 
 class RequestCounts:
@@ -217,7 +233,7 @@ def _client_key_cached(peer: str | None, forwarded: tuple[str, ...], trusted: tu
 
 def _client(request: web.Request, config: NotaryConfig | None = None) -> str:
     """The request's rate-limit key (memoised: the same peer asks again and again)."""
-    trusted = (config or request.app[CONFIG]).trusted_proxies
+    trusted = (config if config is not None else request.app[CONFIG]).trusted_proxies
     if not trusted:  # no proxy to believe: X-Forwarded-For is ignored (see client_key)
         return _client_key_cached(request.remote, (), ())
     return _client_key_cached(request.remote, tuple(request.headers.getall("X-Forwarded-For", [])), trusted)
@@ -235,16 +251,25 @@ def _in_networks(key: str, networks: tuple[IPNetwork, ...]) -> bool:
     return any(net.version == n.version and net.subnet_of(n) for n in networks)  # type: ignore[arg-type]
 
 
-def _limiter(request: web.Request, client: str, bucket: "web.AppKey[RateLimiter]" = LIMITER) -> RateLimiter:
+def _limiter(request: web.Request, client: str, bucket: "web.AppKey[RateLimiter]" = LIMITER,
+             app: web.Application | None = None) -> RateLimiter:
     """The bucket table for ``client``: a relay peer's observation budget is its own, larger one."""
-    if bucket is LIMITER and _in_networks(client, request.app[CONFIG].relay_peers):
-        return request.app[RELAY_PEER_LIMITER]
-    return request.app[bucket]
+    if app is None:
+        app = request.app
+    if bucket is LIMITER:
+        peers = app[CONFIG].relay_peers
+        if peers and _in_networks(client, peers):
+            return app[RELAY_PEER_LIMITER]
+    return app[bucket]
 
 
-def _rate_limit(request: web.Request, cost: int, bucket: "web.AppKey[RateLimiter]" = LIMITER) -> None:
-    client, now = _client(request), time.monotonic()
-    limiter = _limiter(request, client, bucket)
+def _rate_limit(request: web.Request, cost: int, bucket: "web.AppKey[RateLimiter]" = LIMITER,
+                app: web.Application | None = None) -> str:
+    """Take ``cost`` tokens from the request's client (429 :class:`_TooMany` if it has too few); its key."""
+    if app is None:
+        app = request.app
+    client, now = _client(request, app[CONFIG]), time.monotonic()
+    limiter = _limiter(request, client, bucket, app)
     wait = limiter.check(client, now, cost)
     if wait > 0:
         # A refused request is charged too (down to -burst): a client that keeps asking while
@@ -252,7 +277,8 @@ def _rate_limit(request: web.Request, cost: int, bucket: "web.AppKey[RateLimiter
         # for half that wait (at most rate_limit_delay), never long enough to earn a token back.
         limiter.charge(client, cost)
         wait = limiter.check(client, now, cost)
-        raise _TooMany(wait, min(wait / 2, request.app[CONFIG].rate_limit_delay))
+        raise _TooMany(wait, min(wait / 2, app[CONFIG].rate_limit_delay))
+    return client
 
 
 class _TooMany(web.HTTPTooManyRequests):
@@ -306,24 +332,29 @@ def _parse_bool(value: Any, name: str) -> bool:
     raise InputError(f"{name} must be a boolean", f"bad_{name}")
 
 
-async def _observe_many(request: web.Request, targets: list[Target], nonce: str, max_age: int | None,
-                        all_addresses: bool) -> web.Response:
-    app = request.app
+async def _observe_many(app: web.Application, request: web.Request, client: str, targets: list[Target], nonce: str,
+                        max_age: int | None, all_addresses: bool) -> web.Response:
+    """Answer ``targets`` for ``client`` (its rate-limit key; one token per target already taken)."""
     service = app[SERVICE]
-    client = _client(request, app[CONFIG])
-    # One deadline for the whole request: no probe waits for a slot past it (then: ``busy``).
-    deadline = asyncio.get_running_loop().time() + service.limits.queue_timeout
-    if len(targets) == 1:  # the common case: no gather, no extra task
+    cached = service.cached(targets[0], max_age=max_age, all_addresses=all_addresses) if len(targets) == 1 else None
+    if cached is not None:  # the common case: nothing to wait for before the freshness batch
+        rounds = [(cached, "cached")]
+    elif len(targets) == 1:  # no gather, no extra task
+        # One deadline for the whole request: no probe waits for a slot past it (then: ``busy``).
+        deadline = asyncio.get_running_loop().time() + service.limits.queue_timeout
         rounds = [await service.round(targets[0], max_age=max_age, all_addresses=all_addresses, client=client,
                                       deadline=deadline)]
     else:
+        deadline = asyncio.get_running_loop().time() + service.limits.queue_timeout
         rounds = list(await asyncio.gather(
             *(service.round(t, max_age=max_age, all_addresses=all_addresses, client=client, deadline=deadline)
               for t in targets)
         ))
     # One token per target was taken up front; an answer with several addresses per
     # target costs one token per envelope, so big answers cannot be had at a discount.
-    _limiter(request, client).charge(client, sum(len(r.envelopes) for r, _ in rounds) - len(targets))
+    extra = sum([len(r.envelopes) for r, _ in rounds]) - len(targets)
+    if extra > 0:
+        _limiter(request, client, LIMITER, app).charge(client, extra)
     # The cap replaces what does not fit before the nonce is bound: the freshness leaf names what is sent.
     rounds = _capped(service, rounds, app[CONFIG].max_answer_bytes)
     # Every leaf is queued in this turn, so one freshness statement covers the whole request.
@@ -378,12 +409,41 @@ _TARGET_FIELDS = frozenset({"host", "port", "sni"})
 
 
 async def _observe_post(request: web.Request) -> web.Response:
-    app = request.app
+    return await _observe_post_in(request.app, request)
+
+
+def _observe_post_direct(app: web.Application, request: web.Request) -> Awaitable[web.Response]:
+    """:func:`_observe_post` for a request straight from the protocol (``DIRECT_ROUTES``).
+
+    A body that came whole with the head (the common case) is taken without awaiting,
+    and the request is checked without a coroutine of its own; the rest is the same.
+    """
+    cfg = app[CONFIG]
+    try:
+        raw = received_body(request, cfg.max_body_bytes)
+    except BodyTooLarge:
+        raise _too_large(cfg, request) from None
+    if raw is None:
+        return _observe_post_in(app, request)
+    return _observe_body(app, request, raw)
+
+
+def _too_large(cfg: NotaryConfig, request: web.Request) -> web.HTTPRequestEntityTooLarge:
+    return web.HTTPRequestEntityTooLarge(max_size=cfg.max_body_bytes, actual_size=request.content_length or 0)
+
+
+async def _observe_post_in(app: web.Application, request: web.Request) -> web.Response:
     cfg = app[CONFIG]
     try:
         raw = await read_request_body(request, limit=cfg.max_body_bytes, timeout=cfg.body_timeout)
     except BodyTooLarge:
-        raise web.HTTPRequestEntityTooLarge(max_size=cfg.max_body_bytes, actual_size=request.content_length or 0) from None
+        raise _too_large(cfg, request) from None
+    return await _observe_body(app, request, raw)
+
+
+def _observe_body(app: web.Application, request: web.Request, raw: bytes) -> Awaitable[web.Response]:
+    """Check an observe request's body and take its tokens (raising at once); then the answer to await."""
+    cfg = app[CONFIG]
     try:
         body = canonical_decode(raw, max_bytes=cfg.max_body_bytes)
     except EncodingError as exc:
@@ -404,9 +464,9 @@ async def _observe_post(request: web.Request) -> web.Response:
         if not isinstance(item, dict) or not _TARGET_FIELDS.issuperset(item):
             raise InputError("each target is {host, port, sni?}", "bad_targets")
         targets.append(_target(item.get("host"), item.get("port", 443), item.get("sni")))
-    _rate_limit(request, len(targets))
-    return await _observe_many(
-        request, targets, nonce, _parse_max_age(body.get("max_age")),
+    client = _rate_limit(request, len(targets), LIMITER, app)
+    return _observe_many(
+        app, request, client, targets, nonce, _parse_max_age(body.get("max_age")),
         _parse_bool(body.get("all_addresses"), "all_addresses"),
     )
 
@@ -415,9 +475,9 @@ async def _observe_get(request: web.Request) -> web.Response:
     q = request.query
     target = _target(request.match_info["host"], request.match_info["port"], q.get("sni"))
     nonce = validate_nonce(q.get("nonce"))
-    _rate_limit(request, 1)
+    client = _rate_limit(request, 1)
     return await _observe_many(
-        request, [target], nonce, _parse_max_age(q.get("max_age")),
+        request.app, request, client, [target], nonce, _parse_max_age(q.get("max_age")),
         _parse_bool(q.get("all_addresses"), "all_addresses"),
     )
 
@@ -541,6 +601,14 @@ def create_app(
                 await task
 
     app.cleanup_ctx.extend([open_store, rescan])
+
+    observe = functools.partial(_observe_post_direct, app)
+
+    def observe_direct(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+        # The same handler and the same middleware work as the routed POST /v1/observe,
+        # without aiohttp's router and middleware layers (see notary.serving.direct_dispatch).
+        return _answer(app, request, observe, "/v1/observe")  # type: ignore[arg-type]
+    app[DIRECT_ROUTES] = {("POST", "/v1/observe"): observe_direct}
     app.router.add_get("/v1/notary", _identity)
     app.router.add_post("/v1/observe", _observe_post)
     app.router.add_get("/v1/observe/{host}/{port}", _observe_get)

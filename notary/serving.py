@@ -1,5 +1,10 @@
 """Running an aiohttp app behind the connection guard, with JSON answers to malformed HTTP.
 
+:data:`DIRECT_ROUTES` (an app key) names the few routes that :func:`serve_app`
+hands to their handler straight from aiohttp's protocol, without the router and
+the middleware chain (see :func:`direct_dispatch`): ``POST /v1/observe``, which
+is most of a notary's traffic.  Such a handler does its middleware's work itself.
+
 :class:`GuardedSite` is aiohttp's ``TCPSite`` with the protocol factory wrapped
 by a :class:`~notary.connguard.ConnectionGuard`.  :func:`json_parse_errors`
 turns aiohttp's answer to a request it could not parse (bad or duplicate
@@ -17,15 +22,17 @@ import json
 import logging
 import signal
 import socket
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp import http_exceptions as _hx
 from aiohttp.web_protocol import RequestHandler
 
 from notary.connguard import Acceptor, ConnectionGuard, Throttled
+from notary.httputil import BodyTooLarge
 
-__all__ = ["GuardedSite", "json_parse_errors", "serve_app", "ParseErrors"]
+__all__ = ["DIRECT_ROUTES", "DirectHandler", "GuardedSite", "direct_dispatch", "json_parse_errors", "received_body", "serve_app",
+           "ParseErrors"]
 
 log = logging.getLogger("parallax.notary")
 
@@ -94,6 +101,45 @@ def json_parse_errors(factory: Callable[[], asyncio.Protocol]) -> Callable[[], a
             proto.__class__ = _JsonErrors  # same layout (no slots added); only handle_error differs
         return proto
     return make
+
+
+DirectHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+#: ``{(method, path): handler}``: requests that :func:`serve_app` gives to ``handler`` directly.
+DIRECT_ROUTES = web.AppKey("direct_routes", dict)
+
+
+def direct_dispatch(routes: dict[tuple[str, str], DirectHandler], inner: DirectHandler) -> DirectHandler:
+    """A request handler for aiohttp's ``Server``: ``routes`` directly, everything else to ``inner``.
+
+    ``inner`` is the application's own handler (router, middlewares).  A request is
+    served directly only when its method and request target are exactly a key of
+    ``routes`` (no query string, no percent-encoding, no absolute form) and it does
+    not ask for ``Expect: 100-continue`` handling; anything else takes the routed path,
+    which answers it exactly as before.  A direct handler has no ``match_info`` (so no
+    ``request.app``), and aiohttp's ``on_response_prepare`` signals do not run for it.
+    """
+    def handle(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+        direct = routes.get((request.method, request.raw_path))
+        if direct is None or hdrs.EXPECT in request.headers:
+            return inner(request)
+        return direct(request)
+    return handle
+
+
+def received_body(request: web.BaseRequest, limit: int) -> bytes | None:
+    """The body of a direct route's request if all of it has arrived (with the head, usually), else None.
+
+    Only for a request straight from the protocol (its body is its payload stream); the
+    caller reads a body still arriving with :func:`notary.httputil.read_request_body`.
+    Raises :class:`~notary.httputil.BodyTooLarge` over ``limit`` bytes.
+    """
+    stream = request.content
+    if not stream.is_eof() or stream.exception() is not None:
+        return None  # still arriving, or undecodable: read_request_body's deadline and errors apply
+    raw = stream.read_nowait()
+    if len(raw) > limit:
+        raise BodyTooLarge(f"body larger than {limit} bytes")
+    return raw
 
 
 def _listen(host: str | None, port: int) -> socket.socket:
@@ -165,6 +211,14 @@ async def serve_app(app: web.Application, host: str, port: int, guard: Connectio
                            shutdown_timeout=5.0)
     await runner.setup()
     try:
+        routes = app.get(DIRECT_ROUTES)
+        if routes:
+            if app.on_response_prepare:
+                raise RuntimeError("direct routes skip on_response_prepare signals: the app has some")
+            server = runner.server
+            assert server is not None
+            # Server.request_handler is what each new connection's protocol calls per request.
+            server.request_handler = direct_dispatch(routes, server.request_handler)
         site = GuardedSite(runner, host, port, guard, sock)
         await site.start()
         if on_bound is not None:

@@ -233,3 +233,39 @@ def test_the_batch_proofs_written_as_text_are_the_json_of_freshness_proof(size: 
     for i, text in enumerate(texts):
         assert json.loads(text) == freshness_proof(statement, leaves[i], i, paths[i])
         assert text == json.dumps(freshness_proof(statement, leaves[i], i, paths[i]), separators=(",", ":"))
+
+
+def test_leaf_fast_path_memo_does_not_take_one_item_for_two_remembered_digests() -> None:
+    """leaf_bytes remembers the last digest list it checked (by text and count): a later list
+    whose joined text is the same but with a different count must be checked afresh."""
+    a, b = "a" * 64, "b" * 64
+    two = leaf_bytes("n" * 22, [a, b], "cached")  # remembered
+    assert json.loads(two)["observations"] == [a, b]
+    one = leaf_bytes("n" * 22, [f'{a}","{b}'], "cached")
+    assert one == canonical_encode_leaf("n" * 22, [f'{a}","{b}'], "cached")
+    assert json.loads(one)["observations"] == [f'{a}","{b}']
+    assert leaf_bytes("n" * 22, [a, b], "fresh") == canonical_encode_leaf("n" * 22, [a, b], "fresh")
+
+
+@pytest.mark.parametrize("signed_at,size", [(0, 1), (1234, 7), (1_700_000_000, 1024), (2**53 - 1, 2**20)])
+def test_statement_fast_path_is_byte_identical_to_rfc8785(signed_at: int, size: int) -> None:
+    """sign_statement writes the statement's canonical text directly (issue 11): the signed
+    payload must be exactly canonical_encode of the statement's members."""
+    import base64
+
+    from notary.core import canonical_encode
+    from notary.core.freshness import Statement, sign_statement
+
+    root = bytes(range(32))
+    env = sign_statement(KEY, signed_at, root, size)
+    payload = base64.b64decode(env["payload"])
+    assert payload == canonical_encode(Statement(KEY.key_id, signed_at, size, root.hex()).to_payload())
+    assert Statement.from_payload(json.loads(payload)) == Statement(KEY.key_id, signed_at, size, root.hex())
+
+
+def test_statement_outside_the_fast_path_is_still_refused() -> None:
+    from notary.core.freshness import sign_statement
+    from notary.errors import EncodingError
+
+    with pytest.raises(EncodingError):
+        sign_statement(KEY, 2**53, bytes(32), 1)  # not a safe integer: canonical JSON refuses it
