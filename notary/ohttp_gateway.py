@@ -319,7 +319,7 @@ class _Settings:
 
     body_timeout: float
     client_of: Callable[[web.Request], str]
-    admit: Callable[[web.Request], None] = _no_limit
+    admit: Callable[[web.Request], object] = _no_limit
     refund: Callable[[web.Request], None] = _no_limit
     count: Callable[[str], None] = _no_count
 
@@ -410,7 +410,7 @@ async def _dispatch(app: web.Application, template: web.BaseRequest, inner: bhtt
 
 def install_gateway(app: web.Application, data_dir: str | Path, *, body_timeout: float = 10.0,
                     client_of: Callable[[web.Request], str] = lambda r: r.remote or "?",
-                    admit: Callable[[web.Request], None] = _no_limit,
+                    admit: Callable[[web.Request], object] = _no_limit,
                     refund: Callable[[web.Request], None] = _no_limit,
                     count: Callable[[str], None] = _no_count) -> None:
     """Load (or create) the gateway keys and add the two routes; the identity hook reads the keys.
