@@ -12,7 +12,10 @@ helper): notaries are asked over one pool of kept-alive HTTP/1.1 connections
 per event loop (:mod:`client.pool`) unless the caller passes ``session=``; identity documents
 are re-fetched only every :data:`IDENTITY_TTL` seconds; observation envelopes
 already verified are remembered (:func:`client.verify.verify_cached`); each
-answer is judged once, when it arrives.
+answer is judged once, when it arrives.  The client's own probe is started
+before the notary requests (its connect and two round trips are the longest
+chain of waits) and resolves names through a short-lived cache
+(:mod:`client.dnscache`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from notary.core.pins import load_certificate, spki_hex_from_pin, spki_sha256
 from notary.errors import InputError
 from notary.prober import ProbeLimits, Prober
 from client.bundle import Bundle, BundleEntry, load_bundle
+from client.dnscache import CachingResolver
 from client.fanout import RawAnswer, ask_notary
 from client.ohttp import plan_relay
 from client.evidence import CheckContext, Expectation, judgement
@@ -69,6 +73,8 @@ def _remember_identity(e: BundleEntry, now: float) -> None:
 
 #: Probers by (timeout, connect_to, clock[, host, port]): a Prober holds an SSL context; reuse it.
 _probers: dict[tuple[object, ...], Prober] = {}
+#: The client's own probes resolve names through one short-lived cache (:mod:`client.dnscache`).
+_resolver = CachingResolver()
 
 
 async def client_probe(
@@ -81,13 +87,16 @@ async def client_probe(
 ) -> ClientView:
     """Probe the target from this machine with the notary's own prober (any address allowed).
 
+    The name is resolved through :mod:`client.dnscache` (a successful answer is reused for
+    :data:`~client.dnscache.DNS_TTL` seconds); the TCP connection and TLS handshake are made afresh every time.
+
     ``extra_cas`` (DER): CA certificates a declared interceptor issues from; see :mod:`client.interception`.
     """
     prober = _probers.get((timeout, connect_to, clock, target.host, target.port) if connect_to else (timeout, None, clock))
     if prober is None:
         override = {(target.host, target.port): connect_to} if connect_to else None
         prober = Prober(_ANY, clock=lambda: int(clock()), limits=ProbeLimits(connect_timeout=timeout, handshake_timeout=timeout),
-                        connect_override=override)
+                        connect_override=override, resolver=_resolver)
         if len(_probers) > 64:
             _probers.clear()
         _probers[(timeout, connect_to, clock, target.host, target.port) if connect_to else (timeout, None, clock)] = prober
@@ -201,6 +210,12 @@ async def verify_with_notaries(
             waker[0].set_result(None)
 
     try:
+        if client_view is None:
+            # Started first: the probe (connect, two round trips) is the longest chain of waits,
+            # so its first packet leaves before the notary requests take the loop.
+            probe_task = asyncio.create_task(client_probe(target, timeout=timeout, connect_to=connect_to, clock=clock,
+                                                          extra_cas=extra_cas))
+            every.append(probe_task)
         for e in entries:
             t: asyncio.Task[Any] = asyncio.create_task((plan.ask if plan else ask_notary)(sess, e, target, nonce, timeout=timeout,
                                                all_addresses=pol.all_addresses,
@@ -208,10 +223,6 @@ async def verify_with_notaries(
                                                fetch_identity=not _identity_fresh(e, clock())))
             tasks[t] = e
             every.append(t)
-        if client_view is None:
-            probe_task = asyncio.create_task(client_probe(target, timeout=timeout, connect_to=connect_to, clock=clock,
-                                                          extra_cas=extra_cas))
-            every.append(probe_task)
         if specs:
             proxy_task = asyncio.create_task(probe_all_via(target, specs, timeout=timeout, isolate=isolate, clock=clock))
             every.append(proxy_task)
