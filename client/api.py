@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import random
 import secrets
@@ -116,8 +117,9 @@ def _evidence(answer: RawAnswer, *, nonce: str, target: Target, now: int, policy
     return ev
 
 
-def _placeholder(e: BundleEntry, result: str) -> NotaryResult:
-    return NotaryResult(e.name, e.region, e.key_id, result, "pending", counted=result != "unreachable")
+@functools.lru_cache(maxsize=4096)  # immutable, asked up to three times per missing notary per arrival (_settled)
+def _placeholder(name: str, region: str, key_id: str, result: str) -> NotaryResult:
+    return NotaryResult(name, region, key_id, result, "pending", counted=result != "unreachable")
 
 
 async def verify_with_notaries(
@@ -195,6 +197,7 @@ async def verify_with_notaries(
     else:
         client_view = None
 
+    keys = [e.key_id + e.url for e in entries]  # evidence by notary (key id + URL)
     sess: Transport = as_transport(session) if session is not None else shared_pool()
     tasks: dict[asyncio.Task[RawAnswer], BundleEntry] = {}
     probe_task: asyncio.Task[ClientView] | None = None
@@ -249,17 +252,21 @@ async def verify_with_notaries(
             if wait_all or client_view is None or not remaining or (proxy_task is not None and not proxy_task.done()) \
                     or (specs and pol.proxies == "count"):
                 continue  # counted proxies are not in _settled's arithmetic: wait for every notary
-            if _settled(client_view, entries, evidence, pol, now, target, judged):
+            if _settled(client_view, entries, keys, evidence, pol, now, judged):
                 break
         now = int(clock())
         assert client_view is not None
         ordered = [
-            evidence.get(e.key_id + e.url)
+            evidence.get(k)
             or Evidence(e.name, e.region, e.key_id, e.url, failure="not_waited", reason="decided before this notary answered")
-            for e in entries
+            for e, k in zip(entries, keys)
         ]
-        complete = all(e.key_id + e.url in evidence for e in entries)
-        results = judge_all(client_view, ordered, pol, now)
+        complete = all(k in evidence for k in keys)
+        if len({e.key_id for e in entries}) == len(entries):  # each judged alone: reuse this second's judgements
+            results = [hit[1] if (hit := judged.get(k)) is not None and hit[0] == now else judge_all(client_view, [ev], pol, now)[0]
+                       for k, ev in zip(keys, ordered)]
+        else:
+            results = judge_all(client_view, ordered, pol, now)
         mem = await asyncio.to_thread(memory.memory, target) if memory is not None else None
         ctx = CheckContext(tuple(proxy_task.result()) if proxy_task is not None else (), Expectation(expected), mem)
         verdict = conclude(client_view, results, pol, now, host=target.host, port=target.port, complete=complete,
@@ -292,10 +299,12 @@ def _expectation(declared: Sequence[str | bytes]) -> tuple[tuple[str, ...], tupl
     return tuple(keys), tuple(cas)
 
 
-def _settled(client: ClientView, entries: Sequence[BundleEntry], evidence: dict[str, Evidence],
-             pol: Policy, now: int, target: Target, judged: dict[str, tuple[int, NotaryResult]]) -> bool:
-    """True when no way the outstanding notaries could answer changes the outcome class."""
-    keys = [e.key_id + e.url for e in entries]
+def _settled(client: ClientView, entries: Sequence[BundleEntry], keys: Sequence[str], evidence: dict[str, Evidence],
+             pol: Policy, now: int, judged: dict[str, tuple[int, NotaryResult]]) -> bool:
+    """True when no way the outstanding notaries could answer changes the outcome class.
+
+    ``keys[i]`` is the evidence key of ``entries[i]`` (key id + URL).
+    """
     if len({e.key_id for e in entries}) == len(entries):
         known = []
         for k in keys:
@@ -307,11 +316,13 @@ def _settled(client: ClientView, entries: Sequence[BundleEntry], evidence: dict[
     else:  # a repeated key is excluded by position: judge the whole list
         known = judge_all(client, [evidence[k] for k in keys if k in evidence], pol, now)
     missing = [e for e, k in zip(entries, keys) if k not in evidence]
-    classes = set()
+    first = None
     for fill in ("agrees", "disagrees", "unreachable"):
-        results = known + [_placeholder(e, fill) for e in missing]
-        classes.add(outcome_class(notary_status(client, results, pol)))
-        if len(classes) > 1:
+        results = known + [_placeholder(e.name, e.region, e.key_id, fill) for e in missing]
+        cls = outcome_class(notary_status(client, results, pol))
+        if first is None:
+            first = cls
+        elif cls != first:
             return False
     return True
 

@@ -243,9 +243,12 @@ def _judge(ev: Evidence, client: ClientView, policy: Policy, now: int) -> Notary
 
 
 def _regions(results: Sequence[NotaryResult]) -> tuple[str, ...]:
+    if not results:
+        return ()
     return tuple(sorted({r.region for r in results if _known_region(r.region)}))  # type: ignore[misc]
 
 
+@functools.lru_cache(maxsize=1024)  # a pure function of a bundle's few region names; asked per result per tally
 def _known_region(region: str | None) -> bool:
     """``unknown`` (any case), empty, blank or absent is no region."""
     return bool(region and region.strip()) and region.strip().lower() not in _UNKNOWN_REGIONS  # type: ignore[union-attr]
