@@ -195,7 +195,7 @@ class _Conn(asyncio.BufferedProtocol):
 
     async def send(self, data: bytes, max_body: int) -> HttpResponse:
         assert self.transport is not None
-        loop = asyncio.get_running_loop()
+        loop = self.pool._loop or asyncio.get_running_loop()  # the loop the pool is bound to (request)
         self.parser = ResponseParser(max_body=max_body)
         waiter = self.waiter = loop.create_future()
         self.transport.write(data)
@@ -301,7 +301,7 @@ class NotaryPool:
         while True:
             idle = None if fresh else self._idle.get(key)
             if idle:
-                recent = asyncio.get_running_loop().time() - self.keepalive
+                recent = (self._loop or asyncio.get_running_loop()).time() - self.keepalive
                 while idle:
                     conn = idle.pop()
                     if conn.idle_since > recent and not conn.closed and conn.transport is not None \
@@ -342,7 +342,7 @@ class NotaryPool:
         if self.closed:
             conn.close()
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         conn.idle_since = loop.time()
         self._idle.setdefault(conn.key, []).append(conn)
         if self._sweeper is None:  # one timer per pool, not one per request
