@@ -332,7 +332,8 @@ def _weigh_context(v: Verdict, client: ClientView, results: Sequence[NotaryResul
         elif not v.ok and v.status != "unreachable":
             v = replace(v, summary=v.summary + (f"; proxies (unsigned, not counted under policy {policy.name}): {agree} saw "
                                                 f"your key, {len(dis)} saw a different key, {len(vantages) - agree - len(dis)} failed"))
-    v = replace(v, vantages=vantages)
+    if vantages:  # (a Verdict's vantages default to none: no copy of it for nothing)
+        v = replace(v, vantages=vantages)
     note = match_interceptor(ctx.expect, client.proven_keys or ((client.spki_sha256,) if client.spki_sha256 else ()))
     if note is not None:
         v = replace(v, interception=note)
