@@ -64,13 +64,17 @@ class CachingResolver:
         if hit is not None:
             if self.clock() < hit[0]:
                 return list(hit[1])
-            del self._cache[key]
+            self._cache.pop(key, None)
         ips = await self.inner.resolve(host, port)
         if ips and self.ttl > 0:
-            self._cache[key] = (self.clock() + self.ttl, tuple(ips))
-            self._cache.move_to_end(key)
+            # Single dict operations only, so event loops in several threads may share the cache.
+            self._cache.pop(key, None)
+            self._cache[key] = (self.clock() + self.ttl, tuple(ips))  # newest last
             while len(self._cache) > self.size:
-                self._cache.popitem(last=False)
+                try:
+                    self._cache.popitem(last=False)
+                except KeyError:  # emptied by another thread meanwhile
+                    break
         return ips
 
     def clear(self) -> None:
