@@ -12,13 +12,17 @@ helper): notaries are asked over one pool of kept-alive HTTP/1.1 connections
 per event loop (:mod:`client.pool`) unless the caller passes ``session=``; identity documents
 are re-fetched only every :data:`IDENTITY_TTL` seconds; observation envelopes
 already verified are remembered (:func:`client.verify.verify_cached`); each
-answer is judged once, when it arrives.
+answer is judged once, when it arrives.  The client's own probe is started
+before the notary requests (its connect and two round trips are the longest
+chain of waits) and resolves names through a short-lived cache
+(:mod:`client.dnscache`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import random
 import secrets
@@ -32,6 +36,8 @@ from notary.core.pins import load_certificate, spki_hex_from_pin, spki_sha256
 from notary.errors import InputError
 from notary.prober import ProbeLimits, Prober
 from client.bundle import Bundle, BundleEntry, load_bundle
+from client.bufstream import open_buffered
+from client.dnscache import CachingResolver
 from client.fanout import RawAnswer, ask_notary
 from client.ohttp import plan_relay
 from client.evidence import CheckContext, Expectation, judgement
@@ -69,6 +75,8 @@ def _remember_identity(e: BundleEntry, now: float) -> None:
 
 #: Probers by (timeout, connect_to, clock[, host, port]): a Prober holds an SSL context; reuse it.
 _probers: dict[tuple[object, ...], Prober] = {}
+#: The client's own probes resolve names through one short-lived cache (:mod:`client.dnscache`).
+_resolver = CachingResolver()
 
 
 async def client_probe(
@@ -81,13 +89,17 @@ async def client_probe(
 ) -> ClientView:
     """Probe the target from this machine with the notary's own prober (any address allowed).
 
+    The name is resolved through :mod:`client.dnscache` (a successful answer is reused for
+    :data:`~client.dnscache.DNS_TTL` seconds); the TCP connection and TLS handshake are made afresh every time
+    (over :func:`client.bufstream.open_buffered`).
+
     ``extra_cas`` (DER): CA certificates a declared interceptor issues from; see :mod:`client.interception`.
     """
     prober = _probers.get((timeout, connect_to, clock, target.host, target.port) if connect_to else (timeout, None, clock))
     if prober is None:
         override = {(target.host, target.port): connect_to} if connect_to else None
         prober = Prober(_ANY, clock=lambda: int(clock()), limits=ProbeLimits(connect_timeout=timeout, handshake_timeout=timeout),
-                        connect_override=override)
+                        connect_override=override, resolver=_resolver, connector=open_buffered)
         if len(_probers) > 64:
             _probers.clear()
         _probers[(timeout, connect_to, clock, target.host, target.port) if connect_to else (timeout, None, clock)] = prober
@@ -107,8 +119,9 @@ def _evidence(answer: RawAnswer, *, nonce: str, target: Target, now: int, policy
     return ev
 
 
-def _placeholder(e: BundleEntry, result: str) -> NotaryResult:
-    return NotaryResult(e.name, e.region, e.key_id, result, "pending", counted=result != "unreachable")
+@functools.lru_cache(maxsize=4096)  # immutable, asked up to three times per missing notary per arrival (_settled)
+def _placeholder(name: str, region: str, key_id: str, result: str) -> NotaryResult:
+    return NotaryResult(name, region, key_id, result, "pending", counted=result != "unreachable")
 
 
 async def verify_with_notaries(
@@ -186,6 +199,7 @@ async def verify_with_notaries(
     else:
         client_view = None
 
+    keys = [e.key_id + e.url for e in entries]  # evidence by notary (key id + URL)
     sess: Transport = as_transport(session) if session is not None else shared_pool()
     tasks: dict[asyncio.Task[RawAnswer], BundleEntry] = {}
     probe_task: asyncio.Task[ClientView] | None = None
@@ -201,6 +215,12 @@ async def verify_with_notaries(
             waker[0].set_result(None)
 
     try:
+        if client_view is None:
+            # Started first: the probe (connect, two round trips) is the longest chain of waits,
+            # so its first packet leaves before the notary requests take the loop.
+            probe_task = asyncio.create_task(client_probe(target, timeout=timeout, connect_to=connect_to, clock=clock,
+                                                          extra_cas=extra_cas))
+            every.append(probe_task)
         for e in entries:
             t: asyncio.Task[Any] = asyncio.create_task((plan.ask if plan else ask_notary)(sess, e, target, nonce, timeout=timeout,
                                                all_addresses=pol.all_addresses,
@@ -208,10 +228,6 @@ async def verify_with_notaries(
                                                fetch_identity=not _identity_fresh(e, clock())))
             tasks[t] = e
             every.append(t)
-        if client_view is None:
-            probe_task = asyncio.create_task(client_probe(target, timeout=timeout, connect_to=connect_to, clock=clock,
-                                                          extra_cas=extra_cas))
-            every.append(probe_task)
         if specs:
             proxy_task = asyncio.create_task(probe_all_via(target, specs, timeout=timeout, isolate=isolate, clock=clock))
             every.append(proxy_task)
@@ -238,17 +254,21 @@ async def verify_with_notaries(
             if wait_all or client_view is None or not remaining or (proxy_task is not None and not proxy_task.done()) \
                     or (specs and pol.proxies == "count"):
                 continue  # counted proxies are not in _settled's arithmetic: wait for every notary
-            if _settled(client_view, entries, evidence, pol, now, target, judged):
+            if _settled(client_view, entries, keys, evidence, pol, now, judged):
                 break
         now = int(clock())
         assert client_view is not None
         ordered = [
-            evidence.get(e.key_id + e.url)
+            evidence.get(k)
             or Evidence(e.name, e.region, e.key_id, e.url, failure="not_waited", reason="decided before this notary answered")
-            for e in entries
+            for e, k in zip(entries, keys)
         ]
-        complete = all(e.key_id + e.url in evidence for e in entries)
-        results = judge_all(client_view, ordered, pol, now)
+        complete = all(k in evidence for k in keys)
+        if len({e.key_id for e in entries}) == len(entries):  # each judged alone: reuse this second's judgements
+            results = [hit[1] if (hit := judged.get(k)) is not None and hit[0] == now else judge_all(client_view, [ev], pol, now)[0]
+                       for k, ev in zip(keys, ordered)]
+        else:
+            results = judge_all(client_view, ordered, pol, now)
         mem = await asyncio.to_thread(memory.memory, target) if memory is not None else None
         ctx = CheckContext(tuple(proxy_task.result()) if proxy_task is not None else (), Expectation(expected), mem)
         verdict = conclude(client_view, results, pol, now, host=target.host, port=target.port, complete=complete,
@@ -281,10 +301,12 @@ def _expectation(declared: Sequence[str | bytes]) -> tuple[tuple[str, ...], tupl
     return tuple(keys), tuple(cas)
 
 
-def _settled(client: ClientView, entries: Sequence[BundleEntry], evidence: dict[str, Evidence],
-             pol: Policy, now: int, target: Target, judged: dict[str, tuple[int, NotaryResult]]) -> bool:
-    """True when no way the outstanding notaries could answer changes the outcome class."""
-    keys = [e.key_id + e.url for e in entries]
+def _settled(client: ClientView, entries: Sequence[BundleEntry], keys: Sequence[str], evidence: dict[str, Evidence],
+             pol: Policy, now: int, judged: dict[str, tuple[int, NotaryResult]]) -> bool:
+    """True when no way the outstanding notaries could answer changes the outcome class.
+
+    ``keys[i]`` is the evidence key of ``entries[i]`` (key id + URL).
+    """
     if len({e.key_id for e in entries}) == len(entries):
         known = []
         for k in keys:
@@ -296,11 +318,13 @@ def _settled(client: ClientView, entries: Sequence[BundleEntry], evidence: dict[
     else:  # a repeated key is excluded by position: judge the whole list
         known = judge_all(client, [evidence[k] for k in keys if k in evidence], pol, now)
     missing = [e for e, k in zip(entries, keys) if k not in evidence]
-    classes = set()
+    first = None
     for fill in ("agrees", "disagrees", "unreachable"):
-        results = known + [_placeholder(e, fill) for e in missing]
-        classes.add(outcome_class(notary_status(client, results, pol)))
-        if len(classes) > 1:
+        results = known + [_placeholder(e.name, e.region, e.key_id, fill) for e in missing]
+        cls = outcome_class(notary_status(client, results, pol))
+        if first is None:
+            first = cls
+        elif cls != first:
             return False
     return True
 

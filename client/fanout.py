@@ -14,6 +14,7 @@ address.  A 3xx is a bad answer: ``error`` starts with ``redirect`` and
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Awaitable
@@ -45,8 +46,7 @@ class Redirected(Exception):
     """The notary answered a redirect (3xx), which is never followed."""
 
 
-async def _get_json(transport: Transport, method: str, url: str, body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+async def _get_json(transport: Transport, method: str, url: str, data: bytes | None = None) -> Any:
     resp = await transport.request(method, url, body=data, content_type=None if data is None else "application/json")
     if 300 <= resp.status < 400:
         raise Redirected(f"redirect: {method} {urlsplit(url).path} answered HTTP {resp.status} (not followed)")
@@ -73,6 +73,12 @@ async def _both(first: Awaitable[Any], second: Awaitable[Any]) -> tuple[Any, Any
                 t.cancel()
 
 
+@functools.lru_cache(maxsize=64)  # one check asks every notary the same body: encoded once
+def _observe_bytes(target: Target, nonce: str, max_age: int | None, all_addresses: bool) -> bytes:
+    return json.dumps(observe_body(target, nonce, max_age=max_age, all_addresses=all_addresses),
+                      separators=(",", ":")).encode()
+
+
 def observe_body(target: Target, nonce: str, *, max_age: int | None, all_addresses: bool) -> dict[str, Any]:
     """The ``POST /v1/observe`` body for one target (direct, or encrypted for a relay)."""
     body: dict[str, Any] = {"targets": [target.to_json()], "nonce": nonce, "all_addresses": all_addresses}
@@ -97,7 +103,7 @@ async def ask_notary(
     ``transport`` is a :class:`~client.transport.Transport` (or an aiohttp session, wrapped).
     """
     tr = as_transport(transport)
-    body = observe_body(target, nonce, max_age=max_age, all_addresses=all_addresses)
+    body = _observe_bytes(target, nonce, max_age, all_addresses)
     try:
         async with asyncio.timeout(timeout):
             if fetch_identity:

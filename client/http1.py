@@ -127,6 +127,21 @@ class ResponseParser:
         if self._state == "done":
             self.keep_alive = False  # stray bytes after the response: the framing cannot be trusted
             return
+        if self._state == "head" and not self._buf and not self._interim and type(data) is bytes:
+            # The usual case, a whole response in one piece: parsed from ``data`` as it is.
+            end = data.find(b"\r\n\r\n")
+            if 0 <= end and end + 4 <= self.max_head:
+                self._parse_head(data[:end])
+                rest = data[end + 4:]
+                if self._state == "length" and len(rest) == self._length:
+                    self._add(rest)
+                    self._finish(keep_alive=self.keep_alive)
+                    return
+                if self._state == "done":  # 204/304, or an empty body: anything after it is stray
+                    if rest:
+                        self.keep_alive = False
+                    return
+                data = rest
         self._buf += data
         self._run()
 
@@ -238,6 +253,11 @@ class ResponseParser:
         head = bytes(buf[:end])
         del buf[:end + 4]
         self._scan = 0
+        self._parse_head(head)
+        return True
+
+    def _parse_head(self, head: bytes) -> None:
+        """Parse a head (without its final CRLF CRLF) and set the state that follows it."""
         crlf = head.count(b"\r\n")
         if head.count(b"\n") != crlf or head.count(b"\r") != crlf or b"\0" in head:
             raise HttpProtocolError("bare CR, LF or NUL in the response head")
@@ -275,7 +295,7 @@ class ResponseParser:
             self._interim += 1
             if self._interim > MAX_INTERIM:
                 raise HttpProtocolError(f"more than {MAX_INTERIM} interim responses")
-            return True  # interim response: the final one follows (state stays "head")
+            return  # interim response: the final one follows (state stays "head")
         self._status, self._ctype = status, ctype
         self.keep_alive = version == b"HTTP/1.1" and not close
         if status in (204, 304):
@@ -301,7 +321,6 @@ class ResponseParser:
         else:
             self.keep_alive = False
             self._state = "close"
-        return True
 
     def _chunk_size(self) -> bool:
         line = self._line(_MAX_CHUNK_LINE, "chunk size line too long")

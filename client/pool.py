@@ -4,7 +4,7 @@ A check asks five or so notaries; an aiohttp request costs more CPU than
 reading and verifying the notary's answer, and a new connection per check
 costs more than the check's own TLS probe.  :class:`NotaryPool` keeps
 connections to each notary open between checks and speaks just enough HTTP/1.1
-(:mod:`client.http1`) over an :class:`asyncio.Protocol`.
+(:mod:`client.http1`) over an :class:`asyncio.BufferedProtocol`.
 
 Theory of operation
 -------------------
@@ -58,7 +58,7 @@ from client.http1 import HttpProtocolError, HttpResponse, ResponseParser, encode
 from client.transport import MAX_RESPONSE_BYTES
 
 __all__ = ["NotaryPool", "ConnectionClosed", "shared_pool", "close_shared_pool", "KEEPALIVE", "LIMIT", "DRAIN_SECONDS",
-           "REQUEST_DEADLINE"]
+           "REQUEST_DEADLINE", "READ_BUFFER"]
 
 #: Seconds an idle connection is kept open: below a notary's own idle limit (30 s,
 #: docs/protocol.md section 10.3), so the client usually closes first.
@@ -69,6 +69,8 @@ LIMIT = 100
 DRAIN_SECONDS = 2.0
 #: Seconds any one request may take, whatever its caller does (a backstop; callers time out sooner).
 REQUEST_DEADLINE = 60.0
+#: Bytes read from a connection at a time (one buffer per pool, reused).
+READ_BUFFER = 64 * 1024
 
 
 class ConnectionClosed(ConnectionError):
@@ -104,8 +106,13 @@ def _default_tls() -> ssl.SSLContext:
     return ssl.create_default_context()  # loads the CA store once (tens of ms): cached
 
 
-class _Conn(asyncio.Protocol):
-    """One connection: at most one request in flight, parsed by :class:`ResponseParser`."""
+class _Conn(asyncio.BufferedProtocol):
+    """One connection: at most one request in flight, parsed by :class:`ResponseParser`.
+
+    Bytes are received into the pool's one read buffer (:data:`READ_BUFFER` bytes, reused:
+    a plain protocol makes asyncio allocate a fresh 256 KiB buffer for every read, which
+    the C library maps and unmaps each time) and copied out at once.
+    """
 
     def __init__(self, pool: "NotaryPool", key: tuple[str, str, int]) -> None:
         self.pool, self.key = pool, key
@@ -119,6 +126,12 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.pool._rview
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.pool._rview[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser
@@ -182,7 +195,7 @@ class _Conn(asyncio.Protocol):
 
     async def send(self, data: bytes, max_body: int) -> HttpResponse:
         assert self.transport is not None
-        loop = asyncio.get_running_loop()
+        loop = self.pool._loop or asyncio.get_running_loop()  # the loop the pool is bound to (request)
         self.parser = ResponseParser(max_body=max_body)
         waiter = self.waiter = loop.create_future()
         self.transport.write(data)
@@ -219,6 +232,9 @@ class NotaryPool:
         self._opening = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
+        # Every connection reads into this one buffer: all run on the pool's one event loop, and
+        # each read is copied out before the next (_Conn.buffer_updated).
+        self._rview = memoryview(bytearray(READ_BUFFER))
         self.closed = False
 
     @property
@@ -285,7 +301,7 @@ class NotaryPool:
         while True:
             idle = None if fresh else self._idle.get(key)
             if idle:
-                recent = asyncio.get_running_loop().time() - self.keepalive
+                recent = (self._loop or asyncio.get_running_loop()).time() - self.keepalive
                 while idle:
                     conn = idle.pop()
                     if conn.idle_since > recent and not conn.closed and conn.transport is not None \
@@ -326,7 +342,7 @@ class NotaryPool:
         if self.closed:
             conn.close()
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         conn.idle_since = loop.time()
         self._idle.setdefault(conn.key, []).append(conn)
         if self._sweeper is None:  # one timer per pool, not one per request

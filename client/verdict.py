@@ -243,9 +243,12 @@ def _judge(ev: Evidence, client: ClientView, policy: Policy, now: int) -> Notary
 
 
 def _regions(results: Sequence[NotaryResult]) -> tuple[str, ...]:
+    if not results:
+        return ()
     return tuple(sorted({r.region for r in results if _known_region(r.region)}))  # type: ignore[misc]
 
 
+@functools.lru_cache(maxsize=1024)  # a pure function of a bundle's few region names; asked per result per tally
 def _known_region(region: str | None) -> bool:
     """``unknown`` (any case), empty, blank or absent is no region."""
     return bool(region and region.strip()) and region.strip().lower() not in _UNKNOWN_REGIONS  # type: ignore[union-attr]
@@ -329,7 +332,8 @@ def _weigh_context(v: Verdict, client: ClientView, results: Sequence[NotaryResul
         elif not v.ok and v.status != "unreachable":
             v = replace(v, summary=v.summary + (f"; proxies (unsigned, not counted under policy {policy.name}): {agree} saw "
                                                 f"your key, {len(dis)} saw a different key, {len(vantages) - agree - len(dis)} failed"))
-    v = replace(v, vantages=vantages)
+    if vantages:  # (a Verdict's vantages default to none: no copy of it for nothing)
+        v = replace(v, vantages=vantages)
     note = match_interceptor(ctx.expect, client.proven_keys or ((client.spki_sha256,) if client.spki_sha256 else ()))
     if note is not None:
         v = replace(v, interception=note)

@@ -114,20 +114,23 @@ def verify_cached(envelope: Any, key: VerifyKey, payload_type: str) -> Verified:
     same bytes.  On a hit the returned ``payload`` is ``None`` (it is parsed,
     if needed, by the observation parser).  Failures are never cached.
     """
-    if payload_type != OBSERVATION_TYPE or not isinstance(envelope, Mapping):
+    if payload_type != OBSERVATION_TYPE or not (type(envelope) is dict or isinstance(envelope, Mapping)):
         return verify_envelope(envelope, key, payload_type)
     payload, sigs, ptype = envelope.get("payload"), envelope.get("signatures"), envelope.get("payloadType")
-    if not isinstance(payload, str) or ptype != payload_type or not isinstance(sigs, list) or not all(
-        isinstance(x, Mapping) and isinstance(x.get("keyid"), str) and isinstance(x.get("sig"), str) for x in sigs
-    ):
+    if type(payload) is not str or ptype != payload_type or type(sigs) is not list:
         return verify_envelope(envelope, key, payload_type)
-    exact = (key.raw, payload, tuple((x["keyid"], x["sig"]) for x in sigs))
+    entries = []
+    for x in sigs:  # exact types, as decoded JSON has them; anything else takes the uncached path
+        if type(x) is not dict or type(kid := x.get("keyid")) is not str or type(sig := x.get("sig")) is not str:
+            return verify_envelope(envelope, key, payload_type)
+        entries.append((kid, sig))
+    exact = (key.raw, payload, tuple(entries))
     hit = _recent.get(exact)  # dict lookup: equal hash, then the strings compared in full
     if hit is not None:
         _recent.move_to_end(exact)
         return hit
     h = hashlib.sha256(key.raw)
-    for text in (payload_type, payload, *(t for x in sigs for t in (x["keyid"], x["sig"]))):
+    for text in (payload_type, payload, *(t for pair in entries for t in pair)):
         _field(h, text)
     ck = h.digest()
     if ck in _verified:

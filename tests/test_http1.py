@@ -118,3 +118,26 @@ def test_encode_request() -> None:
         b"POST /v1/observe HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
         b"Content-Length: 2\r\n\r\n{}")
     assert encode_request("GET", "n.example", "/v1/notary") == b"GET /v1/notary HTTP/1.1\r\nHost: n.example\r\n\r\n"
+
+
+@pytest.mark.parametrize("data, body, keep_alive", [
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n" + OK, b"hello", True),
+    (OK + b"x", b"hello", False),  # one stray byte after the body
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP", b"", False),
+    (b"HTTP/1.1 204 No Content\r\n\r\nx", b"", False),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b"hello", True),
+])
+def test_whole_response_in_one_piece(data: bytes, body: bytes, keep_alive: bool) -> None:
+    """A response that arrives in one read (the usual case) is framed exactly as one cut in pieces."""
+    for pieces in (1, 3):
+        p = parse(data, pieces=pieces)
+        assert p.done and p.response is not None and p.response.body == body
+        assert p.keep_alive is keep_alive
+
+
+def test_body_completed_by_a_later_piece() -> None:
+    p = ResponseParser(max_body=1000)
+    p.feed(OK[:-3])
+    assert not p.done
+    p.feed(OK[-3:])
+    assert p.done and p.keep_alive and p.response is not None and p.response.body == b"hello"
