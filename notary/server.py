@@ -49,7 +49,7 @@ from notary.openapi import openapi_document
 from notary.prober import Prober, Resolver
 from notary.ratelimit import RateLimiter
 from notary.relay import RelayConfig, install_relay, relay_enabled
-from notary.serving import DIRECT_ROUTES, received_body, serve_app
+from notary.serving import DIRECT_ROUTES, DIRECT_STANDS_FOR, received_body, serve_app
 from notary.service import ObservationService
 from notary.signer import SignedRound
 from notary.store import SQLiteStore, Store
@@ -609,6 +609,7 @@ def create_app(
         # without aiohttp's router and middleware layers (see notary.serving.direct_dispatch).
         return _answer(app, request, observe, "/v1/observe")  # type: ignore[arg-type]
     app[DIRECT_ROUTES] = {("POST", "/v1/observe"): observe_direct}
+    app[DIRECT_STANDS_FOR] = (_errors,)  # _answer does its work
     app.router.add_get("/v1/notary", _identity)
     app.router.add_post("/v1/observe", _observe_post)
     app.router.add_get("/v1/observe/{host}/{port}", _observe_get)

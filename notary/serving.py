@@ -3,7 +3,16 @@
 :data:`DIRECT_ROUTES` (an app key) names the few routes that :func:`serve_app`
 hands to their handler straight from aiohttp's protocol, without the router and
 the middleware chain (see :func:`direct_dispatch`): ``POST /v1/observe``, which
-is most of a notary's traffic.  Such a handler does its middleware's work itself.
+is most of a notary's traffic.  Such a handler does its middleware's work itself,
+so the app names the middlewares it stands in for (:data:`DIRECT_STANDS_FOR`):
+:func:`serve_app` refuses to start when the app has any other middleware, which
+the direct routes would silently skip.
+
+Under :func:`serve_app` an ``Expect`` header other than ``100-continue`` is
+ignored (RFC 9110 section 10.1.1 lets a server answer 417 or not): the request
+is answered, counted and its errors are JSON like any other.  aiohttp itself
+would answer a plain-text 417 that echoes the header, from outside the app's
+middleware (uncounted), on every route.
 
 :class:`GuardedSite` is aiohttp's ``TCPSite`` with the protocol factory wrapped
 by a :class:`~notary.connguard.ConnectionGuard`.  :func:`json_parse_errors`
@@ -31,7 +40,7 @@ from aiohttp.web_protocol import RequestHandler
 from notary.connguard import Acceptor, ConnectionGuard, Throttled
 from notary.httputil import BodyTooLarge
 
-__all__ = ["DIRECT_ROUTES", "DirectHandler", "GuardedSite", "direct_dispatch", "json_parse_errors", "received_body", "serve_app",
+__all__ = ["DIRECT_ROUTES", "DIRECT_STANDS_FOR", "DirectHandler", "GuardedSite", "direct_dispatch", "json_parse_errors", "received_body", "serve_app",
            "ParseErrors"]
 
 log = logging.getLogger("parallax.notary")
@@ -106,6 +115,9 @@ def json_parse_errors(factory: Callable[[], asyncio.Protocol]) -> Callable[[], a
 DirectHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 #: ``{(method, path): handler}``: requests that :func:`serve_app` gives to ``handler`` directly.
 DIRECT_ROUTES = web.AppKey("direct_routes", dict)
+#: The app's middlewares, in order, whose work the direct handlers do themselves; :func:`serve_app`
+#: refuses an app with direct routes whose ``middlewares`` are not exactly these.
+DIRECT_STANDS_FOR = web.AppKey("direct_stands_for", tuple)
 
 
 def direct_dispatch(routes: dict[tuple[str, str], DirectHandler], inner: DirectHandler) -> DirectHandler:
@@ -121,9 +133,18 @@ def direct_dispatch(routes: dict[tuple[str, str], DirectHandler], inner: DirectH
     def handle(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
         direct = routes.get((request.method, request.raw_path))
         if direct is None or hdrs.EXPECT in request.headers:
+            expect = request.headers.get(hdrs.EXPECT)
+            if expect and expect.lower() != "100-continue":
+                request = _without_expect(request)
             return inner(request)
         return direct(request)
     return handle
+
+
+def _without_expect(request: web.BaseRequest) -> web.BaseRequest:
+    """The request without its ``Expect`` header (an expectation this server does not know: ignored,
+    as RFC 9110 allows).  Taken before the body is read; the clone shares the body stream."""
+    return request.clone(headers=[(k, v) for k, v in request.headers.items() if k.lower() != "expect"])
 
 
 def received_body(request: web.BaseRequest, limit: int) -> bytes | None:
@@ -215,6 +236,9 @@ async def serve_app(app: web.Application, host: str, port: int, guard: Connectio
         if routes:
             if app.on_response_prepare:
                 raise RuntimeError("direct routes skip on_response_prepare signals: the app has some")
+            if tuple(app.middlewares) != app.get(DIRECT_STANDS_FOR, ()):
+                raise RuntimeError("direct routes would skip middlewares they do not stand in for: "
+                                   "name them in DIRECT_STANDS_FOR, or do not add them")
             server = runner.server
             assert server is not None
             # Server.request_handler is what each new connection's protocol calls per request.

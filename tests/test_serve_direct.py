@@ -27,7 +27,7 @@ from aiohttp.test_utils import make_mocked_request
 from notary.config import NotaryConfig
 from notary.core import AddressPolicy, SigningKey, open_answer, parse_networks
 from notary.server import GUARD, create_app
-from notary.serving import DIRECT_ROUTES, direct_dispatch, serve_app
+from notary.serving import DIRECT_ROUTES, DIRECT_STANDS_FOR, direct_dispatch, serve_app
 from tests.support.tls import make_ca, server_context, tls_server
 
 LOOPBACK = AddressPolicy(parse_networks(["127.0.0.0/8"]), None)
@@ -107,6 +107,7 @@ async def served(tmp_path: Path, cert: Any, **cfg: Any) -> AsyncIterator[Served]
         return await handler(request)
 
     app.middlewares.insert(0, record)
+    app[DIRECT_STANDS_FOR] = (record, *app[DIRECT_STANDS_FOR])  # skipped by the direct route on purpose: it shows which path ran
     bound: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
     halt = asyncio.Event()
     async with tls_server(server_context(cert)) as site:
@@ -248,3 +249,38 @@ async def test_serve_app_refuses_direct_routes_with_response_signals(tmp_path: P
     app.on_response_prepare.append(on_prepare)
     with pytest.raises(RuntimeError, match="on_response_prepare"):
         await asyncio.wait_for(serve_app(app, "127.0.0.1", 0, app[GUARD], stop=asyncio.Event()), 20)
+
+
+async def test_serve_app_refuses_a_middleware_the_direct_routes_would_skip(tmp_path: Path) -> None:
+    """An allow-list or auth middleware added to the app must not silently miss POST /v1/observe."""
+    app = create_app(NotaryConfig(data_dir=tmp_path, policy=LOOPBACK), SigningKey.generate())
+
+    @web.middleware
+    async def deny_all(request: web.Request, handler: Any) -> web.StreamResponse:
+        raise web.HTTPForbidden()
+
+    app.middlewares.append(deny_all)
+    with pytest.raises(RuntimeError, match="skip middlewares"):
+        await asyncio.wait_for(serve_app(app, "127.0.0.1", 0, app[GUARD], stop=asyncio.Event()), 20)
+
+
+@pytest.mark.parametrize("path, body, expected", [
+    ("/healthz", None, 200),
+    ("/v1/observe", b"{}", 400),  # routed (an Expect header), answered with its usual JSON error
+    ("/nowhere", None, 404),
+])
+async def test_an_unknown_expectation_is_ignored_not_a_plain_text_417(tmp_path: Path, cert: Any, path: str,
+                                                                    body: bytes | None, expected: int) -> None:
+    """aiohttp alone answers ``Expect: foo`` with a plain-text 417 echoing the header, uncounted."""
+    async with served(tmp_path, cert) as s:
+        if body is None:
+            status, headers, answer, seen = await s.raw(f"GET {path} HTTP/1.1\r\nHost: x\r\nExpect: foo<script>\r\n\r\n".encode())
+        else:
+            status, headers, answer, seen = await s.post(body, path=path, headers="Expect: foo<script>\r\n")
+        assert status == expected and seen == [expected], (seen, answer)
+        assert b"<script>" not in answer
+        if expected != 200:
+            _error(answer)  # a JSON error body
+        metrics = await s.metrics()
+        assert f'parallax_http_requests_total{{code="{expected}"' in metrics and 'code="417"' not in metrics, metrics
+        assert s.routed[0] == f"{'POST' if body else 'GET'} {path}"  # through the app's middleware: counted
