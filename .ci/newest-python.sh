@@ -31,4 +31,6 @@ fi
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
   tests/test_core.py tests/test_vectors.py tests/test_verdict.py tests/test_bundle.py \
   tests/test_client_verify.py tests/test_prober.py tests/test_server.py tests/test_client_integration.py \
-  tests/test_cli_client.py tests/test_cli_notary.py tests/test_packaging.py tests/test_keyfile.py tests/test_cli_usability.py
+  tests/test_cli_client.py tests/test_cli_notary.py tests/test_packaging.py tests/test_keyfile.py tests/test_cli_usability.py \
+  tests/test_serve_direct.py tests/test_connguard.py tests/test_http1.py tests/test_pool_review.py \
+  tests/test_client_dnscache.py tests/test_client_bufstream.py tests/test_helper_service.py
