@@ -26,6 +26,7 @@ from client.devtools import make_cert_context, tls_site
 from client.pool import NotaryPool
 from notary.core import Target
 from notary.prober import Prober
+from tests.support.tls import loopback_server, port_of
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -40,13 +41,8 @@ async def tcp_server(handler: Handler, ssl_ctx: ssl.SSLContext | None = None) ->
         finally:
             writer.close()
 
-    srv = await asyncio.start_server(run, "127.0.0.1", 0, ssl=ssl_ctx)
-    try:
-        yield srv.sockets[0].getsockname()[1]
-    finally:
-        srv.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(srv.wait_closed(), 2)
+    async with loopback_server(run, ssl_ctx=ssl_ctx) as srv:
+        yield port_of(srv)
 
 
 BLOB = os.urandom(5 * bufstream.READ_BUFFER + 123)

@@ -24,6 +24,7 @@ from client.devtools import StaticResolver, interceptor, make_cert_context, tls_
 from client.verdict import outcome_class
 from notary.core import SigningKey, pin_from_spki_hex, spki_sha256
 from notary.errors import InputError
+from tests.support.tls import loopback_server, port_of
 
 HOST = "localhost"
 RESOLVER = StaticResolver({HOST: ["127.0.0.1"]})  # the site listens on 127.0.0.1 only
@@ -62,15 +63,12 @@ async def silent_server() -> AsyncIterator[int]:
         with contextlib.suppress(Exception):
             await reader.read()  # wait until the peer gives up
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        for w in held:
-            w.close()
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2)
+    async with loopback_server(handle) as server:
+        try:
+            yield port_of(server)
+        finally:
+            for w in held:
+                w.close()
 
 
 def silent_entry(port: int) -> BundleEntry:

@@ -27,6 +27,7 @@ from client.cli import main
 from client.cluster import local_cluster
 from client.conformance import run_conformance
 from client.devtools import StaticResolver, make_cert_context, tls_site
+from tests.support.tls import loopback_server, port_of
 
 HOST = "localhost"
 RESOLVER = StaticResolver({HOST: ["127.0.0.1"]})
@@ -51,14 +52,9 @@ class Canary:
 @contextlib.asynccontextmanager
 async def canary() -> AsyncIterator[Canary]:
     c = Canary()
-    server = await asyncio.start_server(c.handle, "127.0.0.1", 0)
-    c.port = server.sockets[0].getsockname()[1]
-    try:
+    async with loopback_server(c.handle) as server:
+        c.port = port_of(server)
         yield c
-    finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2)
 
 
 @contextlib.asynccontextmanager

@@ -26,6 +26,7 @@ from client.cluster import local_cluster
 from client.devtools import make_cert_context, tls_site
 from client.http1 import HttpProtocolError
 from client.pool import NotaryPool, shared_pool
+from tests.support.tls import loopback_server, port_of
 
 Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -75,14 +76,9 @@ class Server:
 @contextlib.asynccontextmanager
 async def server(handler: Handler, ssl_ctx: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
     s = Server(handler)
-    srv = await asyncio.start_server(s._handle, "127.0.0.1", 0, ssl=ssl_ctx)
-    s.port = srv.sockets[0].getsockname()[1]
-    try:
+    async with loopback_server(s._handle, ssl_ctx=ssl_ctx) as srv:
+        s.port = port_of(srv)
         yield s
-    finally:
-        srv.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(srv.wait_closed(), 2)
 
 
 def ok(body: bytes = b'{"ok":true}', extra: bytes = b"") -> bytes:

@@ -17,7 +17,7 @@ import trustme
 
 from notary.core import spki_sha256
 
-__all__ = ["TLSServer", "tls_server", "tls_target_in_thread", "server_context", "leaf_spki", "make_ca"]
+__all__ = ["TLSServer", "loopback_server", "port_of", "tls_server", "tls_target_in_thread", "server_context", "leaf_spki", "make_ca"]
 
 
 def make_ca(key_type: str = "ecdsa") -> trustme.CA:
@@ -69,6 +69,24 @@ async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 @contextlib.asynccontextmanager
+async def loopback_server(handle: Any, host: str = "127.0.0.1", ssl_ctx: ssl.SSLContext | None = None,
+                          ) -> AsyncIterator[asyncio.Server]:
+    """``asyncio.start_server(handle)`` on an ephemeral port of ``host`` (TLS with ``ssl_ctx``: a 5 s
+    handshake timeout) until the block ends; then closed, waiting at most 2 s for its connections."""
+    server = await asyncio.start_server(handle, host, 0, ssl=ssl_ctx, ssl_handshake_timeout=5 if ssl_ctx else None)
+    try:
+        yield server
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 2)
+
+
+def port_of(server: asyncio.Server) -> int:
+    return int(server.sockets[0].getsockname()[1])
+
+
+@contextlib.asynccontextmanager
 async def tls_server(ctx: ssl.SSLContext, host: str = "127.0.0.1") -> AsyncIterator[TLSServer]:
     """Serve ``ctx`` on an ephemeral loopback port until the block ends."""
     holder: list[TLSServer] = []
@@ -76,15 +94,9 @@ async def tls_server(ctx: ssl.SSLContext, host: str = "127.0.0.1") -> AsyncItera
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await _serve_one(r, w, holder[0])
 
-    server = await asyncio.start_server(handle, host, 0, ssl=ctx, ssl_handshake_timeout=5)
-    port = server.sockets[0].getsockname()[1]
-    holder.append(TLSServer(host, port, server))
-    try:
+    async with loopback_server(handle, host, ctx) as server:
+        holder.append(TLSServer(host, port_of(server), server))
         yield holder[0]
-    finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2)
 
 
 @contextlib.contextmanager
