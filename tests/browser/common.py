@@ -351,6 +351,37 @@ class ExtensionBrowser:
 
         return await wait(f"a verdict for {url_prefix}", final)
 
+    async def expect_consistent(self, url: str, *, pin: str, shot: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The badge and popup of a clean page: consistent, a green "OK", the site's key; the popup
+        has 3 rows, 2 or 3 agreeing (the helper stops once more answers cannot change the outcome)."""
+        clean = await self.badge(url)
+        assert clean["status"] == "consistent", json.dumps(clean)[:3000]
+        assert clean["text"] == "OK"
+        assert clean["color"][:3] == [0x1A, 0x7F, 0x37]
+        assert clean["verdict"]["client"]["pin"] == f"sha256/{pin}"
+        dom = await self.popup(clean["tabId"], shot)
+        assert dom["status"] == "consistent" and "green" in dom["color"]
+        assert len(dom["rows"]) == 3 and dom["rows"].count("agrees") >= 2 and "disagrees" not in dom["rows"]
+        assert dom["summary"].startswith("consistent: ")
+        return clean, dom
+
+    async def expect_mitm(self, url: str, *, site_pin: str, forged_pin: str,
+                          shot: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The badge and popup of an intercepted page: mitm_suspected, a red "!", the forged key seen
+        and the site's key as the quorum's; 2 or 3 rows disagree; advisory: the page stayed loaded."""
+        bad = await self.badge(url)
+        assert bad["status"] == "mitm_suspected", json.dumps(bad)[:3000]
+        assert bad["text"] == "!"
+        assert bad["color"][:3] == [0xCF, 0x22, 0x2E]
+        assert bad["verdict"]["client"]["pin"] == f"sha256/{forged_pin}"
+        assert bad["verdict"]["quorum_pins"] == [f"sha256/{site_pin}"]
+        dom = await self.popup(bad["tabId"], shot)
+        assert dom["status"] == "mitm_suspected" and "red" in dom["color"]
+        assert len(dom["rows"]) == 3 and dom["rows"].count("disagrees") >= 2 and "agrees" not in dom["rows"]
+        assert dom["summary"].startswith("MITM suspected")
+        assert bad["url"].startswith(url)  # advisory by default: the page stayed loaded
+        return bad, dom
+
     async def popup(self, tab_id: int, shot: Path) -> dict[str, Any]:
         """Render the popup for ``tab_id``, save its screenshot to ``shot`` and return its DOM."""
         url = f"{self.base}popup.html?tab={tab_id}"
