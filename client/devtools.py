@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import ssl
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
-__all__ = ["TLSSite", "tls_site", "interceptor", "make_cert_context", "StaticResolver"]
+__all__ = ["TLSSite", "serving", "port_of", "tls_site", "interceptor", "make_cert_context", "StaticResolver"]
 
 
 class StaticResolver:
@@ -57,6 +57,26 @@ _PAGE = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 20\r\nc
 
 
 @contextlib.asynccontextmanager
+async def serving(handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+                  host: str | list[str] = "127.0.0.1", port: int = 0,
+                  ssl_ctx: ssl.SSLContext | None = None) -> AsyncIterator[asyncio.Server]:
+    """``asyncio.start_server(handle)`` on ``host:port`` (0: an ephemeral port; TLS with ``ssl_ctx``,
+    a 5 s handshake timeout) until the block ends; then closed, waiting at most 2 s for its connections."""
+    server = await asyncio.start_server(handle, host, port, ssl=ssl_ctx, ssl_handshake_timeout=5 if ssl_ctx else None)
+    try:
+        yield server
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 2)
+
+
+def port_of(server: asyncio.Server) -> int:
+    """The port ``server`` listens on (its first socket's)."""
+    return int(server.sockets[0].getsockname()[1])
+
+
+@contextlib.asynccontextmanager
 async def tls_site(ctx: ssl.SSLContext, host: str | list[str] = "127.0.0.1", port: int = 0) -> AsyncIterator[TLSSite]:
     """A tiny HTTPS site answering one fixed page per connection."""
     site = TLSSite(host if isinstance(host, str) else host[0], 0)
@@ -73,14 +93,9 @@ async def tls_site(ctx: ssl.SSLContext, host: str | list[str] = "127.0.0.1", por
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, host, port, ssl=ctx, ssl_handshake_timeout=5)
-    site.port = server.sockets[0].getsockname()[1]
-    try:
+    async with serving(handle, host, port, ctx) as server:
+        site.port = port_of(server)
         yield site
-    finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -116,11 +131,6 @@ async def interceptor(
             return
         await asyncio.gather(_pipe(reader, uw), _pipe(ur, writer))
 
-    server = await asyncio.start_server(handle, host, port, ssl=forged, ssl_handshake_timeout=5)
-    me.port = server.sockets[0].getsockname()[1]
-    try:
+    async with serving(handle, host, port, forged) as server:
+        me.port = port_of(server)
         yield me
-    finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2)

@@ -26,7 +26,7 @@ from client.devtools import make_cert_context, tls_site
 from client.pool import NotaryPool
 from notary.core import Target
 from notary.prober import Prober
-from tests.support.tls import loopback_server, port_of
+from client.devtools import port_of, serving
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -41,7 +41,7 @@ async def tcp_server(handler: Handler, ssl_ctx: ssl.SSLContext | None = None) ->
         finally:
             writer.close()
 
-    async with loopback_server(run, ssl_ctx=ssl_ctx) as srv:
+    async with serving(run, ssl_ctx=ssl_ctx) as srv:
         yield port_of(srv)
 
 

@@ -24,7 +24,7 @@ from client.devtools import StaticResolver, interceptor, make_cert_context, tls_
 from client.verdict import outcome_class
 from notary.core import SigningKey, pin_from_spki_hex, spki_sha256
 from notary.errors import InputError
-from tests.support.tls import loopback_server, port_of
+from client.devtools import port_of, serving
 
 HOST = "localhost"
 RESOLVER = StaticResolver({HOST: ["127.0.0.1"]})  # the site listens on 127.0.0.1 only
@@ -63,7 +63,7 @@ async def silent_server() -> AsyncIterator[int]:
         with contextlib.suppress(Exception):
             await reader.read()  # wait until the peer gives up
 
-    async with loopback_server(handle) as server:
+    async with serving(handle) as server:
         try:
             yield port_of(server)
         finally:

@@ -27,7 +27,7 @@ from client.cli import main
 from client.cluster import local_cluster
 from client.conformance import run_conformance
 from client.devtools import StaticResolver, make_cert_context, tls_site
-from tests.support.tls import loopback_server, port_of
+from client.devtools import port_of, serving
 
 HOST = "localhost"
 RESOLVER = StaticResolver({HOST: ["127.0.0.1"]})
@@ -52,7 +52,7 @@ class Canary:
 @contextlib.asynccontextmanager
 async def canary() -> AsyncIterator[Canary]:
     c = Canary()
-    async with loopback_server(c.handle) as server:
+    async with serving(c.handle) as server:
         c.port = port_of(server)
         yield c
 

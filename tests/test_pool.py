@@ -26,7 +26,7 @@ from client.cluster import local_cluster
 from client.devtools import make_cert_context, tls_site
 from client.http1 import HttpProtocolError
 from client.pool import NotaryPool, shared_pool
-from tests.support.tls import loopback_server, port_of
+from client.devtools import port_of, serving
 
 Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -76,7 +76,7 @@ class Server:
 @contextlib.asynccontextmanager
 async def server(handler: Handler, ssl_ctx: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
     s = Server(handler)
-    async with loopback_server(s._handle, ssl_ctx=ssl_ctx) as srv:
+    async with serving(s._handle, ssl_ctx=ssl_ctx) as srv:
         s.port = port_of(srv)
         yield s
 

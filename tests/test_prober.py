@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from notary.core import AddressPolicy, Target, parse_networks, spki_sha256
 from notary.prober import ProbeLimits, Prober
-from tests.support.tls import leaf_spki, loopback_server, make_ca, port_of, server_context, tls_server
+from client.devtools import port_of, serving
+from tests.support.tls import leaf_spki, make_ca, server_context, tls_server
 
 NOW = 1_700_000_123
 LOOPBACK = AddressPolicy(parse_networks(["127.0.0.0/8"]), None)
@@ -151,7 +152,7 @@ async def serve_bio(ctx: ssl.SSLContext) -> AsyncIterator[Served]:
         finally:
             writer.close()
 
-    async with loopback_server(handle) as server:
+    async with serving(handle) as server:
         holder.append(Served("127.0.0.1", port_of(server)))
         yield holder[0]
 

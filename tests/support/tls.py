@@ -15,9 +15,10 @@ from typing import Any, AsyncIterator, Iterator
 
 import trustme
 
+from client.devtools import port_of, serving
 from notary.core import spki_sha256
 
-__all__ = ["TLSServer", "loopback_server", "port_of", "tls_server", "tls_target_in_thread", "server_context", "leaf_spki", "make_ca"]
+__all__ = ["TLSServer", "tls_server", "tls_target_in_thread", "server_context", "leaf_spki", "make_ca"]
 
 
 def make_ca(key_type: str = "ecdsa") -> trustme.CA:
@@ -69,24 +70,6 @@ async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 @contextlib.asynccontextmanager
-async def loopback_server(handle: Any, host: str = "127.0.0.1", ssl_ctx: ssl.SSLContext | None = None,
-                          ) -> AsyncIterator[asyncio.Server]:
-    """``asyncio.start_server(handle)`` on an ephemeral port of ``host`` (TLS with ``ssl_ctx``: a 5 s
-    handshake timeout) until the block ends; then closed, waiting at most 2 s for its connections."""
-    server = await asyncio.start_server(handle, host, 0, ssl=ssl_ctx, ssl_handshake_timeout=5 if ssl_ctx else None)
-    try:
-        yield server
-    finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2)
-
-
-def port_of(server: asyncio.Server) -> int:
-    return int(server.sockets[0].getsockname()[1])
-
-
-@contextlib.asynccontextmanager
 async def tls_server(ctx: ssl.SSLContext, host: str = "127.0.0.1") -> AsyncIterator[TLSServer]:
     """Serve ``ctx`` on an ephemeral loopback port until the block ends."""
     holder: list[TLSServer] = []
@@ -94,7 +77,7 @@ async def tls_server(ctx: ssl.SSLContext, host: str = "127.0.0.1") -> AsyncItera
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await _serve_one(r, w, holder[0])
 
-    async with loopback_server(handle, host, ctx) as server:
+    async with serving(handle, host, ssl_ctx=ctx) as server:
         holder.append(TLSServer(host, port_of(server), server))
         yield holder[0]
 
