@@ -17,6 +17,7 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from typing import Any, Awaitable, Callable
 
 import aiohttp
@@ -30,7 +31,7 @@ from notary.appkeys import (
     CLOCK, CONFIG, GUARD, IDENTITY_CACHE, KEY, LIMITER, METRICS, OPENAPI_CACHE, OPS_LIMITER, REGISTRY,
     RELAY_PEER_LIMITER, REQUESTS, SERVICE, URL, WORKER,
 )
-from notary.clientkey import TooMany, limiter_for, rate_limit
+from notary.clientkey import TooMany, client_of, limiter_for, rate_limit
 from notary.config import NotaryConfig
 from notary.core import Identity, Target, canonical_decode, sign_identity, validate_nonce
 from notary.errors import EncodingError, InputError, ParallaxError
@@ -43,7 +44,7 @@ from notary.service import ObservationService
 from notary.signer import SignedRound
 
 __all__ = [
-    "answer", "errors", "identity", "observe_post", "observe_post_direct", "observe_get", "healthz", "metrics",
+    "answer", "errors", "expect_continue", "identity", "observe_post", "observe_post_direct", "observe_get", "healthz", "metrics",
     "openapi",
 ]
 
@@ -57,7 +58,53 @@ def _error(status: int, code: str, reason: str, headers: dict[str, str] | None =
 @web.middleware
 async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     # The only middleware (each one is a coroutine layer on every request); see answer.
-    return await answer(request.app, request, handler, None)
+    refused = request.get(_REFUSED)
+    if refused is None:
+        return await answer(request.app, request, handler, None)
+
+    async def refuse(_: web.Request) -> web.StreamResponse:
+        raise refused
+    resp = await answer(request.app, request, refuse, None)
+    resp.force_close()  # the body was never asked for: the connection is not reused
+    return resp
+
+
+#: Where :func:`expect_continue` leaves the refusal that :func:`errors` answers with.
+_REFUSED = "parallax.expect_refused"
+
+
+async def expect_continue(request: web.Request) -> None:
+    """``Expect: 100-continue`` on ``POST /v1/observe``: the 100 only for a body that will be read.
+
+    A declared body over ``max_body_bytes`` (413), or a client without a token left
+    (429 with ``Retry-After``, charged as any refused request is), is answered at once
+    and without the 100, so the body is never sent; the answer is the usual error JSON,
+    counted, with the usual 429 hold (:func:`errors` raises the refusal inside
+    :func:`answer`).  Any other expectation is a JSON 417.  (Under
+    :func:`notary.serving.serve_app` an unknown expectation never gets here: it is ignored.)
+    """
+    if request.version < aiohttp.HttpVersion11:
+        return  # HTTP/1.0 has no 100 Continue
+    if request.headers.get(aiohttp.hdrs.EXPECT, "").lower() != "100-continue":
+        request[_REFUSED] = web.HTTPExpectationFailed()
+        return
+    cfg = request.app[CONFIG]
+    length = request.content_length
+    if length is not None and length > cfg.max_body_bytes:
+        request[_REFUSED] = _too_large(cfg, request)
+        return
+    client = client_of(request, cfg)
+    limiter = limiter_for(request, client, LIMITER)
+    if limiter.check(client, time.monotonic(), 1) > 0:
+        try:
+            rate_limit(request, 1)  # refused: charged and answered as without the header
+        except TooMany as exc:
+            request[_REFUSED] = exc
+            return
+    else:
+        limiter.refund(client, 1)  # only a look: the handler takes one token per target
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the 100 is not part of the answer's size (as aiohttp's own handler)
 
 
 async def answer(app: web.Application, request: web.Request,

@@ -43,7 +43,7 @@ from notary.config import NotaryConfig
 from notary.connguard import ConnectionGuard, raise_fd_limit
 from notary.core import SigningKey
 from notary.handlers import (
-    answer, errors, healthz, identity, observe_get, observe_post, observe_post_direct, openapi,
+    answer, errors, expect_continue, healthz, identity, observe_get, observe_post, observe_post_direct, openapi,
 )
 from notary.handlers import metrics as metrics_handler
 from notary.metrics import RequestCounts, make_metrics, probe_counter
@@ -146,7 +146,7 @@ def create_app(
     app[DIRECT_ROUTES] = {("POST", "/v1/observe"): observe_direct}
     app[DIRECT_STANDS_FOR] = (errors,)  # answer does its work
     app.router.add_get("/v1/notary", identity)
-    app.router.add_post("/v1/observe", observe_post)
+    app.router.add_post("/v1/observe", observe_post, expect_handler=expect_continue)
     app.router.add_get("/v1/observe/{host}/{port}", observe_get)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)

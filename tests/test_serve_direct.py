@@ -212,6 +212,45 @@ async def test_direct_route_rate_limits_with_retry_after(tmp_path: Path, cert: A
         assert s.routed == []
 
 
+async def test_expect_continue_is_refused_before_the_100_when_the_answer_is_already_known(tmp_path: Path, cert: Any) -> None:
+    """A body that will not be read is not asked for: the final answer comes instead of ``100 Continue``."""
+    async with served(tmp_path, cert, max_body_bytes=2048, rate_per_client=0.01, burst_per_client=1,
+                      rate_limit_delay=0.0) as s:
+        # Only the head is sent: the client waits for the 100 (before: it came, then the wait for the body).
+        head = ("POST /v1/observe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "Expect: 100-continue\r\nContent-Length: {}\r\n\r\n")
+        status, headers, body, seen = await s.raw(head.format(4096).encode(), timeout=5)
+        assert seen == [413] and _error(body) == "body_too_large", (seen, body)
+        assert headers.get("connection", "").lower() == "close"
+        # A body that fits, from a client with a token: the 100, then the answer (the token is spent).
+        ok = s.body(0)
+        status, _, body, seen = await s.raw(head.format(len(ok)).encode(), then=ok, pause=0.2, timeout=5)
+        assert seen == [100, 200], (seen, body)
+        # No token left: a 429 with Retry-After at once, no 100.
+        status, headers, body, seen = await s.raw(head.format(len(ok)).encode(), timeout=5)
+        assert seen == [429] and _error(body) == "too_many_requests", (seen, body)
+        assert int(headers["retry-after"]) >= 1
+        metrics = await s.metrics()
+        for code in (200, 413, 429):
+            assert f'parallax_http_requests_total{{code="{code}",route="/v1/observe"}} 1.0' in metrics, metrics
+
+
+async def test_an_unknown_expectation_without_serve_app_is_a_json_417(tmp_path: Path) -> None:
+    """Outside ``serve_app`` (a plain aiohttp site) the observe route answers ``Expect: foo`` in JSON, counted."""
+    app = create_app(NotaryConfig(data_dir=tmp_path, policy=LOOPBACK), SigningKey.generate())
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        s = Served(app, SigningKey.generate(), site._server.sockets[0].getsockname()[1], 0)  # type: ignore[union-attr]
+        status, _, body, seen = await s.post(b"{}", headers="Expect: foo<script>\r\n", timeout=5)
+        assert seen == [417] and _error(body) == "expectation_failed" and b"<script>" not in body, (seen, body)
+        assert 'parallax_http_requests_total{code="417",route="/v1/observe"} 1.0' in await s.metrics()
+    finally:
+        await runner.cleanup()
+
+
 def test_direct_dispatch_takes_only_the_exact_route() -> None:
     calls: list[str] = []
 
