@@ -9,7 +9,8 @@ reported as ``not_waited`` and count against the quorum.
 
 Per-check cost is kept low for callers that check every page (the browser
 helper): notaries are asked over one pool of kept-alive HTTP/1.1 connections
-per event loop (:mod:`client.pool`) unless the caller passes ``session=``; identity documents
+per event loop (:mod:`client.pool`) unless the caller passes ``session=``, all under one timer
+(each notary still gets ``timeout`` seconds; a notary unanswered then is reported as such); identity documents
 are re-fetched only every :data:`IDENTITY_TTL` seconds; observation envelopes
 already verified are remembered (:func:`client.verify.verify_cached`); each
 answer is judged once, when it arrives.  The client's own probe is started
@@ -38,7 +39,7 @@ from notary.prober import ProbeLimits, Prober
 from client.bundle import Bundle, BundleEntry, load_bundle
 from client.bufstream import open_buffered
 from client.dnscache import CachingResolver
-from client.fanout import RawAnswer, ask_notary
+from client.fanout import RawAnswer, ask_untimed, timed_out
 from client.ohttp import plan_relay
 from client.evidence import CheckContext, Expectation, judgement
 from client.interception import proven_keys
@@ -204,6 +205,7 @@ async def verify_with_notaries(
     tasks: dict[asyncio.Task[RawAnswer], BundleEntry] = {}
     probe_task: asyncio.Task[ClientView] | None = None
     proxy_task: asyncio.Task[Any] | None = None
+    expiry: asyncio.TimerHandle | None = None
     every: list[asyncio.Task[Any]] = []
     # Completed tasks, in the order they finished; ``waker`` is resolved when one arrives.
     arrived: list[asyncio.Task[Any]] = []
@@ -222,12 +224,16 @@ async def verify_with_notaries(
                                                           extra_cas=extra_cas))
             every.append(probe_task)
         for e in entries:
-            t: asyncio.Task[Any] = asyncio.create_task((plan.ask if plan else ask_notary)(sess, e, target, nonce, timeout=timeout,
+            # Asked directly, a notary has no timer of its own: one timer (below) stops every
+            # notary still unanswered after ``timeout`` seconds.  Relayed asks time themselves.
+            t: asyncio.Task[Any] = asyncio.create_task((plan.ask if plan else ask_untimed)(sess, e, target, nonce, timeout=timeout,
                                                all_addresses=pol.all_addresses,
                                                max_age=pol.max_age if max_age is None else max_age,
                                                fetch_identity=not _identity_fresh(e, clock())))
             tasks[t] = e
             every.append(t)
+        if plan is None and tasks:
+            expiry = asyncio.get_running_loop().call_later(timeout, _stop_unanswered, tasks)
         if specs:
             proxy_task = asyncio.create_task(probe_all_via(target, specs, timeout=timeout, isolate=isolate, clock=clock))
             every.append(proxy_task)
@@ -250,7 +256,8 @@ async def verify_with_notaries(
                     client_view = probe_task.result()
                 elif t is not proxy_task:
                     entry = tasks[t]
-                    evidence[entry.key_id + entry.url] = _evidence(t.result(), nonce=nonce, target=target, now=now, policy=pol)
+                    raw = timed_out(entry, timeout) if t.cancelled() else t.result()  # cancelled: only by the timer
+                    evidence[entry.key_id + entry.url] = _evidence(raw, nonce=nonce, target=target, now=now, policy=pol)
             if wait_all or client_view is None or not remaining or (proxy_task is not None and not proxy_task.done()) \
                     or (specs and pol.proxies == "count"):
                 continue  # counted proxies are not in _settled's arithmetic: wait for every notary
@@ -279,12 +286,21 @@ async def verify_with_notaries(
             await asyncio.to_thread(memory.record, target, client_view.spki_sha256, judgement(verdict.status, disputed), now)
         return plan.annotate(verdict) if plan else verdict
     finally:
+        if expiry is not None:
+            expiry.cancel()
         left = [t for t in every if not t.done()]  # not waited for (early decision), or an error
         for t in left:
             t.cancel()
         if left:
             with contextlib.suppress(BaseException):
                 await asyncio.gather(*left, return_exceptions=True)
+
+
+def _stop_unanswered(tasks: dict["asyncio.Task[RawAnswer]", BundleEntry]) -> None:
+    """The fan-out's one timer: every notary still unanswered is stopped (reported as timed out)."""
+    for t in tasks:
+        if not t.done():
+            t.cancel()
 
 
 def _expectation(declared: Sequence[str | bytes]) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
