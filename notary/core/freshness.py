@@ -242,7 +242,7 @@ def _open(envelopes: Sequence[Any], freshness: Any, key: VerifyKey, nonce: str |
         raise VerificationError("an answer holds 1 to 16 observation envelopes")
     verified = [_authentic(verify, env, key, OBSERVATION_TYPE) for env in envelopes]
     digests = [v.digest or observation_digest(v.payload_bytes) for v in verified]
-    if not isinstance(freshness, Mapping):
+    if type(freshness) is not dict and not isinstance(freshness, Mapping):  # exact type first: decoded JSON
         raise SignatureError("freshness proof missing")
     st_env = _authentic(verify, freshness.get("statement"), key, FRESHNESS_TYPE)
     st = Statement.from_payload(st_env.payload)
