@@ -143,6 +143,11 @@ def _evidence(answer: RawAnswer, *, nonce: str, target: Target, now: int, policy
     return ev
 
 
+#: :func:`notary.core.split_target` memoised for plain strings and ports (pure; a page's checks
+#: name the same few targets; invalid input raises and is never cached).
+_split = functools.lru_cache(maxsize=256)(split_target)
+
+
 @functools.lru_cache(maxsize=4096)  # immutable, asked up to three times per missing notary per arrival (_settled)
 def _placeholder(name: str, region: str, key_id: str, result: str) -> NotaryResult:
     return NotaryResult(name, region, key_id, result, "pending", counted=result != "unreachable")
@@ -194,7 +199,8 @@ async def verify_with_notaries(
     connections per event loop (:func:`client.pool.shared_pool`).  Raises :class:`~notary.errors.InputError`
     for bad arguments; network trouble is reported in the verdict, never raised.
     """
-    h, p = split_target(host, 443 if port is None else port)
+    given = 443 if port is None else port
+    h, p = _split(host, given) if type(host) is str and type(given) is int else split_target(host, given)
     if port is not None and p != port:
         raise InputError(f"two ports for one target: {host!r} and port={port}", "bad_target")
     target = Target.parse(h, p, sni)
