@@ -57,7 +57,6 @@ from client.verify import check_answer
 __all__ = ["verify_with_notaries", "verify_with_notaries_sync", "client_probe"]
 
 
-
 class _ProbePolicy(AddressPolicy):
     """The client's own probe may reach every address (its browser would), any port: an
     :class:`AddressPolicy` allowing ``0.0.0.0/0`` and ``::/0``, with each address string's
