@@ -9,7 +9,8 @@ reported as ``not_waited`` and count against the quorum.
 
 Per-check cost is kept low for callers that check every page (the browser
 helper): notaries are asked over one pool of kept-alive HTTP/1.1 connections
-per event loop (:mod:`client.pool`) unless the caller passes ``session=``; identity documents
+per event loop (:mod:`client.pool`) unless the caller passes ``session=``, all under one timer
+(each notary still gets ``timeout`` seconds; a notary unanswered then is reported as such); identity documents
 are re-fetched only every :data:`IDENTITY_TTL` seconds; observation envelopes
 already verified are remembered (:func:`client.verify.verify_cached`); each
 answer is judged once, when it arrives.  The client's own probe is started
@@ -32,13 +33,14 @@ from typing import Any, Callable, Sequence
 import aiohttp
 
 from notary.core import AddressPolicy, Target, observed_spki, parse_networks, split_target
+from notary.core.addrpolicy import IPAddress
 from notary.core.pins import load_certificate, spki_hex_from_pin, spki_sha256
 from notary.errors import InputError
 from notary.prober import ProbeLimits, Prober
 from client.bundle import Bundle, BundleEntry, load_bundle
 from client.bufstream import open_buffered
 from client.dnscache import CachingResolver
-from client.fanout import RawAnswer, ask_notary
+from client.fanout import RawAnswer, ask_untimed, timed_out
 from client.ohttp import plan_relay
 from client.evidence import CheckContext, Expectation, judgement
 from client.interception import proven_keys
@@ -54,7 +56,28 @@ from client.verify import check_answer
 
 __all__ = ["verify_with_notaries", "verify_with_notaries_sync", "client_probe"]
 
-_ANY = AddressPolicy(parse_networks(["0.0.0.0/0", "::/0"]), None)
+
+class _ProbePolicy(AddressPolicy):
+    """The client's own probe may reach every address (its browser would), any port: an
+    :class:`AddressPolicy` allowing ``0.0.0.0/0`` and ``::/0``, with each address string's
+    answer remembered (a pure function of the string: the prober asks twice per probe, and
+    parsing the address cost more than the rest of the check's address handling)."""
+
+    def address_reason(self, addr: IPAddress | str) -> str | None:
+        if type(addr) is not str:
+            return AddressPolicy.address_reason(self, addr)
+        why = _address_reasons.get(addr, _UNSEEN)
+        if why is _UNSEEN:
+            why = AddressPolicy.address_reason(self, addr)
+            if len(_address_reasons) >= 1024:
+                _address_reasons.clear()
+            _address_reasons[addr] = why
+        return why  # type: ignore[return-value]
+
+
+_UNSEEN = object()
+_address_reasons: dict[str, object] = {}
+_ANY = _ProbePolicy(parse_networks(["0.0.0.0/0", "::/0"]), None)
 
 #: Identity documents verified recently, by (url, key id) -> unix time verified.  A
 #: notary's identity is re-fetched and re-checked after IDENTITY_TTL seconds.
@@ -119,6 +142,11 @@ def _evidence(answer: RawAnswer, *, nonce: str, target: Target, now: int, policy
     return ev
 
 
+#: :func:`notary.core.split_target` memoised for plain strings and ports (pure; a page's checks
+#: name the same few targets; invalid input raises and is never cached).
+_split = functools.lru_cache(maxsize=256)(split_target)
+
+
 @functools.lru_cache(maxsize=4096)  # immutable, asked up to three times per missing notary per arrival (_settled)
 def _placeholder(name: str, region: str, key_id: str, result: str) -> NotaryResult:
     return NotaryResult(name, region, key_id, result, "pending", counted=result != "unreachable")
@@ -170,7 +198,8 @@ async def verify_with_notaries(
     connections per event loop (:func:`client.pool.shared_pool`).  Raises :class:`~notary.errors.InputError`
     for bad arguments; network trouble is reported in the verdict, never raised.
     """
-    h, p = split_target(host, 443 if port is None else port)
+    given = 443 if port is None else port
+    h, p = _split(host, given) if type(host) is str and type(given) is int else split_target(host, given)
     if port is not None and p != port:
         raise InputError(f"two ports for one target: {host!r} and port={port}", "bad_target")
     target = Target.parse(h, p, sni)
@@ -204,6 +233,7 @@ async def verify_with_notaries(
     tasks: dict[asyncio.Task[RawAnswer], BundleEntry] = {}
     probe_task: asyncio.Task[ClientView] | None = None
     proxy_task: asyncio.Task[Any] | None = None
+    expiry: asyncio.TimerHandle | None = None
     every: list[asyncio.Task[Any]] = []
     # Completed tasks, in the order they finished; ``waker`` is resolved when one arrives.
     arrived: list[asyncio.Task[Any]] = []
@@ -222,12 +252,16 @@ async def verify_with_notaries(
                                                           extra_cas=extra_cas))
             every.append(probe_task)
         for e in entries:
-            t: asyncio.Task[Any] = asyncio.create_task((plan.ask if plan else ask_notary)(sess, e, target, nonce, timeout=timeout,
+            # Asked directly, a notary has no timer of its own: one timer (below) stops every
+            # notary still unanswered after ``timeout`` seconds.  Relayed asks time themselves.
+            t: asyncio.Task[Any] = asyncio.create_task((plan.ask if plan else ask_untimed)(sess, e, target, nonce, timeout=timeout,
                                                all_addresses=pol.all_addresses,
                                                max_age=pol.max_age if max_age is None else max_age,
                                                fetch_identity=not _identity_fresh(e, clock())))
             tasks[t] = e
             every.append(t)
+        if plan is None and tasks:
+            expiry = asyncio.get_running_loop().call_later(timeout, _stop_unanswered, tasks)
         if specs:
             proxy_task = asyncio.create_task(probe_all_via(target, specs, timeout=timeout, isolate=isolate, clock=clock))
             every.append(proxy_task)
@@ -250,7 +284,8 @@ async def verify_with_notaries(
                     client_view = probe_task.result()
                 elif t is not proxy_task:
                     entry = tasks[t]
-                    evidence[entry.key_id + entry.url] = _evidence(t.result(), nonce=nonce, target=target, now=now, policy=pol)
+                    raw = timed_out(entry, timeout) if t.cancelled() else t.result()  # cancelled: only by the timer
+                    evidence[entry.key_id + entry.url] = _evidence(raw, nonce=nonce, target=target, now=now, policy=pol)
             if wait_all or client_view is None or not remaining or (proxy_task is not None and not proxy_task.done()) \
                     or (specs and pol.proxies == "count"):
                 continue  # counted proxies are not in _settled's arithmetic: wait for every notary
@@ -279,12 +314,21 @@ async def verify_with_notaries(
             await asyncio.to_thread(memory.record, target, client_view.spki_sha256, judgement(verdict.status, disputed), now)
         return plan.annotate(verdict) if plan else verdict
     finally:
+        if expiry is not None:
+            expiry.cancel()
         left = [t for t in every if not t.done()]  # not waited for (early decision), or an error
         for t in left:
             t.cancel()
         if left:
             with contextlib.suppress(BaseException):
                 await asyncio.gather(*left, return_exceptions=True)
+
+
+def _stop_unanswered(tasks: dict["asyncio.Task[RawAnswer]", BundleEntry]) -> None:
+    """The fan-out's one timer: every notary still unanswered is stopped (reported as timed out)."""
+    for t in tasks:
+        if not t.done():
+            t.cancel()
 
 
 def _expectation(declared: Sequence[str | bytes]) -> tuple[tuple[str, ...], tuple[bytes, ...]]:

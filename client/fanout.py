@@ -27,7 +27,8 @@ from notary.errors import EncodingError, RemoteError
 from client.bundle import BundleEntry
 from client.transport import MAX_RESPONSE_BYTES, Transport, as_transport
 
-__all__ = ["RawAnswer", "ask_notary", "answer_from_doc", "observe_body", "MAX_RESPONSE_BYTES"]
+__all__ = ["RawAnswer", "ask_notary", "ask_untimed", "timed_out", "answer_from_doc", "observe_body",
+           "MAX_RESPONSE_BYTES"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,17 +103,42 @@ async def ask_notary(
 
     ``transport`` is a :class:`~client.transport.Transport` (or an aiohttp session, wrapped).
     """
+    try:
+        async with asyncio.timeout(timeout):
+            return await ask_untimed(transport, entry, target, nonce, timeout=timeout, max_age=max_age,
+                                     all_addresses=all_addresses, fetch_identity=fetch_identity)
+    except TimeoutError:
+        return timed_out(entry, timeout)
+
+
+def timed_out(entry: BundleEntry, timeout: float) -> RawAnswer:
+    """The answer of a notary that did not answer within ``timeout`` seconds."""
+    return RawAnswer(entry, error=f"no answer within {timeout:g}s")
+
+
+async def ask_untimed(
+    transport: Transport | aiohttp.ClientSession,
+    entry: BundleEntry,
+    target: Target,
+    nonce: str,
+    *,
+    timeout: float,
+    max_age: int | None = None,
+    all_addresses: bool = True,
+    fetch_identity: bool = True,
+) -> RawAnswer:
+    """:func:`ask_notary` without a timer of its own: the caller cancels it after ``timeout``
+    seconds (a fan-out bounds all its notaries with one timer) and reports :func:`timed_out`."""
     tr = as_transport(transport)
     body = _observe_bytes(target, nonce, max_age, all_addresses)
     try:
-        async with asyncio.timeout(timeout):
-            if fetch_identity:
-                doc, identity = await _both(_get_json(tr, "POST", entry.url + "/v1/observe", body),
-                                            _get_json(tr, "GET", entry.url + "/v1/notary"))
-            else:
-                doc, identity = await _get_json(tr, "POST", entry.url + "/v1/observe", body), None
-    except TimeoutError:
-        return RawAnswer(entry, error=f"no answer within {timeout:g}s")
+        if fetch_identity:
+            doc, identity = await _both(_get_json(tr, "POST", entry.url + "/v1/observe", body),
+                                        _get_json(tr, "GET", entry.url + "/v1/notary"))
+        else:
+            doc, identity = await _get_json(tr, "POST", entry.url + "/v1/observe", body), None
+    except TimeoutError:  # the transport's own backstop, before the caller's timeout
+        return timed_out(entry, timeout)
     except Redirected as exc:
         return RawAnswer(entry, error=str(exc), kind="invalid")
     except (aiohttp.ClientError, OSError, ValueError, EncodingError, RemoteError) as exc:

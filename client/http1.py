@@ -38,6 +38,7 @@ from where the last search stopped).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from notary.errors import RemoteError
@@ -258,37 +259,7 @@ class ResponseParser:
 
     def _parse_head(self, head: bytes) -> None:
         """Parse a head (without its final CRLF CRLF) and set the state that follows it."""
-        crlf = head.count(b"\r\n")
-        if head.count(b"\n") != crlf or head.count(b"\r") != crlf or b"\0" in head:
-            raise HttpProtocolError("bare CR, LF or NUL in the response head")
-        lines = head.split(b"\r\n")
-        status, version = _status_line(lines[0])
-        if len(lines) - 1 > MAX_FIELDS:
-            raise HttpProtocolError(f"more than {MAX_FIELDS} header fields")
-        lengths: set[bytes] = set()
-        chunked = close = False
-        ctype = ""
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not (name.replace(b"-", b"").isalnum() or (name and _TOKEN.issuperset(name))):
-                raise HttpProtocolError("malformed header field")
-            name = name.lower()
-            if name not in _FRAMING:
-                continue
-            value = value.strip(b" \t")
-            if name == b"content-length":
-                lengths.update(v.strip(b" \t") for v in value.split(b","))
-            elif name == b"transfer-encoding":
-                if value.lower() != b"chunked" or chunked:
-                    raise HttpProtocolError("unsupported transfer coding")
-                chunked = True
-            elif name == b"connection":
-                close = close or b"close" in [t.strip(b" \t").lower() for t in value.split(b",")]
-            elif name == b"content-type":
-                ctype = value.split(b";", 1)[0].strip(b" \t").lower().decode("latin-1")
-            elif name == b"content-encoding":
-                if value.lower() not in (b"", b"identity"):
-                    raise HttpProtocolError("compressed response (none was asked for)")
+        status, keep_alive, ctype, framing, length = _head_facts(head)
         if 100 <= status < 200:
             if status == 101:
                 raise HttpProtocolError("unexpected protocol switch (101)")
@@ -297,22 +268,13 @@ class ResponseParser:
                 raise HttpProtocolError(f"more than {MAX_INTERIM} interim responses")
             return  # interim response: the final one follows (state stays "head")
         self._status, self._ctype = status, ctype
-        self.keep_alive = version == b"HTTP/1.1" and not close
-        if status in (204, 304):
-            if lengths - {b"0"} or chunked:
-                raise HttpProtocolError(f"HTTP {status} with a body")
+        self.keep_alive = keep_alive
+        if framing == "none":
             self._finish(keep_alive=self.keep_alive)
-        elif chunked:
-            if lengths:
-                raise HttpProtocolError("both Content-Length and Transfer-Encoding")
+        elif framing == "chunked":
             self._state = "chunk_size"
-        elif lengths:
-            if len(lengths) != 1:
-                raise HttpProtocolError("conflicting Content-Length values")
-            raw = next(iter(lengths))
-            if not raw.isdigit() or len(raw) > 15:
-                raise HttpProtocolError("malformed Content-Length")
-            self._length = int(raw)
+        elif framing == "length":
+            self._length = length
             if self._length > self.max_body:
                 raise HttpProtocolError(f"response body larger than {self.max_body} bytes")
             self._state = "length"
@@ -341,6 +303,63 @@ class ResponseParser:
             self._length = size
             self._state = "chunk_data"
         return True
+
+
+@functools.lru_cache(maxsize=64)  # pure in the head bytes (<= MAX_HEAD each: <= 1 MiB); a notary's heads repeat
+def _head_facts(head: bytes) -> tuple[int, bool, str, str, int]:
+    """(status, keep-alive, content type, framing, length) of a response head (without its final
+    CRLF CRLF); framing is ``none`` (an interim response, 204 or 304), ``chunked``, ``length`` or
+    ``close``.  Raises :class:`HttpProtocolError` for a head the module docstring does not accept."""
+    crlf = head.count(b"\r\n")
+    if head.count(b"\n") != crlf or head.count(b"\r") != crlf or b"\0" in head:
+        raise HttpProtocolError("bare CR, LF or NUL in the response head")
+    lines = head.split(b"\r\n")
+    status, version = _status_line(lines[0])
+    if len(lines) - 1 > MAX_FIELDS:
+        raise HttpProtocolError(f"more than {MAX_FIELDS} header fields")
+    lengths: set[bytes] = set()
+    chunked = close = False
+    ctype = ""
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not (name.replace(b"-", b"").isalnum() or (name and _TOKEN.issuperset(name))):
+            raise HttpProtocolError("malformed header field")
+        name = name.lower()
+        if name not in _FRAMING:
+            continue
+        value = value.strip(b" \t")
+        if name == b"content-length":
+            lengths.update(v.strip(b" \t") for v in value.split(b","))
+        elif name == b"transfer-encoding":
+            if value.lower() != b"chunked" or chunked:
+                raise HttpProtocolError("unsupported transfer coding")
+            chunked = True
+        elif name == b"connection":
+            close = close or b"close" in [t.strip(b" \t").lower() for t in value.split(b",")]
+        elif name == b"content-type":
+            ctype = value.split(b";", 1)[0].strip(b" \t").lower().decode("latin-1")
+        elif name == b"content-encoding":
+            if value.lower() not in (b"", b"identity"):
+                raise HttpProtocolError("compressed response (none was asked for)")
+    keep_alive = version == b"HTTP/1.1" and not close
+    if 100 <= status < 200:
+        return status, keep_alive, ctype, "none", 0
+    if status in (204, 304):
+        if lengths - {b"0"} or chunked:
+            raise HttpProtocolError(f"HTTP {status} with a body")
+        return status, keep_alive, ctype, "none", 0
+    if chunked:
+        if lengths:
+            raise HttpProtocolError("both Content-Length and Transfer-Encoding")
+        return status, keep_alive, ctype, "chunked", 0
+    if lengths:
+        if len(lengths) != 1:
+            raise HttpProtocolError("conflicting Content-Length values")
+        raw = next(iter(lengths))
+        if not raw.isdigit() or len(raw) > 15:
+            raise HttpProtocolError("malformed Content-Length")
+        return status, keep_alive, ctype, "length", int(raw)
+    return status, keep_alive, ctype, "close", 0
 
 
 def _status_line(line: bytes) -> tuple[int, bytes]:

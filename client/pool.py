@@ -28,7 +28,12 @@ Theory of operation
   same request is just as good) and the relay's encrypted ``POST`` (HPKE: the
   gateway decrypts and answers it again, with the same key material).
 * Timeouts are the caller's (``asyncio.timeout`` around :meth:`request`), with
-  a backstop of ``deadline`` seconds (:data:`REQUEST_DEADLINE`) per request.  A
+  a backstop of ``deadline`` seconds (:data:`REQUEST_DEADLINE`) per request: a
+  request still unanswered then fails with :class:`TimeoutError` (its
+  connection is closed).  A request on a kept-alive connection (the usual case)
+  is bounded by one watchdog timer per pool, armed for the earliest deadline of
+  the requests in flight, not by a timer of its own; one that waits for a slot
+  or opens a connection is bounded by ``asyncio.timeout`` as well.  A
   request cancelled after it was written (a timeout, or an early decision
   that no longer needs that notary) leaves its connection to finish reading
   the answer for at most :data:`DRAIN_SECONDS`; a complete answer returns the
@@ -179,6 +184,7 @@ class _Conn(asyncio.BufferedProtocol):
         parser, waiter = self.parser, self.waiter
         self.parser = self.waiter = None
         self.pool._draining.discard(self)
+        self.pool._inflight.pop(self, None)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -193,23 +199,33 @@ class _Conn(asyncio.BufferedProtocol):
                 assert parser is not None and parser.response is not None
                 waiter.set_result(parser.response)
 
-    async def send(self, data: bytes, max_body: int) -> HttpResponse:
+    async def send(self, data: bytes, max_body: int, expires: float) -> HttpResponse:
+        """Write one request and wait for its answer; it fails with TimeoutError at loop time ``expires``."""
         assert self.transport is not None
         loop = self.pool._loop or asyncio.get_running_loop()  # the loop the pool is bound to (request)
         self.parser = ResponseParser(max_body=max_body)
         waiter = self.waiter = loop.create_future()
+        self.pool._watch(self, expires)
         self.transport.write(data)
         try:
             response: HttpResponse = await waiter
             return response
         except asyncio.CancelledError:
-            # Abandoned: let it finish, bounded.  Only if the connection still carries *this*
-            # request: its answer may have arrived, and another request taken the connection,
-            # just before this task was cancelled.
+            # Abandoned: let it finish, bounded by the drain deadline (no longer by the watchdog).
+            # Only if the connection still carries *this* request: its answer may have arrived,
+            # and another request taken the connection, just before this task was cancelled.
             if self.waiter is waiter and self.parser is not None and not self.closed:
+                self.pool._inflight.pop(self, None)
                 self.timer = loop.call_later(DRAIN_SECONDS, self.close)
                 self.pool._draining.add(self)
             raise
+
+    def expire(self) -> None:
+        """The request in flight is past the pool's deadline: it fails with TimeoutError, the connection closes."""
+        waiter = self.waiter
+        self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError(f"no answer within the pool's deadline ({self.pool.deadline:g}s)"))
 
 
 class NotaryPool:
@@ -232,6 +248,9 @@ class NotaryPool:
         self._opening = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
+        # Connections with a request in flight -> loop time its deadline passes; one watchdog timer.
+        self._inflight: dict[_Conn, float] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
         # Every connection reads into this one buffer: all run on the pool's one event loop, and
         # each read is copied out before the next (_Conn.buffer_updated).
         self._rview = memoryview(bytearray(READ_BUFFER))
@@ -247,14 +266,27 @@ class NotaryPool:
         """Send one request and return the whole response (a 3xx too: never followed)."""
         key, authority, target = _origin(url)
         data = encode_request(method, authority, target, body, content_type)
-        self._bind(asyncio.get_running_loop())
-        async with asyncio.timeout(self.deadline):  # a backstop: callers set their own, shorter, timeouts
-            for attempt in (1, 2):
+        loop = asyncio.get_running_loop()
+        self._bind(loop)
+        expires = loop.time() + self.deadline  # a backstop: callers set their own, shorter, timeouts
+        if self.closed:
+            raise ConnectionError("the notary connection pool is closed")
+        attempts: tuple[int, ...] = (1, 2)
+        conn = self._take_idle(key)
+        if conn is not None:  # the usual case: a kept-alive connection, bounded by the watchdog alone
+            try:
+                return await conn.send(data, self.max_body, expires)
+            except ConnectionClosed as exc:
+                if not exc.empty:
+                    raise
+            attempts = (2,)  # it was stale: sent once more, on a newly opened connection
+        async with asyncio.timeout_at(expires):  # waiting for a slot and opening a connection are bounded too
+            for attempt in attempts:
                 if self.closed:
                     raise ConnectionError("the notary connection pool is closed")
                 conn, reused = await self._acquire(key, fresh=attempt == 2)
                 try:
-                    return await conn.send(data, self.max_body)
+                    return await conn.send(data, self.max_body, expires)
                 except ConnectionClosed as exc:
                     if not (reused and exc.empty and attempt == 1):
                         raise
@@ -278,6 +310,8 @@ class NotaryPool:
             self._waiters.clear()
             self._opening = 0
             self._sweeper = None
+            self._inflight.clear()
+            self._watchdog = None
         self._loop = loop
 
     async def close(self) -> None:
@@ -287,6 +321,9 @@ class NotaryPool:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         for conn in list(self._all):
             conn.close()
         while self._waiters:
@@ -296,18 +333,25 @@ class NotaryPool:
 
     # -- connections ------------------------------------------------------------------------
 
+    def _take_idle(self, key: tuple[str, str, int]) -> _Conn | None:
+        """The most recently used idle connection to ``key`` that may be reused (others found on the way are closed)."""
+        idle = self._idle.get(key)
+        if idle:
+            recent = (self._loop or asyncio.get_running_loop()).time() - self.keepalive
+            while idle:
+                conn = idle.pop()
+                if conn.idle_since > recent and not conn.closed and conn.transport is not None \
+                        and not conn.transport.is_closing():
+                    return conn
+                conn.close()
+        return None
+
     async def _acquire(self, key: tuple[str, str, int], *, fresh: bool = False) -> tuple[_Conn, bool]:
         """An idle connection to ``key`` (reused: True) or a new one (always, if ``fresh``), within the limit."""
         while True:
-            idle = None if fresh else self._idle.get(key)
-            if idle:
-                recent = (self._loop or asyncio.get_running_loop()).time() - self.keepalive
-                while idle:
-                    conn = idle.pop()
-                    if conn.idle_since > recent and not conn.closed and conn.transport is not None \
-                            and not conn.transport.is_closing():
-                        return conn, True
-                    conn.close()
+            conn = None if fresh else self._take_idle(key)
+            if conn is not None:
+                return conn, True
             if self.connections < self.limit or self._evict_idle():
                 return await self._open(key), False
             w = asyncio.get_running_loop().create_future()
@@ -358,6 +402,24 @@ class NotaryPool:
                 conn.close()
         if any(self._idle.values()) and not self.closed:
             self._sweeper = asyncio.get_running_loop().call_later(self.keepalive / 2, self._sweep)
+
+    def _watch(self, conn: _Conn, expires: float) -> None:
+        """``conn`` carries a request whose deadline passes at loop time ``expires``."""
+        self._inflight[conn] = expires
+        if self._watchdog is None:
+            self._watchdog = (self._loop or asyncio.get_running_loop()).call_at(expires, self._expire)
+
+    def _expire(self) -> None:
+        """The watchdog: fail the requests past their deadline; armed again for the earliest one left."""
+        self._watchdog = None
+        loop = self._loop or asyncio.get_running_loop()
+        now = loop.time()
+        for conn, expires in list(self._inflight.items()):
+            if expires <= now:
+                self._inflight.pop(conn, None)
+                conn.expire()
+        if self._inflight and not self.closed:
+            self._watchdog = loop.call_at(min(self._inflight.values()), self._expire)
 
     def _gone(self, conn: _Conn) -> None:
         self._all.discard(conn)

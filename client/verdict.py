@@ -211,35 +211,39 @@ class Verdict:
 
 
 def _judge(ev: Evidence, client: ClientView, policy: Policy, now: int) -> NotaryResult:
-    base: dict[str, Any] = dict(name=ev.name, region=ev.region, key_id=ev.key_id)
+    # NotaryResult(name, region, key_id, result, reason, counted, pins, ips, age, source): built
+    # positionally (every answer of every check comes through here).
+    name, region, key_id = ev.name, ev.region, ev.key_id
     if ev.failure is not None:
-        return NotaryResult(**base, result=ev.failure, reason=ev.reason or ev.failure)
-    ok = [o for o in ev.observations if o.status == "ok" and o.spki_sha256]
-    ips = tuple(sorted({o.ip for o in ev.observations if o.ip}))
-    age = min((o.age for o in ev.observations), default=None)
-    source = ev.observations[0].source if ev.observations else None
-    extra: dict[str, Any] = dict(ips=ips, age=age, source=source)
+        return NotaryResult(name, region, key_id, ev.failure, ev.reason or ev.failure)
+    observations = ev.observations
+    ok = [o for o in observations if o.status == "ok" and o.spki_sha256]
+    ips = tuple(sorted({o.ip for o in observations if o.ip}))
+    age = min((o.age for o in observations), default=None)
+    source = observations[0].source if observations else None
     if not ok:
-        why = "; ".join(sorted({f"{o.status}: {o.detail or ''}".rstrip(": ") for o in ev.observations})) or "no observation"
-        return NotaryResult(**base, result="unreachable", reason=f"notary could not observe the target ({why})", **extra)
+        why = "; ".join(sorted({f"{o.status}: {o.detail or ''}".rstrip(": ") for o in observations})) or "no observation"
+        return NotaryResult(name, region, key_id, "unreachable", f"notary could not observe the target ({why})",
+                            False, (), ips, age, source)
     keys = sorted({o.spki_sha256 for o in ok if o.spki_sha256})
     pins = tuple(_pin(k) for k in keys)
-    sightings = [s for o in ev.observations for s in o.key_history if s.spki_sha256 == client.spki_sha256]
+    sightings = [s for o in observations for s in o.key_history if s.spki_sha256 == client.spki_sha256]
     agrees, reason = False, ""
     if client.spki_sha256 in keys:
         agrees, reason = True, "saw the same key"
     elif policy.weak_consistency and any(s.last_seen >= now - policy.history_window for s in sightings):
         agrees, reason = True, "saw this key for the site recently (weak consistency)"
     if not agrees:
-        return NotaryResult(**base, result="disagrees", reason="saw a different key", pins=pins, counted=True, **extra)
+        return NotaryResult(name, region, key_id, "disagrees", "saw a different key", True, pins, ips, age, source)
     if policy.quorum_duration > 0:
         held = min((s.first_seen for s in sightings), default=now)
         if now - held < policy.quorum_duration:
             return NotaryResult(
-                **base, result="agrees", pins=pins, counted=False, **extra,
-                reason=f"saw the same key, but only for {now - held}s (< quorum duration {policy.quorum_duration}s)",
+                name, region, key_id, "agrees",
+                f"saw the same key, but only for {now - held}s (< quorum duration {policy.quorum_duration}s)",
+                False, pins, ips, age, source,
             )
-    return NotaryResult(**base, result="agrees", reason=reason, pins=pins, counted=True, **extra)
+    return NotaryResult(name, region, key_id, "agrees", reason, True, pins, ips, age, source)
 
 
 def _regions(results: Sequence[NotaryResult]) -> tuple[str, ...]:

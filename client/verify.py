@@ -41,8 +41,8 @@ from collections.abc import Mapping
 from typing import Any, Sequence
 
 from notary.core import (
-    OBSERVATION_TYPE, Observation, Target, Verified, VerifyKey, canonical_decode, verify_answer, verify_envelope,
-    verify_identity,
+    OBSERVATION_TYPE, Observation, Target, Verified, VerifyKey, canonical_decode, observation_digest, verify_answer,
+    verify_envelope, verify_identity,
 )
 from notary.core.canonical import b64decode_strict
 from notary.core.envelope import MAX_ENVELOPE_BYTES
@@ -139,12 +139,15 @@ def verify_cached(envelope: Any, key: VerifyKey, payload_type: str) -> Verified:
             payload_bytes = b64decode_strict(payload)
         except EncodingError:  # cannot happen: it decoded when it verified
             return verify_envelope(envelope, key, payload_type)
-        out = Verified(key_id=key.key_id, payload_type=payload_type, payload_bytes=payload_bytes, payload=None)
+        out = Verified(key_id=key.key_id, payload_type=payload_type, payload_bytes=payload_bytes, payload=None,
+                       digest=observation_digest(payload_bytes))
     else:
         out = verify_envelope(envelope, key, payload_type)
+        out = replace(out, digest=observation_digest(out.payload_bytes))
         _verified[ck] = None
         if len(_verified) > VERIFIED_CACHE:
             _verified.popitem(last=False)
+    # Kept with its digest (over the very bytes that verified): a hit neither hashes nor decodes.
     _recent[exact] = replace(out, payload=None) if out.payload is not None else out
     if len(_recent) > PARSED_CACHE:
         _recent.popitem(last=False)

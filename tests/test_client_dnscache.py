@@ -117,3 +117,22 @@ async def test_client_probe_resolves_a_name_once_per_ttl_but_handshakes_every_ti
     assert first.spki_sha256 == second.spki_sha256
     assert lookups.count("localhost") == 1  # the second probe still made its own handshake ("ok" above)
     _forget_names()
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1", "10.0.0.1", "::1", "fe80::1%eth0", "::ffff:192.0.2.1", "203.0.113.9",
+                                  "not-an-ip", "", "999.1.1.1", "localhost"])
+def test_the_probe_policy_answers_as_the_allow_everything_address_policy(addr: str) -> None:
+    """The client's own probe allows every address; its policy remembers each string's answer,
+    which must be the plain AddressPolicy's, the first time and every later time (a string
+    that is not an address stays refused)."""
+    import ipaddress
+
+    from client.api import _ANY
+    from notary.core import AddressPolicy, parse_networks
+
+    plain = AddressPolicy(parse_networks(["0.0.0.0/0", "::/0"]), None)
+    for _ in range(2):
+        assert _ANY.address_reason(addr) == plain.address_reason(addr)
+    if addr in ("127.0.0.1", "::1"):
+        assert _ANY.address_reason(ipaddress.ip_address(addr)) is None
+    assert _ANY.port_reason(8443) is None

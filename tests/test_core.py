@@ -215,6 +215,77 @@ def test_encode_refuses_other_values(value: Any) -> None:
         canonical_encode(value)
 
 
+def _reference_decode(text: str) -> Any:
+    """The strict decoder as first written: every hook, then the full walk of the value, always."""
+    from notary.core import canonical
+
+    def no_dup(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        if len({k for k, _ in pairs}) != len(pairs):
+            raise EncodingError("duplicate key")
+        return dict(pairs)
+
+    def refuse(_: str) -> Any:
+        raise EncodingError("refused")
+
+    try:
+        value = json.loads(text, object_pairs_hook=no_dup, parse_float=refuse, parse_constant=refuse)
+    except EncodingError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise EncodingError(str(exc)) from None
+    canonical._check(value)
+    return value
+
+
+_EDGE_TEXTS = [
+    "[" * 32 + "]" * 32, "[" * 33 + "]" * 33, "[" * 31 + "{}" + "]" * 31, "[" * 32 + "{}" + "]" * 32,
+    '{"a":' * 32 + "1" + "}" * 32, '{"a":' * 33 + "1" + "}" * 33,
+    "999999999999999", "-999999999999999", "9007199254740991", "-9007199254740991", "9007199254740992",
+    "10000000000000000", "-10000000000000000", "12345678901234567890", "-0", "[0,-0,1,-1]",
+    '"\\ud83d\\ude00"', '"\\ud83d"', '"\\\\ud83d"', '{"\\u00e9":"\\/"}', '"a\\nb"', ' [1] ', '[1] ', ' 1', '\t"x"\n',
+    "[1]x", "", "   ", '"unterminated', '{"a":1}{"b":2}',
+]
+_edge_texts = st.sampled_from(_EDGE_TEXTS)
+
+
+@pytest.mark.parametrize("text", _EDGE_TEXTS)
+def test_decode_edge_texts_as_the_full_walk(text: str) -> None:
+    try:
+        expected = _reference_decode(text)
+    except EncodingError:
+        with pytest.raises(EncodingError):
+            canonical_decode(text.encode())
+        return
+    assert same(canonical_decode(text.encode()), expected)
+
+
+@FAST
+@given(json_values | _edge_texts, st.sampled_from(["compact", "escaped", "indented", "text"]))
+def test_decode_takes_and_refuses_exactly_what_the_full_walk_does(value: Any, spelling: str) -> None:
+    """canonical.decode skips the walk of the decoded value when the text holds no backslash and
+    at most 32 brackets, and reads integers through a range-checked hook: it must accept and
+    refuse exactly what decoding, then walking the whole value, accepts and refuses."""
+    if spelling == "text" and isinstance(value, str):
+        text = value
+    elif spelling == "escaped":
+        text = json.dumps(value, ensure_ascii=True)
+    elif spelling == "indented":
+        text = json.dumps(value, indent=1, ensure_ascii=False)
+    else:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate in a str cannot even be UTF-8 bytes
+        return
+    try:
+        expected = _reference_decode(text)
+    except EncodingError:
+        with pytest.raises(EncodingError):
+            canonical_decode(data)
+        return
+    assert same(canonical_decode(data), expected)
+
+
 def test_decode_size_limit() -> None:
     doc = b'"' + b"a" * 100 + b'"'
     assert canonical_decode(doc, max_bytes=len(doc)) == "a" * 100

@@ -269,3 +269,85 @@ def test_statement_outside_the_fast_path_is_still_refused() -> None:
 
     with pytest.raises(EncodingError):
         sign_statement(KEY, 2**53, bytes(32), 1)  # not a safe integer: canonical JSON refuses it
+
+
+# -- the client's per-answer fast paths (exact leaf bytes, digests kept by the verifier) ----------
+
+
+def _respelled(leaf: bytes, how: str) -> bytes:
+    d = json.loads(leaf)
+    if how == "spaced":
+        return json.dumps(d, indent=1).encode()
+    if how == "reordered":
+        return json.dumps({"source": d["source"], "observations": d["observations"], "nonce": d["nonce"]},
+                          separators=(",", ":")).encode()
+    return json.dumps(d, separators=(",", ":"), ensure_ascii=True).replace('"n', '"\\u006e', 1).encode()  # escaped
+
+
+@pytest.mark.parametrize("how", ["spaced", "reordered", "escaped"])
+@pytest.mark.parametrize("source", ["fresh", "cached"])
+def test_a_leaf_spelled_otherwise_still_verifies_and_says_the_same(how: str, source: str) -> None:
+    """A leaf byte-identical to the canonical one for this nonce and these digests is taken
+    without parsing; any other spelling is parsed and compared, as before: same observations."""
+    rnd = _obs_round()
+    nonce = "this-request-nonce-0042"
+    canonical = leaf_bytes(nonce, rnd.digests, source)
+    other = _respelled(canonical, how)
+    assert other != canonical and json.loads(other) == json.loads(canonical)
+    got = []
+    for leaf in (canonical, other):
+        [proof] = stamp_batch(KEY, 1010, [leaf])
+        [obs] = verify_answer(rnd.envelopes, proof, KEY.verify_key, nonce=nonce)
+        got.append(obs)
+        assert (obs.nonce, obs.signed_at, obs.source, obs.age) == (nonce, 1010, source, 10)
+        with pytest.raises(VerificationError, match="nonce does not match"):
+            verify_answer(rnd.envelopes, proof, KEY.verify_key, nonce="another-request-nonce-01")
+    assert got[0] == got[1]
+
+
+@pytest.mark.parametrize("leaf_of", [
+    lambda digests: leaf_bytes("this-request-nonce-0042", ["00" * 32], "fresh"),  # another observation
+    lambda digests: leaf_bytes("this-request-nonce-0042", digests + digests, "fresh"),  # one named twice
+    lambda digests: leaf_bytes("this-request-nonce-0042", digests, "fresh")[:-1] + b',"x":1}',  # a member more
+])
+def test_a_leaf_that_is_not_the_expected_one_is_parsed_and_refused(leaf_of: Any) -> None:
+    rnd = _obs_round()
+    [proof] = stamp_batch(KEY, 1010, [leaf_of(list(rnd.digests))])
+    with pytest.raises(VerificationError):
+        verify_answer(rnd.envelopes, proof, KEY.verify_key, nonce="this-request-nonce-0042")
+
+
+def test_a_digest_the_verifier_kept_is_the_one_compared_with_the_leaf() -> None:
+    """``Verified.digest`` (set by a caching verifier, e.g. client.verify.verify_cached) stands for
+    the SHA-256 of the payload bytes: a verifier that got it wrong makes the answer fail."""
+    from dataclasses import replace
+
+    from notary.core import OBSERVATION_TYPE, verify_envelope
+
+    rnd = _obs_round()
+    [proof] = stamp_batch(KEY, 1010, [leaf_bytes("this-request-nonce-0042", rnd.digests, "cached")])
+
+    def keeping(digest: str | None) -> Any:
+        def verify(env: Any, key: Any, ptype: str) -> Any:
+            v = verify_envelope(env, key, ptype)
+            return replace(v, digest=digest or hashlib.sha256(v.payload_bytes).hexdigest()) if ptype == OBSERVATION_TYPE else v
+        return verify
+
+    assert verify_answer(rnd.envelopes, proof, KEY.verify_key, nonce="this-request-nonce-0042", verify=keeping(None))
+    with pytest.raises(VerificationError, match="other observations"):
+        verify_answer(rnd.envelopes, proof, KEY.verify_key, nonce="this-request-nonce-0042", verify=keeping("ab" * 32))
+
+
+def test_bound_is_dataclasses_replace_of_the_freshness_fields() -> None:
+    """Observation.bound builds the object field by field: it must keep every other field (a
+    field added later included) and set nonce, signed_at, source and age as replace() does."""
+    from dataclasses import fields, replace
+
+    from notary.core import Observation
+
+    base: dict[str, Any] = {f.name: f"value-of-{f.name}" for f in fields(Observation)}
+    base.update(observed_at=1000, signed_at=7, age=3)
+    obs = Observation(**base)
+    for signed_at, age in ((1010, 10), (990, 0)):  # never a negative age
+        got = obs.bound("the-nonce", signed_at, "fresh")
+        assert got == replace(obs, nonce="the-nonce", signed_at=signed_at, source="fresh", age=age)

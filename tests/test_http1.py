@@ -141,3 +141,23 @@ def test_body_completed_by_a_later_piece() -> None:
     assert not p.done
     p.feed(OK[-3:])
     assert p.done and p.keep_alive and p.response is not None and p.response.body == b"hello"
+
+
+def test_a_head_seen_before_is_judged_again_against_this_parser() -> None:
+    """Parsed heads are remembered by their bytes (a notary's repeat): the body limit, the
+    interim-response count and refusals still apply per parser, every time."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: 500\r\n\r\n"
+    for _ in range(2):
+        p = parse(head + b"x" * 500, max_body=1000)
+        assert p.done and p.response is not None and p.response.content_type == "application/json"
+        with pytest.raises(HttpProtocolError, match="larger than"):
+            parse(head + b"x" * 500, max_body=499)
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    for _ in range(2):
+        with pytest.raises(HttpProtocolError, match="interim"):
+            parse(interim * 9 + head)
+        assert parse(interim * 8 + head + b"x" * 500).done
+    bad = b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n"
+    for _ in range(2):
+        with pytest.raises(HttpProtocolError, match="conflicting"):
+            parse(bad)

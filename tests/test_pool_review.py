@@ -71,6 +71,42 @@ async def test_the_pool_bounds_every_request_even_without_a_caller_timeout() -> 
         await p.close()
 
 
+async def test_the_deadline_bounds_requests_on_kept_alive_connections_too() -> None:
+    """A request on a reused connection has no timer of its own: the pool's one watchdog fails it
+    at its deadline (TimeoutError, connection closed, never reused), and, armed again for the
+    earliest request left, fails a later one at *its* deadline, not at the first one's."""
+    async def answer_twice_then_stall(s: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            await s.read_request(reader)
+            writer.write(ok())
+            await writer.drain()
+        await reader.read()  # the third request on this connection: never answered
+
+    p = NotaryPool(deadline=0.4)
+    try:
+        async with server(answer_twice_then_stall) as a, server(answer_twice_then_stall) as b:
+            for s in (a, b):
+                for _ in range(2):
+                    assert (await p.request("GET", s.url + "/v1/notary")).status == 200
+            assert (a.connections, b.connections) == (1, 1)  # both kept alive and reused
+            loop = asyncio.get_running_loop()
+            first = asyncio.ensure_future(p.request("GET", a.url + "/v1/notary"))
+            await asyncio.sleep(0.25)
+            second_started = loop.time()
+            second = asyncio.ensure_future(p.request("GET", b.url + "/v1/notary"))
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(first, 3)
+            assert not second.done()  # the watchdog fired for the first request only
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(second, 3)
+            assert loop.time() - second_started >= 0.4 - 0.02  # its own deadline, not the first request's
+            assert loop.time() - second_started < 2
+            await asyncio.sleep(0.05)
+            assert p.connections == 0  # both timed-out connections closed, not returned to the pool
+    finally:
+        await p.close()
+
+
 # -- 2 (MEDIUM): tiny chunks, endless trailers or interim responses cost quadratic CPU ----------------
 
 def test_parsing_cost_is_linear_however_the_answer_is_cut() -> None:

@@ -10,11 +10,10 @@ package; decoding is strict (no duplicate keys, no floats, no NaN, bounded size)
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import re
-from typing import Any
+from typing import Any, Callable
 
 import rfc8785
 
@@ -120,8 +119,20 @@ def _no_constant(text: str) -> Any:
     raise EncodingError(f"{text} is not JSON")
 
 
+def _safe_int(text: str) -> int:
+    """An integer literal, refused outside the I-JSON safe range (at most 15 digits is always safe)."""
+    if len(text) > 15:
+        value = int(text) if len(text) <= 17 else MAX_SAFE_INT + 1  # more digits: unsafe, never converted
+        if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+            raise EncodingError(f"integer out of the safe range: {text[:20]}")
+        return value
+    return int(text)
+
+
 #: One strict decoder for every call (``json.loads`` with hooks builds a new decoder and scanner each time).
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_float=_no_float, parse_constant=_no_constant)
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_float=_no_float, parse_int=_safe_int,
+                            parse_constant=_no_constant)
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]  # the C scanner
 
 
 def decode(data: bytes | str, *, max_bytes: int = 1 << 20) -> Any:
@@ -139,12 +150,23 @@ def decode(data: bytes | str, *, max_bytes: int = 1 << 20) -> Any:
     except UnicodeDecodeError:
         raise EncodingError("JSON is not valid UTF-8") from None
     try:
-        value = _DECODER.decode(text)
+        try:  # the C scanner at once (as JSONDecoder.decode does after skipping leading whitespace)
+            value, end = _SCAN(text, 0)
+        except StopIteration:  # no value at the very start: leading whitespace, or no JSON at all
+            end = -1
+        if end != len(text):  # whitespace around the value, or not JSON: the whole decoder decides
+            value = _DECODER.decode(text)
     except EncodingError:
         raise
     except (ValueError, RecursionError) as exc:
         raise EncodingError(f"malformed JSON: {exc}") from None
-    _check(value)
+    # The decoder refused floats, non-JSON constants, duplicate keys and unsafe integers.  What
+    # is left for _check: lone surrogates, which only a \u escape can spell (valid UTF-8 holds
+    # none; no backslash, no escape), and nesting deeper than _MAX_DEPTH, which takes more than
+    # _MAX_DEPTH brackets.  Text with neither cannot fail it: the walk is skipped (hot path:
+    # every answer and every request).
+    if "\\" in text or text.count("[") + text.count("{") > _MAX_DEPTH:
+        _check(value)
     return value
 
 
@@ -157,10 +179,10 @@ def b64decode_strict(text: Any) -> bytes:
     """
     if not isinstance(text, str):
         raise EncodingError("base64 value is not a string")
-    try:
-        raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
+    try:  # strict: the alphabet only, padding only at the end (a non-ASCII str is a ValueError)
+        raw = binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
         raise EncodingError("not valid base64") from None
-    if base64.b64encode(raw).decode("ascii") != text:
+    if binascii.b2a_base64(raw, newline=False) != text.encode("ascii"):
         raise EncodingError("base64 is not in canonical form")
     return raw

@@ -71,12 +71,18 @@ def envelope_bytes(envelope: Mapping[str, Any]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Verified:
-    """The result of a successful verification: who signed what, and the parsed payload."""
+    """The result of a successful verification: who signed what, and the parsed payload.
+
+    ``digest`` is the lower-case hex SHA-256 of ``payload_bytes`` when the verifier
+    already holds it (a cache of verified envelopes, e.g. :func:`client.verify.verify_cached`),
+    else ``None``: :func:`verify_envelope` leaves it ``None``.
+    """
 
     key_id: str
     payload_type: str
     payload_bytes: bytes
     payload: Any
+    digest: str | None = None
 
 
 def _b64(text: Any, what: str) -> bytes:
@@ -113,7 +119,7 @@ def verify_envelope(
             envelope = canonical.decode(raw, max_bytes=MAX_ENVELOPE_BYTES)
         except EncodingError as exc:
             raise VerificationError(f"envelope is not valid JSON: {exc}") from None
-    if not isinstance(envelope, Mapping):
+    if type(envelope) is not dict and not isinstance(envelope, Mapping):  # exact type first: decoded JSON
         raise VerificationError("envelope is not a JSON object")
     ptype = envelope.get("payloadType")
     if not isinstance(ptype, str):
@@ -129,7 +135,7 @@ def verify_envelope(
     message = pae(ptype, payload)
     signer: str | None = None
     for entry in sigs[:MAX_SIGNATURES]:
-        if not isinstance(entry, Mapping):
+        if type(entry) is not dict and not isinstance(entry, Mapping):
             continue
         kid = entry.get("keyid")
         key = keys.get(kid) if isinstance(kid, str) else None

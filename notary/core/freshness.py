@@ -39,7 +39,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
@@ -241,8 +241,8 @@ def _open(envelopes: Sequence[Any], freshness: Any, key: VerifyKey, nonce: str |
     if not isinstance(envelopes, (list, tuple)) or not 1 <= len(envelopes) <= MAX_OBSERVATIONS:
         raise VerificationError("an answer holds 1 to 16 observation envelopes")
     verified = [_authentic(verify, env, key, OBSERVATION_TYPE) for env in envelopes]
-    digests = [observation_digest(v.payload_bytes) for v in verified]
-    if not isinstance(freshness, Mapping):
+    digests = [v.digest or observation_digest(v.payload_bytes) for v in verified]
+    if type(freshness) is not dict and not isinstance(freshness, Mapping):  # exact type first: decoded JSON
         raise SignatureError("freshness proof missing")
     st_env = _authentic(verify, freshness.get("statement"), key, FRESHNESS_TYPE)
     st = Statement.from_payload(st_env.payload)
@@ -263,17 +263,40 @@ def _open(envelopes: Sequence[Any], freshness: Any, key: VerifyKey, nonce: str |
     got = merkle.root_from_path(index, st.tree_size, merkle.leaf_hash(leaf), [bytes.fromhex(p) for p in path])
     if got is None or got.hex() != st.root:
         raise SignatureError("freshness leaf is not under the signed root (wrong path, index or leaf)")
-    # Only now, with the leaf authenticated by the signed root, is it parsed.
-    leaf_nonce, leaf_digests, source = _parse_leaf(leaf)
-    if nonce is not None and leaf_nonce != nonce:
-        raise VerificationError("nonce does not match this request (replayed answer?)")
-    if leaf_digests != digests:
-        raise VerificationError("freshness leaf names other observations than the ones received")
+    # Only now, with the leaf authenticated by the signed root, is it read: either it is, byte
+    # for byte, the canonical leaf of this request's nonce and the digests received (so parsing
+    # it would give exactly those: the usual case, nothing to parse), or it is parsed and
+    # compared member by member.
+    source = _expected_source(leaf, nonce, digests)
+    if source is not None:
+        assert nonce is not None
+        leaf_nonce = nonce
+    else:
+        leaf_nonce, leaf_digests, source = _parse_leaf(leaf)
+        if nonce is not None and leaf_nonce != nonce:
+            raise VerificationError("nonce does not match this request (replayed answer?)")
+        if leaf_digests != digests:
+            raise VerificationError("freshness leaf names other observations than the ones received")
     out = []
     for v in verified:
         obs = parse(v)
         if obs.notary != key.key_id:
             raise VerificationError("observation names another notary than its signer")
-        out.append(replace(obs, nonce=leaf_nonce, signed_at=st.signed_at, source=source,
-                           age=max(0, st.signed_at - obs.observed_at)))
+        out.append(obs.bound(leaf_nonce, st.signed_at, source))
     return out
+
+
+_SOURCE_ENDINGS = tuple((f'"source":"{s}"}}'.encode("ascii"), s) for s in SOURCES)
+
+
+def _expected_source(leaf: bytes, nonce: str | None, digests: list[str]) -> str | None:
+    """The source of ``leaf`` when it is exactly :func:`leaf_bytes` of ``nonce`` and ``digests``, else None."""
+    if nonce is None:
+        return None
+    for ending, source in _SOURCE_ENDINGS:
+        if leaf.endswith(ending):
+            try:
+                return source if leaf == leaf_bytes(nonce, digests, source) else None
+            except (EncodingError, ValueError):  # a nonce canonical JSON cannot hold: compared after parsing
+                return None
+    return None

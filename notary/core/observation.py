@@ -208,6 +208,14 @@ class Observation:
             key_history=key_history[:MAX_HISTORY],
         )
 
+    def bound(self, nonce: str, signed_at: int, source: str) -> "Observation":
+        """This observation as vouched for by a freshness statement signed at ``signed_at`` (unix
+        seconds) for ``nonce`` (``source``: fresh or cached); ``age`` is ``signed_at - observed_at``,
+        at least 0.  Equal to ``dataclasses.replace`` of the four fields (built directly: every answer)."""
+        return Observation(self.notary, self.target, self.ip, self.observed_at, self.status, self.detail,
+                           self.tls_version, self.leaf_sha256, self.spki_sha256, self.chain, self.leaf,
+                           self.key_history, nonce, signed_at, source, max(0, signed_at - self.observed_at))
+
     def to_payload(self) -> dict[str, Any]:
         """The JSON object that is signed (canonicalised by RFC 8785)."""
         return {
