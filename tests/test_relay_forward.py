@@ -91,7 +91,8 @@ async def test_the_forwarded_request_names_nothing_but_the_gateway_and_keeps_the
 
 async def test_a_gateway_host_name_is_resolved_and_checked_against_the_policy(tmp_path: Path) -> None:
     gw = FakeGateway(OHTTP_RES)
-    resolver = StaticResolver({"gw.test": ["127.0.0.1"]})
+    # 127.0.0.2 refuses (the fake listens on 127.0.0.1 only): the next checked address is tried.
+    resolver = StaticResolver({"gw.test": ["127.0.0.2", "127.0.0.1"]})
     async with serving(gw.handle) as server, aiohttp.ClientSession() as session:
         gateway = f"http://gw.test:{port_of(server)}"
         (tmp_path / "a").mkdir()
