@@ -45,7 +45,6 @@ that many clients at their full share fit (``notary.server``).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from dataclasses import dataclass, field
@@ -148,8 +147,8 @@ def _bucket_key(request: web.Request, client_of: Callable[[web.Request], str]) -
     return f"{client_of(request)} {request.match_info['key_id']}"
 
 
-def _limit(request: web.Request, client_of: Callable[[web.Request], str]) -> web.Response | None:
-    wait = request.app[RELAY_LIMITER].check(_bucket_key(request, client_of), time.monotonic())
+def _limit(request: web.Request, bucket: str) -> web.Response | None:
+    wait = request.app[RELAY_LIMITER].check(bucket, time.monotonic())
     if wait > 0:
         return _json(429, "too_many_requests", "Too Many Requests", {"Retry-After": str(max(1, math.ceil(wait)))})
     return None
@@ -175,9 +174,8 @@ async def _forward(request: web.Request, method: str, url: str, body: bytes | No
     if is_ip_literal(host) and cfg.policy.address_reason(host):
         # Refused before any connection (the pool's resolver checks it too, for a new one).
         return _json(502, "bad_gateway", "the gateway could not be reached")
-    try:
-        async with asyncio.timeout(cfg.timeout):
-            resp = await request.app[RELAY_POOL].request(method, url, body=body, content_type=content_type)
+    try:  # the pool's deadline is cfg.timeout (install_relay): a TimeoutError after that many seconds
+        resp = await request.app[RELAY_POOL].request(method, url, body=body, content_type=content_type)
     except TimeoutError:
         return _json(504, "gateway_timeout", f"the gateway did not answer within {cfg.timeout:g}s")
     except HttpProtocolError as exc:  # malformed, or over max_response_bytes
@@ -197,7 +195,8 @@ def _handlers(client_of: Callable[[web.Request], str]) -> tuple[Any, Any]:
         url = _gateway_url(request)
         if request.content_type != REQUEST_MEDIA_TYPE:
             return _json(415, "unsupported_media_type", f"a relay forwards only {REQUEST_MEDIA_TYPE}")
-        limited = _limit(request, client_of)
+        bucket = _bucket_key(request, client_of)
+        limited = _limit(request, bucket)
         if limited is not None:
             return limited
         cfg = request.app[RELAY]
@@ -205,12 +204,11 @@ def _handlers(client_of: Callable[[web.Request], str]) -> tuple[Any, Any]:
             body = await read_request_body(request, limit=cfg.max_body_bytes, timeout=cfg.body_timeout)
         except BodyTooLarge:
             return _json(413, "body_too_large", f"request body larger than {cfg.max_body_bytes} bytes")
-        return await _forward(request, "POST", url + "/.well-known/ohttp-gateway", body,
-                              REQUEST_MEDIA_TYPE, _bucket_key(request, client_of))
+        return await _forward(request, "POST", url + "/.well-known/ohttp-gateway", body, REQUEST_MEDIA_TYPE, bucket)
 
     async def relay_identity(request: web.Request) -> web.Response:
         url = _gateway_url(request)
-        limited = _limit(request, client_of)
+        limited = _limit(request, _bucket_key(request, client_of))
         if limited is not None:
             return limited
         return await _forward(request, "GET", url + "/v1/notary", None, None)
@@ -225,7 +223,7 @@ def install_relay(app: web.Application, config: RelayConfig, client_of: Callable
     app[RELAY_LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
-        app[RELAY_POOL] = NotaryPool(limit=64, max_body=config.max_response_bytes,
+        app[RELAY_POOL] = NotaryPool(limit=64, max_body=config.max_response_bytes, deadline=config.timeout,
                                      resolve=PolicyResolver(config.policy, resolver).resolve)
         yield
         await app[RELAY_POOL].close()
