@@ -20,7 +20,7 @@ SUITES = [(hpke.KDF_HKDF_SHA256, a) for a in (hpke.AEAD_AES_128_GCM, hpke.AEAD_A
 
 def test_rfc9180_a11_sender_enc_first_ciphertext_and_exports() -> None:
     enc, ctx = hpke.setup_sender(A1_PKRM, A1_INFO, hpke.KDF_HKDF_SHA256, hpke.AEAD_AES_128_GCM,
-                                 ephemeral=X25519PrivateKey.from_private_bytes(A1_SKEM))
+                                 ephemeral=A1_SKEM)
     assert enc == A1_PKEM
     seq, aad, ct = A1_ENCRYPTIONS[0]
     assert seq == 0 and ctx.seal(A1_PT, aad) == ct  # Oblivious HTTP seals once: sequence number 0
@@ -29,7 +29,7 @@ def test_rfc9180_a11_sender_enc_first_ciphertext_and_exports() -> None:
 
 
 def test_rfc9180_a11_recipient_opens_first_ciphertext_and_exports() -> None:
-    ctx = hpke.setup_recipient(A1_PKEM, hpke.private_key(A1_SKRM), A1_PKRM, A1_INFO,
+    ctx = hpke.setup_recipient(A1_PKEM, A1_SKRM, A1_PKRM, A1_INFO,
                                hpke.KDF_HKDF_SHA256, hpke.AEAD_AES_128_GCM)
     _, aad, ct = A1_ENCRYPTIONS[0]
     assert ctx.open(ct, aad) == A1_PT
@@ -54,13 +54,13 @@ def test_interoperates_with_pyhpke_both_ways(kdf: int, aead: int) -> None:
     assert theirs.export(b"x", 32) == ours.export(b"x", 32)
     # pyhpke -> ours
     enc2, sender = suite.create_sender_context(suite.kem.deserialize_public_key(pkr), info)
-    ctx = hpke.setup_recipient(enc2, hpke.private_key(skr_raw), pkr, info, kdf, aead)
+    ctx = hpke.setup_recipient(enc2, skr_raw, pkr, info, kdf, aead)
     assert ctx.open(sender.seal(msg)) == msg
     assert ctx.export(b"message/bhttp response", 16) == sender.export(b"message/bhttp response", 16)
 
 
 def test_small_order_enc_and_bad_keys_refused() -> None:
-    sk = hpke.private_key(A1_SKRM)
+    sk = A1_SKRM
     with pytest.raises(hpke.HpkeError):
         hpke.setup_recipient(bytes(32), sk, A1_PKRM, b"", hpke.KDF_HKDF_SHA256, hpke.AEAD_AES_128_GCM)
     with pytest.raises(hpke.HpkeError):

@@ -18,9 +18,11 @@ aead_id``) after it::
     Export(c, L)  = LabeledExpand(exporter, "sec", c, L)
 
 Every expansion here is at most 32 bytes, one HMAC-SHA256 block, so HKDF is
-one ``hmac.digest`` per step.  X25519 and the AEADs come from
-``cryptography``; an all-zero X25519 output (a small-order ``enc`` or public
-key) is refused, as section 7.1.4 requires.  The RFC 9180 A.1.1 vectors
+one ``hmac.digest`` per step.  X25519 is libsodium's (PyNaCl, which the
+notary's Ed25519 signatures use too: its fixed-base multiplication, the
+ephemeral key, takes half the time of ``cryptography``'s key generation), the
+AEADs ``cryptography``'s; an all-zero X25519 output (a small-order ``enc`` or
+public key) is refused, as section 7.1.4 requires.  The RFC 9180 A.1.1 vectors
 (``tests/test_hpke.py``) check every step, the exporter included.  Pure: no
 I/O, no clock; randomness (the ephemeral key) can be passed in for the RFC
 vectors.
@@ -30,13 +32,15 @@ from __future__ import annotations
 
 import functools
 import hmac
+import os
 import struct
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
+from nacl.exceptions import CryptoError
 
 __all__ = ["KEM_X25519_SHA256", "KDF_HKDF_SHA256", "AEAD_AES_128_GCM", "AEAD_AES_256_GCM", "AEAD_CHACHA20_POLY1305",
-           "AEAD_NK_NN", "Context", "HpkeError", "setup_sender", "setup_recipient", "private_key", "public_key"]
+           "AEAD_NK_NN", "Context", "HpkeError", "setup_sender", "setup_recipient"]
 
 KEM_X25519_SHA256 = 0x0020
 KDF_HKDF_SHA256 = 0x0001
@@ -76,18 +80,6 @@ def _labeled_expand(suite: bytes, prk: bytes, label: bytes, info: bytes, length:
 def _schedule_context(suite: bytes, info: bytes) -> bytes:
     """``mode || psk_id_hash || info_hash`` (base mode): the same for every message with this ``info``."""
     return b"\x00" + _labeled_extract(suite, b"", b"psk_id_hash", b"") + _labeled_extract(suite, b"", b"info_hash", info)
-
-
-@functools.lru_cache(maxsize=16)
-def private_key(raw: bytes) -> X25519PrivateKey:
-    """An X25519 private key object (deserialised once per raw key: a gateway holds three)."""
-    return X25519PrivateKey.from_private_bytes(raw)
-
-
-@functools.lru_cache(maxsize=64)
-def public_key(raw: bytes) -> X25519PublicKey:
-    """An X25519 public key object (deserialised once per gateway key configuration)."""
-    return X25519PublicKey.from_public_bytes(raw)
 
 
 class Context:
@@ -138,29 +130,26 @@ def _shared_secret(dh: bytes, enc: bytes, pkr: bytes) -> bytes:
     return _labeled_expand(_KEM_SUITE, prk, b"shared_secret", enc + pkr, 32)
 
 
-def _exchange(sk: X25519PrivateKey, pk: X25519PublicKey) -> bytes:
+def _x25519(sk: bytes, pk: bytes, what: str) -> bytes:
+    """X25519(sk, pk) (RFC 7748; the scalar is clamped), refusing a bad length or an all-zero result."""
+    if len(sk) != 32 or len(pk) != 32:
+        raise HpkeError(f"bad X25519 {what}")
     try:
-        return sk.exchange(pk)
-    except ValueError:  # cryptography refuses a small-order point itself
+        return crypto_scalarmult(sk, pk)
+    except CryptoError:  # libsodium refuses a small-order point (an all-zero result) itself
         raise HpkeError("X25519 produced the all-zero value") from None
 
 
-def setup_sender(pkr: bytes, info: bytes, kdf: int, aead: int, *,
-                 ephemeral: X25519PrivateKey | None = None) -> tuple[bytes, Context]:
+def setup_sender(pkr: bytes, info: bytes, kdf: int, aead: int, *, ephemeral: bytes | None = None) -> tuple[bytes, Context]:
     """``SetupBaseS(pkR, info)``: (enc, context).  ``ephemeral`` fixes skE (the RFC vectors only)."""
-    try:
-        pk = public_key(pkr)
-    except ValueError:
-        raise HpkeError("bad X25519 public key") from None
-    eph = ephemeral if ephemeral is not None else X25519PrivateKey.generate()
-    enc = eph.public_key().public_bytes_raw()
-    return enc, _context(kdf, aead, _shared_secret(_exchange(eph, pk), enc, pkr), info)
+    eph = ephemeral if ephemeral is not None else os.urandom(32)  # any 32 bytes are an X25519 private key
+    if len(eph) != 32:
+        raise HpkeError("bad X25519 ephemeral key")
+    dh = _x25519(eph, pkr, "public key")
+    enc = crypto_scalarmult_base(eph)
+    return enc, _context(kdf, aead, _shared_secret(dh, enc, pkr), info)
 
 
-def setup_recipient(enc: bytes, skr: X25519PrivateKey, pkr: bytes, info: bytes, kdf: int, aead: int) -> Context:
+def setup_recipient(enc: bytes, skr: bytes, pkr: bytes, info: bytes, kdf: int, aead: int) -> Context:
     """``SetupBaseR(enc, skR, info)``; ``pkr`` is skR's public key (its raw bytes, as the key configuration lists it)."""
-    try:
-        pke = X25519PublicKey.from_public_bytes(enc)
-    except ValueError:
-        raise HpkeError("bad encapsulated key") from None
-    return _context(kdf, aead, _shared_secret(_exchange(skr, pke), enc, pkr), info)
+    return _context(kdf, aead, _shared_secret(_x25519(skr, enc, "encapsulated key"), enc, pkr), info)

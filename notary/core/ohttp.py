@@ -196,9 +196,9 @@ def encapsulate_request(config: KeyConfig, request: bytes, *,
     """
     kdf, aead = config.choose_suite()
     hdr = _header(config.key_id, config.kem_id, kdf, aead)
-    eph = X25519PrivateKey.from_private_bytes(ephemeral_private_key) if ephemeral_private_key is not None else None
     try:
-        enc, ctx = hpke.setup_sender(config.public_key, _REQ_LABEL + b"\x00" + hdr, kdf, aead, ephemeral=eph)
+        enc, ctx = hpke.setup_sender(config.public_key, _REQ_LABEL + b"\x00" + hdr, kdf, aead,
+                                     ephemeral=ephemeral_private_key)
     except hpke.HpkeError as exc:
         raise OhttpError(f"gateway key configuration unusable: {exc}", "bad_key_config") from None
     return hdr + enc + ctx.seal(request), ClientContext(ctx, enc, aead)
@@ -219,7 +219,7 @@ def decapsulate_request(keys: Mapping[int, GatewayKey], data: bytes) -> tuple[by
         raise OhttpError("encapsulated request truncated", "bad_ohttp")
     enc, ct = bytes(data[7:7 + npk]), bytes(data[7 + npk:])
     try:
-        ctx = hpke.setup_recipient(enc, hpke.private_key(key.private_key), key.config.public_key,
+        ctx = hpke.setup_recipient(enc, key.private_key, key.config.public_key,
                                    _REQ_LABEL + b"\x00" + bytes(data[:7]), kdf, aead)
         plain = ctx.open(ct)
     except hpke.HpkeError as exc:
