@@ -26,7 +26,11 @@ Forwarding.  Requests go to the gateways over kept-alive HTTP/1.1 connections
 more CPU than the rest of the relay's work).  A new connection goes only to the
 addresses :class:`PolicyResolver` resolved and checked; redirects are never
 followed; the request carries ``Host``, ``Content-Type`` and ``Content-Length``
-and nothing else.
+and nothing else.  A kept-alive connection that the gateway closes before a
+single byte of the answer arrives gets the same request once more on a new
+connection (the pool's stale-connection rule): the gateway then decrypts the
+same message twice, which a relay could always do (RFC 9458 section 6.5), and
+answers each with a fresh response nonce.
 
 Fair shares.  A gateway sees every request a relay forwards as coming from the
 relay, so all of the relay's clients share one of the gateway's per-client
