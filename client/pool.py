@@ -50,7 +50,7 @@ import functools
 import ssl
 import weakref
 from collections import deque
-from typing import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import AsyncGenerator
 
 from yarl import URL
 
@@ -217,17 +217,13 @@ class NotaryPool:
 
     ``ssl_context`` is used for ``https`` URLs (default: the system's CA store,
     host names checked).  ``limit`` connections at most, ``keepalive`` seconds
-    idle, answers of at most ``max_body`` bytes.  ``resolve`` (host, port) -> addresses, if
-    given, is asked before each new connection, which then goes to those addresses only, in
-    order (TLS still checks the host name): a relay's address policy (:mod:`notary.relay`).
+    idle, answers of at most ``max_body`` bytes.
     """
 
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None, limit: int = LIMIT,
                  keepalive: float = KEEPALIVE, max_body: int = MAX_RESPONSE_BYTES,
-                 deadline: float = REQUEST_DEADLINE,
-                 resolve: Callable[[str, int], Awaitable[Sequence[str]]] | None = None) -> None:
+                 deadline: float = REQUEST_DEADLINE) -> None:
         self._ssl = ssl_context
-        self._resolve = resolve
         self.limit, self.keepalive, self.max_body, self.deadline = limit, keepalive, max_body, deadline
         self._loop: asyncio.AbstractEventLoop | None = None
         self._all: set[_Conn] = set()
@@ -331,17 +327,8 @@ class NotaryPool:
         tls = (self._ssl or _default_tls()) if scheme == "https" else None
         self._opening += 1
         try:
-            addrs = [host] if self._resolve is None else await self._resolve(host, port)
-            for i, addr in enumerate(addrs):
-                try:
-                    _, conn = await loop.create_connection(lambda: _Conn(self, key), addr, port, ssl=tls,
-                                                           server_hostname=host if tls else None)
-                    break
-                except OSError:
-                    if i == len(addrs) - 1:
-                        raise
-            else:
-                raise OSError(f"{host} has no address")
+            _, conn = await loop.create_connection(lambda: _Conn(self, key), host, port, ssl=tls,
+                                                   server_hostname=host if tls else None)
         finally:
             self._opening -= 1
             self._wake()

@@ -21,16 +21,13 @@ Limits: request bodies up to ``max_body_bytes`` received within
 ``body_timeout`` seconds (else a 400 ``body_timeout``), answers up to
 ``max_response_bytes``, ``timeout`` seconds per forwarded request.
 
-Forwarding.  Requests go to the gateways over kept-alive HTTP/1.1 connections
-(:class:`client.pool.NotaryPool`, at most 64; an aiohttp client request cost
-more CPU than the rest of the relay's work).  A new connection goes only to the
-addresses :class:`PolicyResolver` resolved and checked; redirects are never
-followed; the request carries ``Host``, ``Content-Type`` and ``Content-Length``
-and nothing else.  A kept-alive connection that the gateway closes before a
-single byte of the answer arrives gets the same request once more on a new
-connection (the pool's stale-connection rule): the gateway then decrypts the
-same message twice, which a relay could always do (RFC 9458 section 6.5), and
-answers each with a fresh response nonce.
+Forwarding.  One aiohttp client session, kept-alive connections (at most 64),
+set up for forwarding and nothing else: no cookie jar, no automatic headers
+(the request carries ``Host``, ``Content-Type`` and ``Content-Length``, and no
+``User-Agent``), no decompression (an answer with a ``Content-Encoding`` is
+refused: a gateway is never asked for one), no redirects followed.  A new
+connection goes only to the addresses :class:`PolicyResolver` resolved and
+checked.
 
 Fair shares.  A gateway sees every request a relay forwards as coming from the
 relay, so all of the relay's clients share one of the gateway's per-client
@@ -49,20 +46,22 @@ that many clients at their full share fit (``notary.server``).
 
 from __future__ import annotations
 
+import asyncio
 import math
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 
-from client.http1 import HttpProtocolError
-from client.pool import NotaryPool
 from notary.core import AddressPolicy
 from notary.core.ohttp import REQUEST_MEDIA_TYPE
 from notary.core.target import is_ip_literal
-from notary.httputil import BodyTooLarge, read_request_body
+from notary.httputil import BodyTooLarge, read_capped, read_request_body
 from notary.prober import Resolver, SystemResolver
 from notary.ratelimit import RateLimiter
 
@@ -102,7 +101,7 @@ class RelayConfig:
                    burst_per_client=max(2, gateway_burst // RELAY_SHARE), body_timeout=body_timeout)
 
 
-class PolicyResolver:
+class PolicyResolver(AbstractResolver):
     """Resolves a gateway's host and refuses it unless *every* address passes the policy.
 
     The connection then goes to exactly the addresses checked (no second lookup
@@ -113,8 +112,7 @@ class PolicyResolver:
         self.policy = policy
         self.resolver = resolver or SystemResolver()
 
-    async def resolve(self, host: str, port: int = 0) -> list[str]:
-        """The addresses to connect to (IP literals, checked), or :class:`OSError`."""
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         ips = [host.strip("[]")] if is_ip_literal(host.strip("[]")) else await self.resolver.resolve(host, port)
         if not ips:
             raise OSError(f"{host} has no address")
@@ -122,11 +120,20 @@ class PolicyResolver:
             why = self.policy.address_reason(ip)
             if why:
                 raise OSError(why)
-        return list(ips)
+        return [
+            ResolveResult(hostname=host, host=ip, port=port,
+                          family=socket.AF_INET6 if ":" in ip else socket.AF_INET, proto=0, flags=socket.AI_NUMERICHOST)
+            for ip in ips
+        ]
+
+    async def close(self) -> None:
+        return None
 
 
 RELAY = web.AppKey("relay_config", RelayConfig)
-RELAY_POOL = web.AppKey("relay_pool", NotaryPool)
+RELAY_SESSION = web.AppKey("relay_session", aiohttp.ClientSession)
+#: Headers aiohttp would add by itself; a relay sends none of them.
+_SKIP_HEADERS = ("User-Agent", "Accept", "Accept-Encoding")
 RELAY_LIMITER = web.AppKey("relay_limiter", RateLimiter)
 
 
@@ -176,18 +183,24 @@ async def _forward(request: web.Request, method: str, url: str, body: bytes | No
     cfg = request.app[RELAY]
     host = (urlsplit(url).hostname or "").strip("[]")
     if is_ip_literal(host) and cfg.policy.address_reason(host):
-        # Refused before any connection (the pool's resolver checks it too, for a new one).
+        # aiohttp does not consult the resolver for an IP literal: check the policy here.
         return _json(502, "bad_gateway", "the gateway could not be reached")
-    try:  # the pool's deadline is cfg.timeout (install_relay): a TimeoutError after that many seconds
-        resp = await request.app[RELAY_POOL].request(method, url, body=body, content_type=content_type)
+    headers = {"Content-Type": content_type} if content_type is not None else None
+    try:
+        async with asyncio.timeout(cfg.timeout):
+            async with request.app[RELAY_SESSION].request(method, url, data=body, headers=headers,
+                                                          allow_redirects=False) as resp:
+                if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
+                    return _json(502, "bad_gateway", "the gateway's answer is compressed (none was asked for)")
+                raw = await read_capped(resp.content, cfg.max_response_bytes)
+                ctype = resp.headers.get("Content-Type", "application/octet-stream")
+                status = resp.status
     except TimeoutError:
         return _json(504, "gateway_timeout", f"the gateway did not answer within {cfg.timeout:g}s")
-    except HttpProtocolError as exc:  # malformed, or over max_response_bytes
-        return _json(502, "bad_gateway", f"the gateway's answer was refused: {exc}")
-    except (OSError, ValueError):
+    except BodyTooLarge:
+        return _json(502, "bad_gateway", f"the gateway's answer is larger than {cfg.max_response_bytes} bytes")
+    except (aiohttp.ClientError, OSError):
         return _json(502, "bad_gateway", "the gateway could not be reached")
-    raw, status = resp.body, resp.status
-    ctype = resp.content_type or "application/octet-stream"
     if bucket is not None and status == 200:
         # One token was taken up front; a larger answer (more observations) costs the rest now.
         request.app[RELAY_LIMITER].charge(bucket, answer_cost(len(raw)) - 1)
@@ -222,17 +235,23 @@ def _handlers(client_of: Callable[[web.Request], str]) -> tuple[Any, Any]:
 
 def install_relay(app: web.Application, config: RelayConfig, client_of: Callable[[web.Request], str], *,
                   resolver: Resolver | None = None) -> None:
-    """Add the relay routes and its connection pool (closed in a cleanup context)."""
+    """Add the relay routes and its client session (closed in a cleanup context)."""
     app[RELAY] = config
     app[RELAY_LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
 
-    async def pool(app: web.Application) -> AsyncIterator[None]:
-        app[RELAY_POOL] = NotaryPool(limit=64, max_body=config.max_response_bytes, deadline=config.timeout,
-                                     resolve=PolicyResolver(config.policy, resolver).resolve)
+    async def session(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(resolver=PolicyResolver(config.policy, resolver), limit=64,
+                                         ttl_dns_cache=None, use_dns_cache=False)
+        # The timeout is _forward's own (one timer, not aiohttp's as well); the cookie jar would
+        # be filtered on every request for nothing (a relay keeps no cookies).
+        app[RELAY_SESSION] = aiohttp.ClientSession(connector=connector, trust_env=False,
+                                                   cookie_jar=aiohttp.DummyCookieJar(),
+                                                   skip_auto_headers=_SKIP_HEADERS, auto_decompress=False,
+                                                   timeout=aiohttp.ClientTimeout(total=None))
         yield
-        await app[RELAY_POOL].close()
+        await app[RELAY_SESSION].close()
 
-    app.cleanup_ctx.append(pool)
+    app.cleanup_ctx.append(session)
     post, ident = _handlers(client_of)
     app.router.add_post(RELAY_PREFIX + "/{key_id}", post)
     app.router.add_get(RELAY_PREFIX + "/{key_id}/notary", ident)

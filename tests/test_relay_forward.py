@@ -1,4 +1,4 @@
-"""How the relay forwards to a gateway (notary.relay over client.pool.NotaryPool).
+"""How the relay forwards to a gateway (notary.relay: its aiohttp client session).
 
 The gateway here is a real loopback socket server that records the bytes it
 gets and answers what the test says, so the tests see exactly what a relay
