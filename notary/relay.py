@@ -57,6 +57,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from notary.core import AddressPolicy
 from notary.core.ohttp import REQUEST_MEDIA_TYPE
@@ -145,12 +146,39 @@ def _json(status: int, code: str, reason: str, headers: dict[str, str] | None = 
     return web.json_response({"error": code, "reason": reason}, status=status, headers=headers)
 
 
-def _gateway_url(request: web.Request) -> str:
+@dataclass(frozen=True, slots=True)
+class _Gateway:
+    """One gateway's two forwarding URLs, parsed once; ``refused``: its host is an IP literal the
+    policy refuses (aiohttp does not consult the resolver for an IP literal)."""
+
+    post: URL
+    identity: URL
+    refused: bool
+
+
+def _parse_gateway(url: str, policy: AddressPolicy) -> _Gateway:
+    base = url.rstrip("/")
+    host = (urlsplit(base).hostname or "").strip("[]")
+    return _Gateway(URL(base + "/.well-known/ohttp-gateway"), URL(base + "/v1/notary"),
+                    is_ip_literal(host) and policy.address_reason(host) is not None)
+
+
+#: Gateways parsed so far, by base URL (the mapping may be filled in after the app is built).
+RELAY_GATEWAYS = web.AppKey("relay_gateways", dict[str, _Gateway])
+
+
+def _gateway(request: web.Request) -> _Gateway:
     cfg = request.app[RELAY]
     url = cfg.gateways.get(request.match_info["key_id"])
     if url is None:
         raise web.HTTPNotFound(reason="Unknown Gateway")
-    return url.rstrip("/")
+    parsed = request.app[RELAY_GATEWAYS]
+    gw = parsed.get(url)
+    if gw is None:
+        if len(parsed) >= 4096:  # bounded, whatever happens to the mapping
+            parsed.clear()
+        gw = parsed[url] = _parse_gateway(url, cfg.policy)
+    return gw
 
 
 def _bucket_key(request: web.Request, client_of: Callable[[web.Request], str]) -> str:
@@ -178,13 +206,12 @@ def answer_cost(encapsulated_bytes: int) -> int:
     return max(1, encapsulated_bytes // ANSWER_COST_UNIT)
 
 
-async def _forward(request: web.Request, method: str, url: str, body: bytes | None,
+async def _forward(request: web.Request, method: str, gw: _Gateway, body: bytes | None,
                    content_type: str | None, bucket: str | None = None) -> web.Response:
     cfg = request.app[RELAY]
-    host = (urlsplit(url).hostname or "").strip("[]")
-    if is_ip_literal(host) and cfg.policy.address_reason(host):
-        # aiohttp does not consult the resolver for an IP literal: check the policy here.
+    if gw.refused:  # an IP literal the policy refuses (a host name is checked by PolicyResolver)
         return _json(502, "bad_gateway", "the gateway could not be reached")
+    url = gw.post if body is not None else gw.identity
     headers = {"Content-Type": content_type} if content_type is not None else None
     try:
         async with asyncio.timeout(cfg.timeout):
@@ -209,7 +236,7 @@ async def _forward(request: web.Request, method: str, url: str, body: bytes | No
 
 def _handlers(client_of: Callable[[web.Request], str]) -> tuple[Any, Any]:
     async def relay_post(request: web.Request) -> web.Response:
-        url = _gateway_url(request)
+        gw = _gateway(request)
         if request.content_type != REQUEST_MEDIA_TYPE:
             return _json(415, "unsupported_media_type", f"a relay forwards only {REQUEST_MEDIA_TYPE}")
         bucket = _bucket_key(request, client_of)
@@ -221,14 +248,14 @@ def _handlers(client_of: Callable[[web.Request], str]) -> tuple[Any, Any]:
             body = await read_request_body(request, limit=cfg.max_body_bytes, timeout=cfg.body_timeout)
         except BodyTooLarge:
             return _json(413, "body_too_large", f"request body larger than {cfg.max_body_bytes} bytes")
-        return await _forward(request, "POST", url + "/.well-known/ohttp-gateway", body, REQUEST_MEDIA_TYPE, bucket)
+        return await _forward(request, "POST", gw, body, REQUEST_MEDIA_TYPE, bucket)
 
     async def relay_identity(request: web.Request) -> web.Response:
-        url = _gateway_url(request)
+        gw = _gateway(request)
         limited = _limit(request, _bucket_key(request, client_of))
         if limited is not None:
             return limited
-        return await _forward(request, "GET", url + "/v1/notary", None, None)
+        return await _forward(request, "GET", gw, None, None)
 
     return relay_post, relay_identity
 
@@ -237,6 +264,7 @@ def install_relay(app: web.Application, config: RelayConfig, client_of: Callable
                   resolver: Resolver | None = None) -> None:
     """Add the relay routes and its client session (closed in a cleanup context)."""
     app[RELAY] = config
+    app[RELAY_GATEWAYS] = {}
     app[RELAY_LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
 
     async def session(app: web.Application) -> AsyncIterator[None]:
