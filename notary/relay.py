@@ -160,7 +160,7 @@ def _parse_gateway(url: str, policy: AddressPolicy) -> _Gateway:
     base = url.rstrip("/")
     host = (urlsplit(base).hostname or "").strip("[]")
     return _Gateway(URL(base + "/.well-known/ohttp-gateway"), URL(base + "/v1/notary"),
-                    is_ip_literal(host) and policy.address_reason(host) is not None)
+                    is_ip_literal(host) and bool(policy.address_reason(host)))
 
 
 #: Gateways parsed so far, by base URL (the mapping may be filled in after the app is built).
