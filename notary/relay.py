@@ -21,6 +21,14 @@ Limits: request bodies up to ``max_body_bytes`` received within
 ``body_timeout`` seconds (else a 400 ``body_timeout``), answers up to
 ``max_response_bytes``, ``timeout`` seconds per forwarded request.
 
+Forwarding.  One aiohttp client session, kept-alive connections (at most 64),
+set up for forwarding and nothing else: no cookie jar, no automatic headers
+(the request carries ``Host``, ``Content-Type`` and ``Content-Length``, and no
+``User-Agent``), no decompression (an answer with a ``Content-Encoding`` is
+refused: a gateway is never asked for one), no redirects followed.  A new
+connection goes only to the addresses :class:`PolicyResolver` resolved and
+checked.
+
 Fair shares.  A gateway sees every request a relay forwards as coming from the
 relay, so all of the relay's clients share one of the gateway's per-client
 buckets.  The relay therefore gives each of its clients, per gateway, a
@@ -49,6 +57,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from notary.core import AddressPolicy
 from notary.core.ohttp import REQUEST_MEDIA_TYPE
@@ -124,6 +133,8 @@ class PolicyResolver(AbstractResolver):
 
 RELAY = web.AppKey("relay_config", RelayConfig)
 RELAY_SESSION = web.AppKey("relay_session", aiohttp.ClientSession)
+#: Headers aiohttp would add by itself; a relay sends none of them.
+_SKIP_HEADERS = ("User-Agent", "Accept", "Accept-Encoding")
 RELAY_LIMITER = web.AppKey("relay_limiter", RateLimiter)
 
 
@@ -135,12 +146,39 @@ def _json(status: int, code: str, reason: str, headers: dict[str, str] | None = 
     return web.json_response({"error": code, "reason": reason}, status=status, headers=headers)
 
 
-def _gateway_url(request: web.Request) -> str:
+@dataclass(frozen=True, slots=True)
+class _Gateway:
+    """One gateway's two forwarding URLs, parsed once; ``refused``: its host is an IP literal the
+    policy refuses (aiohttp does not consult the resolver for an IP literal)."""
+
+    post: URL
+    identity: URL
+    refused: bool
+
+
+def _parse_gateway(url: str, policy: AddressPolicy) -> _Gateway:
+    base = url.rstrip("/")
+    host = (urlsplit(base).hostname or "").strip("[]")
+    return _Gateway(URL(base + "/.well-known/ohttp-gateway"), URL(base + "/v1/notary"),
+                    is_ip_literal(host) and bool(policy.address_reason(host)))
+
+
+#: Gateways parsed so far, by base URL (the mapping may be filled in after the app is built).
+RELAY_GATEWAYS = web.AppKey("relay_gateways", dict[str, _Gateway])
+
+
+def _gateway(request: web.Request) -> _Gateway:
     cfg = request.app[RELAY]
     url = cfg.gateways.get(request.match_info["key_id"])
     if url is None:
         raise web.HTTPNotFound(reason="Unknown Gateway")
-    return url.rstrip("/")
+    parsed = request.app[RELAY_GATEWAYS]
+    gw = parsed.get(url)
+    if gw is None:
+        if len(parsed) >= 4096:  # bounded, whatever happens to the mapping
+            parsed.clear()
+        gw = parsed[url] = _parse_gateway(url, cfg.policy)
+    return gw
 
 
 def _bucket_key(request: web.Request, client_of: Callable[[web.Request], str]) -> str:
@@ -148,8 +186,8 @@ def _bucket_key(request: web.Request, client_of: Callable[[web.Request], str]) -
     return f"{client_of(request)} {request.match_info['key_id']}"
 
 
-def _limit(request: web.Request, client_of: Callable[[web.Request], str]) -> web.Response | None:
-    wait = request.app[RELAY_LIMITER].check(_bucket_key(request, client_of), time.monotonic())
+def _limit(request: web.Request, bucket: str) -> web.Response | None:
+    wait = request.app[RELAY_LIMITER].check(bucket, time.monotonic())
     if wait > 0:
         return _json(429, "too_many_requests", "Too Many Requests", {"Retry-After": str(max(1, math.ceil(wait)))})
     return None
@@ -168,17 +206,19 @@ def answer_cost(encapsulated_bytes: int) -> int:
     return max(1, encapsulated_bytes // ANSWER_COST_UNIT)
 
 
-async def _forward(request: web.Request, method: str, url: str, body: bytes | None,
-                   headers: dict[str, str], bucket: str | None = None) -> web.Response:
+async def _forward(request: web.Request, method: str, gw: _Gateway, body: bytes | None,
+                   content_type: str | None, bucket: str | None = None) -> web.Response:
     cfg = request.app[RELAY]
-    host = (urlsplit(url).hostname or "").strip("[]")
-    if is_ip_literal(host) and cfg.policy.address_reason(host):
-        # aiohttp does not consult the resolver for an IP literal: check the policy here.
+    if gw.refused:  # an IP literal the policy refuses (a host name is checked by PolicyResolver)
         return _json(502, "bad_gateway", "the gateway could not be reached")
+    url = gw.post if body is not None else gw.identity
+    headers = {"Content-Type": content_type} if content_type is not None else None
     try:
         async with asyncio.timeout(cfg.timeout):
             async with request.app[RELAY_SESSION].request(method, url, data=body, headers=headers,
                                                           allow_redirects=False) as resp:
+                if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
+                    return _json(502, "bad_gateway", "the gateway's answer is compressed (none was asked for)")
                 raw = await read_capped(resp.content, cfg.max_response_bytes)
                 ctype = resp.headers.get("Content-Type", "application/octet-stream")
                 status = resp.status
@@ -196,10 +236,11 @@ async def _forward(request: web.Request, method: str, url: str, body: bytes | No
 
 def _handlers(client_of: Callable[[web.Request], str]) -> tuple[Any, Any]:
     async def relay_post(request: web.Request) -> web.Response:
-        url = _gateway_url(request)
+        gw = _gateway(request)
         if request.content_type != REQUEST_MEDIA_TYPE:
             return _json(415, "unsupported_media_type", f"a relay forwards only {REQUEST_MEDIA_TYPE}")
-        limited = _limit(request, client_of)
+        bucket = _bucket_key(request, client_of)
+        limited = _limit(request, bucket)
         if limited is not None:
             return limited
         cfg = request.app[RELAY]
@@ -207,15 +248,14 @@ def _handlers(client_of: Callable[[web.Request], str]) -> tuple[Any, Any]:
             body = await read_request_body(request, limit=cfg.max_body_bytes, timeout=cfg.body_timeout)
         except BodyTooLarge:
             return _json(413, "body_too_large", f"request body larger than {cfg.max_body_bytes} bytes")
-        return await _forward(request, "POST", url + "/.well-known/ohttp-gateway", body,
-                              {"Content-Type": REQUEST_MEDIA_TYPE}, _bucket_key(request, client_of))
+        return await _forward(request, "POST", gw, body, REQUEST_MEDIA_TYPE, bucket)
 
     async def relay_identity(request: web.Request) -> web.Response:
-        url = _gateway_url(request)
-        limited = _limit(request, client_of)
+        gw = _gateway(request)
+        limited = _limit(request, _bucket_key(request, client_of))
         if limited is not None:
             return limited
-        return await _forward(request, "GET", url + "/v1/notary", None, {"Accept": "application/json"})
+        return await _forward(request, "GET", gw, None, None)
 
     return relay_post, relay_identity
 
@@ -224,13 +264,18 @@ def install_relay(app: web.Application, config: RelayConfig, client_of: Callable
                   resolver: Resolver | None = None) -> None:
     """Add the relay routes and its client session (closed in a cleanup context)."""
     app[RELAY] = config
+    app[RELAY_GATEWAYS] = {}
     app[RELAY_LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
 
     async def session(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(resolver=PolicyResolver(config.policy, resolver), limit=64,
                                          ttl_dns_cache=None, use_dns_cache=False)
+        # The timeout is _forward's own (one timer, not aiohttp's as well); the cookie jar would
+        # be filtered on every request for nothing (a relay keeps no cookies).
         app[RELAY_SESSION] = aiohttp.ClientSession(connector=connector, trust_env=False,
-                                                   headers={"User-Agent": "parallax-relay"})
+                                                   cookie_jar=aiohttp.DummyCookieJar(),
+                                                   skip_auto_headers=_SKIP_HEADERS, auto_decompress=False,
+                                                   timeout=aiohttp.ClientTimeout(total=None))
         yield
         await app[RELAY_SESSION].close()
 

@@ -21,8 +21,8 @@ context's *exporter*, so only the holder of that request's context can read it::
     key, iv  = Expand(prk, "key", Nk), Expand(prk, "nonce", Nn)
     encapsulated response = nonce || AEAD.Seal(key, iv, aad="", response)
 
-HPKE (RFC 9180, base mode) comes from ``pyhpke``; the response's HKDF and
-AEAD from ``cryptography``.  Supported: KEM DHKEM(X25519, HKDF-SHA256) (0x0020),
+HPKE (RFC 9180, base mode) is :mod:`notary.core.hpke`; the response's HKDF is
+``hmac.digest`` (one SHA-256 block per step) and its AEAD ``cryptography``'s.  Supported: KEM DHKEM(X25519, HKDF-SHA256) (0x0020),
 KDF HKDF-SHA256 (0x0001), AEADs AES-128-GCM (0x0001), AES-256-GCM (0x0002)
 and ChaCha20-Poly1305 (0x0003).
 
@@ -35,20 +35,19 @@ reproducible byte for byte.  Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-import functools
+import hmac
 import os
 import struct
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
-import pyhpke
 
+from notary.core import hpke
+from notary.core.hpke import (AEAD_AES_128_GCM, AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305, AEAD_NK_NN as _AEAD_NK_NN,
+                              KDF_HKDF_SHA256, KEM_X25519_SHA256)
 from notary.errors import OhttpError
 
 __all__ = [
@@ -62,28 +61,10 @@ REQUEST_MEDIA_TYPE = "message/ohttp-req"
 RESPONSE_MEDIA_TYPE = "message/ohttp-res"
 KEYS_MEDIA_TYPE = "application/ohttp-keys"
 
-KEM_X25519_SHA256 = 0x0020
-KDF_HKDF_SHA256 = 0x0001
-AEAD_AES_128_GCM = 0x0001
-AEAD_AES_256_GCM = 0x0002
-AEAD_CHACHA20_POLY1305 = 0x0003
-
 _NPK = {KEM_X25519_SHA256: 32}
-_AEAD_NK_NN = {AEAD_AES_128_GCM: (16, 12), AEAD_AES_256_GCM: (32, 12), AEAD_CHACHA20_POLY1305: (32, 12)}
 _TAG = 16
 _REQ_LABEL = b"message/bhttp request"
 _RES_LABEL = b"message/bhttp response"
-
-
-@functools.lru_cache(maxsize=32)
-def _suite(kem: int, kdf: int, aead: int) -> pyhpke.CipherSuite:
-    return pyhpke.CipherSuite.new(pyhpke.KEMId(kem), pyhpke.KDFId(kdf), pyhpke.AEADId(aead))
-
-
-@functools.lru_cache(maxsize=16)
-def _private_key(kem: int, raw: bytes) -> pyhpke.KEMKeyInterface:
-    """A gateway's deserialised private key (0.16 ms to derive each time; a gateway holds three)."""
-    return _suite(kem, KDF_HKDF_SHA256, AEAD_AES_128_GCM).kem.deserialize_private_key(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +160,8 @@ class GatewayKey:
                  suites: tuple[tuple[int, int], ...] = ((KDF_HKDF_SHA256, AEAD_AES_128_GCM),)) -> "GatewayKey":
         """A DHKEM(X25519) key (random unless ``private_key`` is given) with ``suites``."""
         sk = X25519PrivateKey.from_private_bytes(private_key) if private_key is not None else X25519PrivateKey.generate()
-        raw_sk = sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        pk = sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        raw_sk = sk.private_bytes_raw()
+        pk = sk.public_key().public_bytes_raw()
         return cls(KeyConfig(key_id, KEM_X25519_SHA256, pk, tuple(suites)), raw_sk)
 
 
@@ -188,7 +169,7 @@ class GatewayKey:
 class ClientContext:
     """What a client keeps to open the response: the HPKE context, ``enc`` and the AEAD."""
 
-    ctx: pyhpke.ContextInterface
+    ctx: hpke.Context
     enc: bytes
     aead_id: int
 
@@ -197,7 +178,7 @@ class ClientContext:
 class ServerContext:
     """What a gateway keeps to encrypt the response to one request."""
 
-    ctx: pyhpke.ContextInterface
+    ctx: hpke.Context
     enc: bytes
     aead_id: int
     key_id: int
@@ -214,15 +195,12 @@ def encapsulate_request(config: KeyConfig, request: bytes, *,
     ``ephemeral_private_key`` fixes the HPKE ephemeral key (tests only: RFC 9458 Appendix A).
     """
     kdf, aead = config.choose_suite()
-    suite = _suite(config.kem_id, kdf, aead)
     hdr = _header(config.key_id, config.kem_id, kdf, aead)
-    pkr = suite.kem.deserialize_public_key(config.public_key)
-    eks = None
-    if ephemeral_private_key is not None:
-        sk = X25519PrivateKey.from_private_bytes(ephemeral_private_key)
-        eks = pyhpke.KEMKeyPair(suite.kem.deserialize_private_key(ephemeral_private_key),
-                                suite.kem.deserialize_public_key(sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)))
-    enc, ctx = suite.create_sender_context(pkr, _REQ_LABEL + b"\x00" + hdr, eks=eks)
+    try:
+        enc, ctx = hpke.setup_sender(config.public_key, _REQ_LABEL + b"\x00" + hdr, kdf, aead,
+                                     ephemeral=ephemeral_private_key)
+    except hpke.HpkeError as exc:
+        raise OhttpError(f"gateway key configuration unusable: {exc}", "bad_key_config") from None
     return hdr + enc + ctx.seal(request), ClientContext(ctx, enc, aead)
 
 
@@ -240,24 +218,22 @@ def decapsulate_request(keys: Mapping[int, GatewayKey], data: bytes) -> tuple[by
     if len(data) < 7 + npk + _TAG:
         raise OhttpError("encapsulated request truncated", "bad_ohttp")
     enc, ct = bytes(data[7:7 + npk]), bytes(data[7 + npk:])
-    suite = _suite(kem, kdf, aead)
     try:
-        ctx = suite.create_recipient_context(enc, _private_key(kem, key.private_key),
-                                             _REQ_LABEL + b"\x00" + bytes(data[:7]))
+        ctx = hpke.setup_recipient(enc, key.private_key, key.config.public_key,
+                                   _REQ_LABEL + b"\x00" + bytes(data[:7]), kdf, aead)
         plain = ctx.open(ct)
-    except (pyhpke.PyHPKEError, ValueError) as exc:
+    except hpke.HpkeError as exc:
         raise OhttpError(f"encapsulated request does not decrypt ({type(exc).__name__})", "decrypt_failed") from None
     return plain, ServerContext(ctx, enc, aead, key_id)
 
 
-def _response_keys(ctx: pyhpke.ContextInterface, enc: bytes, aead: int, nonce: bytes) -> tuple[bytes, bytes]:
+def _response_keys(ctx: hpke.Context, enc: bytes, aead: int, nonce: bytes) -> tuple[bytes, bytes]:
     nk, nn = _AEAD_NK_NN[aead]
     secret = ctx.export(_RES_LABEL, max(nn, nk))
-    h = hmac.HMAC(enc + nonce, hashes.SHA256())  # HKDF-Extract(salt, ikm) = HMAC(salt, ikm)
-    h.update(secret)
-    prk = h.finalize()
-    key = HKDFExpand(hashes.SHA256(), nk, b"key").derive(prk)
-    iv = HKDFExpand(hashes.SHA256(), nn, b"nonce").derive(prk)
+    prk = hmac.digest(enc + nonce, secret, "sha256")  # HKDF-Extract(salt, ikm) = HMAC(salt, ikm)
+    # HKDF-Expand to at most 32 bytes is one block: HMAC(prk, info || 0x01), truncated.
+    key = hmac.digest(prk, b"key\x01", "sha256")[:nk]
+    iv = hmac.digest(prk, b"nonce\x01", "sha256")[:nn]
     return key, iv
 
 
