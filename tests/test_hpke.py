@@ -12,6 +12,8 @@ import pyhpke
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from nacl.bindings import crypto_scalarmult_base
+
 from notary.core import hpke
 from tests.test_ohttp_core import A1_ENCRYPTIONS, A1_EXPORTS, A1_INFO, A1_PKEM, A1_PKRM, A1_PT, A1_SKEM, A1_SKRM
 
@@ -73,3 +75,12 @@ def test_small_order_enc_and_bad_keys_refused() -> None:
     with pytest.raises(ValueError):
         ctx.export(b"", 33)
     assert repr(ctx) == "hpke.Context(...)"  # never the keys
+
+
+def test_a_context_seals_once() -> None:
+    """Sequence number 0 is the only one this HPKE supports: a second seal would reuse the AEAD nonce."""
+    pkr = crypto_scalarmult_base(bytes(range(1, 33)))
+    _, ctx = hpke.setup_sender(pkr, b"info", hpke.KDF_HKDF_SHA256, hpke.AEAD_AES_128_GCM)
+    ctx.seal(b"one")
+    with pytest.raises(hpke.HpkeError, match="sealed"):
+        ctx.seal(b"two")

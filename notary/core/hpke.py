@@ -83,15 +83,24 @@ def _schedule_context(suite: bytes, info: bytes) -> bytes:
 
 
 class Context:
-    """An HPKE context after base-mode setup: ``seal``/``open`` at sequence number 0, and ``export``."""
+    """An HPKE context after base-mode setup: ``seal``/``open`` at sequence number 0, and ``export``.
 
-    __slots__ = ("_aead", "_nonce", "_exporter", "_suite")
+    A context seals once: a second ``seal`` would reuse the AEAD nonce (sequence
+    number 0 again) and is refused with :class:`HpkeError`.
+    """
+
+    __slots__ = ("_aead", "_nonce", "_exporter", "_suite", "_sealed")
 
     def __init__(self, suite: bytes, aead: int, key: bytes, base_nonce: bytes, exporter: bytes) -> None:
         self._aead = ChaCha20Poly1305(key) if aead == AEAD_CHACHA20_POLY1305 else AESGCM(key)
         self._nonce, self._exporter, self._suite = base_nonce, exporter, suite
+        self._sealed = False
 
     def seal(self, plaintext: bytes, aad: bytes = b"") -> bytes:
+        """Encrypt at sequence number 0: once per context (a second call raises :class:`HpkeError`)."""
+        if self._sealed:
+            raise HpkeError("this HPKE context has sealed its one message (a second would reuse the nonce)")
+        self._sealed = True
         return self._aead.encrypt(self._nonce, plaintext, aad)
 
     def open(self, ciphertext: bytes, aad: bytes = b"") -> bytes:
