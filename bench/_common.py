@@ -230,6 +230,16 @@ async def interleaved(name: str, kinds: dict[str, Callable[[], Awaitable[Any]]],
     return times, cpu
 
 
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system, every thread) used so far by process ``pid``; None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def median(xs: Iterable[float]) -> float:
     return statistics.median(list(xs))
 

@@ -5,6 +5,8 @@ Roles (all on loopback):
 * ``sites``   ``count`` local TLS sites (client.devtools.tls_site), one shared
               certificate (make_cert_context, ECDSA) for ``names``; or, with
               ``acme``, a TLS-ALPN-01 challenge certificate (open-mpic benchmark).
+              All on ``host`` (127.0.0.1), or one site on each loopback
+              address of ``hosts`` (127.0.0.0/8 only).
 * ``cluster`` ``n`` real notaries (client.cluster.local_cluster: create_app +
               AppRunner), StaticResolver ``table``, rate limit out of the way.
 * ``relay``   one more notary, in its own process, that is also an Oblivious
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import ipaddress
 import json
 import os
 import shutil
@@ -31,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
 
 def _ready(info: dict[str, Any]) -> None:
@@ -103,9 +108,12 @@ async def role_sites(spec: dict[str, Any], workdir: Path) -> None:
         ctx = make_cert_context(*spec.get("names", ["bench.test"]))
     ports = spec.get("ports") or [0] * int(spec.get("count", 1))
     host = spec.get("host", "127.0.0.1")
+    hosts = spec.get("hosts") or [host] * len(ports)
+    if len(hosts) != len(ports) or not all(ipaddress.ip_address(h) in LOOPBACK for h in hosts):
+        raise SystemExit("sites: 'hosts' must be one 127.0.0.0/8 address a site")
     async with contextlib.AsyncExitStack() as stack:
-        sites = [await stack.enter_async_context(tls_site(ctx, host=host, port=p)) for p in ports]
-        _ready({"ports": [s.port for s in sites], "host": host})
+        sites = [await stack.enter_async_context(tls_site(ctx, host=h, port=p)) for h, p in zip(hosts, ports)]
+        _ready({"ports": [s.port for s in sites], "host": host, "hosts": hosts})
         await _wait_end(spec["lifetime"])
 
 

@@ -1,8 +1,13 @@
 """Benchmark 2: cold probe throughput of one notary vs a raw asyncio TLS handshake loop.
 
 Targets:  ``--targets`` (200) distinct host:port pairs: names t<i>.bench.test
-          (mapped to 127.0.0.1 by the notary's StaticResolver) spread over
-          ``--sites`` (20) local TLS sites on distinct ports (own process).
+          spread over ``--sites`` (20) local TLS sites on distinct ports (own
+          process).  ``--addresses distinct`` (the default): site i listens on
+          its own loopback address 127.0.1.<i+1> and the notary's
+          StaticResolver maps each name to its site's address, as real targets
+          have distinct addresses; ``--addresses shared`` (the method until
+          issue 11's fifth session): every site and name on 127.0.0.1, so the
+          notary's per-address probe cap (4 at once) bounds the whole run.
 Subject:  one real notary (own process), POST /v1/observe with max_age=0 and
           one target a request, cycling over the targets, so every request
           misses the cache and probes (sampled answers are checked: status ok,
@@ -21,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import busy_processes, median, run_load, save, serve, verdict_line  # noqa: E402
+from bench._common import busy_processes, median, process_cpu, run_load, save, serve, verdict_line  # noqa: E402
 
 NAME = "notary_cold"
 GOAL = 0.7
@@ -40,21 +45,31 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--addresses", choices=("distinct", "shared"), default="distinct",
+                    help="one loopback address per site (default) or all on 127.0.0.1")
     ap.add_argument("--max-ops", type=int, default=20_000, help="per run (count bound)")
     args = ap.parse_args()
     print(f"[{NAME}] busiest processes before the run: {busy_processes()}")
     names = [f"t{i}.bench.test" for i in range(args.targets)]
-    with serve("sites", {"count": args.sites, "names": ["bench.test", "*.bench.test"]}) as sites:
+    if args.addresses == "distinct":
+        if not 1 <= args.sites <= 254:
+            ap.error("--sites must be 1..254 with --addresses distinct")
+        hosts = [f"127.0.1.{i + 1}" for i in range(args.sites)]
+    else:
+        hosts = ["127.0.0.1"] * args.sites
+    with serve("sites", {"count": args.sites, "hosts": hosts, "names": ["bench.test", "*.bench.test"]}) as sites:
         ports = sites.info["ports"]
-        pairs = [(n, ports[i % len(ports)]) for i, n in enumerate(names)]
-        with serve("cluster", {"n": 1, "table": {n: ["127.0.0.1"] for n in names}}) as notary:
+        # (name, site address, site port): target i is served by site i mod --sites.
+        triples = [(n, hosts[i % len(ports)], ports[i % len(ports)]) for i, n in enumerate(names)]
+        pairs = [(n, p) for n, _, p in triples]
+        with serve("cluster", {"n": 1, "table": {n: [ip] for n, ip, _ in triples}}) as notary:
             url = notary.info["urls"][0]
-            print(f"[{NAME}] {len(pairs)} distinct targets over {len(ports)} sites; notary {url} (pid {notary.pid}); "
-                  f"concurrency {args.concurrency}")
+            print(f"[{NAME}] {len(pairs)} distinct targets over {len(ports)} sites on {len(set(hosts))} loopback "
+                  f"address(es) ({args.addresses}); notary {url} (pid {notary.pid}); concurrency {args.concurrency}")
             common = {"concurrency": args.concurrency, "duration": args.seconds, "warmup": 1.0, "max_ops": args.max_ops}
             subject_spec = dict(common, mode="observe", url=url, max_age=0, check_every=10,
                                 targets=[{"host": n, "port": p} for n, p in pairs])
-            base_spec = dict(common, mode="handshake", targets=[{"ip": "127.0.0.1", "port": p, "sni": n} for n, p in pairs])
+            base_spec = dict(common, mode="handshake", targets=[{"ip": ip, "port": p, "sni": n} for n, ip, p in triples])
             subj_runs, base_runs = [], []
             before = probes_total(url)
             for r in range(args.rounds):
@@ -62,9 +77,16 @@ def main() -> int:
                 if r % 2:
                     order.reverse()
                 for label, spec in order:
+                    cpu0, probes0 = process_cpu(notary.pid), probes_total(url)
                     res = run_load(spec)
+                    cpu1, probes1 = process_cpu(notary.pid), probes_total(url)
+                    if label == "subject" and cpu0 is not None and cpu1 is not None and probes1 > probes0:
+                        # The notary's CPU (every thread) per probe over the whole run, warm-up included.
+                        res["notary_cpu_ms_per_probe"] = 1000 * (cpu1 - cpu0) / (probes1 - probes0)
                     (base_runs if label == "baseline" else subj_runs).append(res)
-                    extra = f" statuses={res.get('statuses')} sources={res.get('sources')}" if label == "subject" else ""
+                    extra = (f" statuses={res.get('statuses')} sources={res.get('sources')}"
+                             f" notary_cpu={res.get('notary_cpu_ms_per_probe', float('nan')):.3f}ms/probe"
+                             if label == "subject" else "")
                     print(f"[{NAME}] round {r + 1} {label:8s} {res['rate']:8.1f}/s  n={res['ops']} errors={res['error_count']} "
                           f"p50={res['lat_p50_ms']:.1f}ms{extra}" + (f" {res['errors']}" if res["error_count"] else ""))
             probes = probes_total(url) - before
@@ -74,6 +96,9 @@ def main() -> int:
     not_ok = sum(v for r in subj_runs for k, v in r["statuses"].items() if k != "ok")
     errors = sum(r["error_count"] for r in subj_runs + base_runs)
     issued = sum(r["issued"] for r in subj_runs)
+    cpu = [r["notary_cpu_ms_per_probe"] for r in subj_runs if "notary_cpu_ms_per_probe" in r]
+    if cpu:
+        print(f"[{NAME}] notary CPU per probe (all threads, median of {len(cpu)}): {median(cpu):.3f} ms")
     print(f"[{NAME}] notary probes counted by /metrics: {probes:.0f} for {issued} observe requests issued; "
           f"sampled answers not fresh: {not_fresh}, not ok: {not_ok}; request errors: {errors}")
     valid = not_fresh == 0 and not_ok == 0 and errors == 0
