@@ -92,7 +92,7 @@ async def test_a_v1_database_is_migrated_in_place(tmp_path: Path) -> None:
     assert refused == []  # policy refusals are not kept
     assert [h.first_seen for h in history] == [T0 + 1]
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert db.execute("SELECT count(*) FROM chains").fetchone()[0] == 1
         # No observation row carries a chain of its own any more.
         for (record,) in db.execute("SELECT record FROM observations"):
@@ -153,7 +153,7 @@ def test_store_info_and_compact_commands(tmp_path: Path) -> None:
     assert done["file_bytes_after"] <= done["file_bytes_before"]
     after = json.loads(subprocess.run([*PARALLAX, "store", "info", "--data-dir", str(data)], capture_output=True,
                                       text=True, timeout=60).stdout)
-    assert after["schema_version"] == 2 and after["chains"] == 0
+    assert after["schema_version"] == 3 and after["chains"] == 0
     assert json.loads(subprocess.run([*PARALLAX, "store", "info", "--data-dir", str(data)], capture_output=True,
                                      text=True, timeout=60).stdout)["rounds"] == 0
     missing = subprocess.run([*PARALLAX, "store", "info", "--data-dir", str(tmp_path / "none")],
@@ -188,7 +188,8 @@ async def test_a_serving_notary_enforces_the_size_bound_between_passes(tmp_path:
     from notary.core import SigningKey
     from notary.server import STORE, create_app
 
-    chains = [_chain() for _ in range(6)]
+    # Eight: enough to overshoot the cap below with schema v3's smaller file (two fewer indexes).
+    chains = [_chain() for _ in range(8)]
     cap = 3 * sum(map(len, CHAIN)) + 64 * 1024  # room for about three distinct chains
     limits = RetentionLimits(max_bytes=cap, interval=300.0, size_check=size_check)
     app = create_app(NotaryConfig(data_dir=tmp_path, retention=limits), SigningKey.generate(), clock=lambda: T0 + 10)
