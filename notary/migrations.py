@@ -8,7 +8,8 @@ keyed by the SHA-256 of its canonical JSON (a list of base64 DER, leaf first),
 and holds no ``blocked_by_policy`` rows.  Version 3 drops two indexes of
 version 1 that no query uses (``observations_hpi`` and ``observations_keys``:
 every read goes through ``rounds``; each index cost every commit a B-tree
-insert, about 0.02 ms of the store thread's CPU a round).  :func:`migrate` brings any older
+insert, about 0.02 ms of the store thread's CPU a round).  Schema-2 code works
+on version-3 tables unchanged (``deploy/README.md`` says how to roll back).  :func:`migrate` brings any older
 database to :data:`SCHEMA_VERSION` in one transaction (a failed migration
 leaves the database as it was) and refuses a newer one.  It runs when a new
 notary (or ``parallax store compact``) first opens an older store; a large

@@ -60,7 +60,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from notary.core import AddressPolicy
-from notary.core.ohttp import REQUEST_MEDIA_TYPE
+from notary.core.ohttp import REQUEST_MEDIA_TYPE, RESPONSE_MEDIA_TYPE
 from notary.core.target import is_ip_literal
 from notary.httputil import BodyTooLarge, read_capped, read_request_body
 from notary.prober import Resolver, SystemResolver
@@ -88,6 +88,9 @@ class RelayConfig:
     max_body_bytes: int = 64 * 1024
     max_response_bytes: int = 4 << 20
     timeout: float = 15.0
+    #: Forwards in flight to one gateway at most; one more is a 503 ``gateway_busy`` at once, so a
+    #: gateway that does not answer holds at most this many connections and delays no other gateway.
+    max_per_gateway: int = 16
     rate_per_client: float = 20.0 / RELAY_SHARE
     burst_per_client: int = 40 // RELAY_SHARE
     body_timeout: float = 10.0
@@ -165,6 +168,8 @@ def _parse_gateway(url: str, policy: AddressPolicy) -> _Gateway:
 
 #: Gateways parsed so far, by base URL (the mapping may be filled in after the app is built).
 RELAY_GATEWAYS = web.AppKey("relay_gateways", dict[str, _Gateway])
+#: Forwards in flight, by gateway (its POST URL); see RelayConfig.max_per_gateway.
+RELAY_INFLIGHT = web.AppKey("relay_inflight", dict[URL, int])
 
 
 def _gateway(request: web.Request) -> _Gateway:
@@ -211,6 +216,25 @@ async def _forward(request: web.Request, method: str, gw: _Gateway, body: bytes 
     cfg = request.app[RELAY]
     if gw.refused:  # an IP literal the policy refuses (a host name is checked by PolicyResolver)
         return _json(502, "bad_gateway", "the gateway could not be reached")
+    inflight = request.app[RELAY_INFLIGHT]
+    held = inflight.get(gw.post, 0)
+    if held >= cfg.max_per_gateway:
+        return _json(503, "gateway_busy", f"{held} requests to this gateway are in flight already",
+                     headers={"Retry-After": "1"})
+    inflight[gw.post] = held + 1
+    try:
+        return await _forward_one(request, cfg, gw, method, body, content_type, bucket)
+    finally:
+        inflight[gw.post] -= 1
+
+
+#: What a gateway's answer with a body may be labelled (anything else is a 502: the relay passes no
+#: other kind of content, such as HTML, on to its clients).
+_ANSWER_TYPES = frozenset({RESPONSE_MEDIA_TYPE, "application/json"})
+
+
+async def _forward_one(request: web.Request, cfg: RelayConfig, gw: _Gateway, method: str, body: bytes | None,
+                       content_type: str | None, bucket: str | None) -> web.Response:
     url = gw.post if body is not None else gw.identity
     headers = {"Content-Type": content_type} if content_type is not None else None
     try:
@@ -228,6 +252,8 @@ async def _forward(request: web.Request, method: str, gw: _Gateway, body: bytes 
         return _json(502, "bad_gateway", f"the gateway's answer is larger than {cfg.max_response_bytes} bytes")
     except (aiohttp.ClientError, OSError):
         return _json(502, "bad_gateway", "the gateway could not be reached")
+    if raw and ctype.split(";", 1)[0].strip().lower() not in _ANSWER_TYPES:
+        return _json(502, "bad_gateway", "the gateway's answer is neither an OHTTP response nor JSON")
     if bucket is not None and status == 200:
         # One token was taken up front; a larger answer (more observations) costs the rest now.
         request.app[RELAY_LIMITER].charge(bucket, answer_cost(len(raw)) - 1)
@@ -265,10 +291,15 @@ def install_relay(app: web.Application, config: RelayConfig, client_of: Callable
     """Add the relay routes and its client session (closed in a cleanup context)."""
     app[RELAY] = config
     app[RELAY_GATEWAYS] = {}
+    app[RELAY_INFLIGHT] = {}
     app[RELAY_LIMITER] = RateLimiter(config.rate_per_client, config.burst_per_client)
 
     async def session(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(resolver=PolicyResolver(config.policy, resolver), limit=64,
+        # No total limit: a shared pool lets one silent gateway's requests hold every slot and stall
+        # the others; each gateway is held to max_per_gateway instead (_forward), so the total is
+        # bounded by the bundle's size.
+        connector = aiohttp.TCPConnector(resolver=PolicyResolver(config.policy, resolver), limit=0,
+                                         limit_per_host=config.max_per_gateway,
                                          ttl_dns_cache=None, use_dns_cache=False)
         # The timeout is _forward's own (one timer, not aiohttp's as well); the cookie jar would
         # be filtered on every request for nothing (a relay keeps no cookies).

@@ -206,6 +206,12 @@ def test_decode_refuses(text: bytes) -> None:
         canonical_decode(text)
 
 
+def test_decode_refuses_a_str_holding_a_lone_surrogate() -> None:
+    """A str (not bytes) with a lone surrogate cannot be UTF-8: an EncodingError, not a UnicodeEncodeError."""
+    with pytest.raises(EncodingError, match="surrogate"):
+        canonical_decode('"\udc80"')
+
+
 @pytest.mark.parametrize(
     "value",
     ["\ud800", {"\udc00": 1}, [b"bytes"], {1, 2}, object(), [[[]]] * 1 + [json.loads("[" * 40 + "]" * 40)]],

@@ -151,3 +151,51 @@ async def test_a_silent_gateway_is_a_504_within_the_relay_timeout(tmp_path: Path
         finally:
             await runner.cleanup()
     assert status == 504 and b"gateway_timeout" in body
+
+
+async def test_a_silent_gateway_delays_no_other_gateway(tmp_path: Path) -> None:
+    """Forwards to one gateway are capped (``max_per_gateway``): the rest are a 503 at once, and a
+    silent gateway's requests never hold the connections another gateway's requests need."""
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await reader.read(1 << 16)
+            await asyncio.sleep(10)
+        writer.close()
+
+    good = FakeGateway(OHTTP_RES)
+    other = "ed25519:" + "cd" * 32
+    async with serving(mute) as silent, serving(good.handle) as answering, \
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        relay = RelayConfig({KEY_ID: f"http://127.0.0.1:{port_of(silent)}",
+                             other: f"http://127.0.0.1:{port_of(answering)}"}, LOOPBACK, timeout=3.0,
+                            rate_per_client=1000, burst_per_client=1000)
+        app = create_app(NotaryConfig(data_dir=tmp_path, policy=LOOPBACK), SigningKey.generate(), relay=relay)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            base = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/relay/"
+            # 64: as many as the relay's whole connection pool held before the per-gateway cap.
+            stuck = [asyncio.create_task(_post(session, base + KEY_ID, b"x")) for _ in range(64)]
+            done, _ = await asyncio.wait(stuck, timeout=1.0)
+            busy = [t.result() for t in done]
+            assert len(busy) == 64 - relay.max_per_gateway, len(busy)
+            assert all(status == 503 and b"gateway_busy" in body for status, _, body in busy)
+            status, _, body = await _post(session, base + other, b"y")
+            assert status == 200 and body == b"hello"
+            # ... answered while the silent gateway's requests were all still waiting.
+            assert sum(not t.done() for t in stuck) == relay.max_per_gateway
+            held = await asyncio.gather(*stuck)
+            assert sorted({s for s, _, _ in held}) == [503, 504]
+        finally:
+            await runner.cleanup()
+
+
+async def test_a_gateway_answer_of_another_kind_is_not_passed_on(tmp_path: Path) -> None:
+    gw = FakeGateway(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nSet-Cookie: a=b\r\nContent-Length: 13\r\n\r\n"
+                     b"<script>x()</")
+    async with serving(gw.handle) as server, aiohttp.ClientSession() as session:
+        async with relay_to(f"http://127.0.0.1:{port_of(server)}", tmp_path) as url:
+            status, ctype, body = await _post(session, url, b"x")
+    assert status == 502 and ctype == "application/json" and b"bad_gateway" in body

@@ -142,7 +142,10 @@ def decode(data: bytes | str, *, max_bytes: int = 1 << 20) -> Any:
     input to be canonical; use :func:`encode` on the result and compare if needed.
     """
     if isinstance(data, str):
-        data = data.encode("utf-8")
+        try:
+            data = data.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate in the str itself
+            raise EncodingError("string contains a lone UTF-16 surrogate") from None
     if len(data) > max_bytes:
         raise EncodingError(f"JSON document larger than {max_bytes} bytes")
     try:
