@@ -52,10 +52,9 @@ class FakeGateway:
 
 
 @contextlib.asynccontextmanager
-async def relay_to(gateway_url: str, tmp_path: Path, *, policy: AddressPolicy = LOOPBACK,
-                   resolver: StaticResolver | None = None, max_response_bytes: int = 4 << 20) -> AsyncIterator[str]:
-    relay = RelayConfig({KEY_ID: gateway_url}, policy, rate_per_client=1000, burst_per_client=1000,
-                        max_response_bytes=max_response_bytes)
+async def relay_running(relay: RelayConfig, tmp_path: Path, *, policy: AddressPolicy = LOOPBACK,
+                        resolver: StaticResolver | None = None) -> AsyncIterator[str]:
+    """A real notary relaying per ``relay``, on a loopback port; yields its ``.../v1/relay/`` URL prefix."""
     app = create_app(NotaryConfig(data_dir=tmp_path, policy=policy), SigningKey.generate(), relay=relay,
                      resolver=resolver)
     runner = web.AppRunner(app, access_log=None)
@@ -63,9 +62,26 @@ async def relay_to(gateway_url: str, tmp_path: Path, *, policy: AddressPolicy = 
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1/relay/{KEY_ID}"
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1/relay/"
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def relay_to(gateway_url: str, tmp_path: Path, *, policy: AddressPolicy = LOOPBACK,
+                   resolver: StaticResolver | None = None, max_response_bytes: int = 4 << 20) -> AsyncIterator[str]:
+    relay = RelayConfig({KEY_ID: gateway_url}, policy, rate_per_client=1000, burst_per_client=1000,
+                        max_response_bytes=max_response_bytes)
+    async with relay_running(relay, tmp_path, policy=policy, resolver=resolver) as base:
+        yield base + KEY_ID
+
+
+async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A gateway that reads the request and never answers."""
+    with contextlib.suppress(Exception):
+        await reader.read(1 << 16)
+        await asyncio.sleep(10)
+    writer.close()
 
 
 async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, str, bytes]:
@@ -131,37 +147,17 @@ async def test_a_gateway_redirect_is_passed_back_not_followed(tmp_path: Path) ->
 
 
 async def test_a_silent_gateway_is_a_504_within_the_relay_timeout(tmp_path: Path) -> None:
-    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            await reader.read(1 << 16)
-            await asyncio.sleep(5)
-        writer.close()
-
     async with serving(mute) as server, aiohttp.ClientSession() as session:
         relay = RelayConfig({KEY_ID: f"http://127.0.0.1:{port_of(server)}"}, LOOPBACK, timeout=0.3,
                             rate_per_client=100, burst_per_client=100)
-        app = create_app(NotaryConfig(data_dir=tmp_path, policy=LOOPBACK), SigningKey.generate(), relay=relay)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/relay/{KEY_ID}"
-            status, _, body = await _post(session, url, b"x")
-        finally:
-            await runner.cleanup()
+        async with relay_running(relay, tmp_path) as base:
+            status, _, body = await _post(session, base + KEY_ID, b"x")
     assert status == 504 and b"gateway_timeout" in body
 
 
 async def test_a_silent_gateway_delays_no_other_gateway(tmp_path: Path) -> None:
     """Forwards to one gateway are capped (``max_per_gateway``): the rest are a 503 at once, and a
     silent gateway's requests never hold the connections another gateway's requests need."""
-    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            await reader.read(1 << 16)
-            await asyncio.sleep(10)
-        writer.close()
-
     good = FakeGateway(OHTTP_RES)
     other = "ed25519:" + "cd" * 32
     async with serving(mute) as silent, serving(good.handle) as answering, \
@@ -169,13 +165,7 @@ async def test_a_silent_gateway_delays_no_other_gateway(tmp_path: Path) -> None:
         relay = RelayConfig({KEY_ID: f"http://127.0.0.1:{port_of(silent)}",
                              other: f"http://127.0.0.1:{port_of(answering)}"}, LOOPBACK, timeout=3.0,
                             rate_per_client=1000, burst_per_client=1000)
-        app = create_app(NotaryConfig(data_dir=tmp_path, policy=LOOPBACK), SigningKey.generate(), relay=relay)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            base = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/relay/"
+        async with relay_running(relay, tmp_path) as base:
             # 64: as many as the relay's whole connection pool held before the per-gateway cap.
             stuck = [asyncio.create_task(_post(session, base + KEY_ID, b"x")) for _ in range(64)]
             done, _ = await asyncio.wait(stuck, timeout=1.0)
@@ -188,8 +178,6 @@ async def test_a_silent_gateway_delays_no_other_gateway(tmp_path: Path) -> None:
             assert sum(not t.done() for t in stuck) == relay.max_per_gateway
             held = await asyncio.gather(*stuck)
             assert sorted({s for s, _, _ in held}) == [503, 504]
-        finally:
-            await runner.cleanup()
 
 
 async def test_a_gateway_answer_of_another_kind_is_not_passed_on(tmp_path: Path) -> None:
