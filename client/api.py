@@ -32,8 +32,7 @@ from typing import Any, Callable, Sequence
 
 import aiohttp
 
-from notary.core import AddressPolicy, Target, observed_spki, parse_networks, split_target
-from notary.core.addrpolicy import IPAddress
+from notary.core import Target, observed_spki, split_target
 from notary.core.pins import load_certificate, spki_hex_from_pin, spki_sha256
 from notary.errors import InputError
 from notary.prober import ProbeLimits, Prober
@@ -46,7 +45,7 @@ from client.evidence import CheckContext, Expectation, judgement
 from client.interception import proven_keys
 from client.keymemory import KeyStore
 from client.policy import Policy, get_policy
-from client.socks import MAX_VIAS, ProxySpec, parse_via, probe_all_via
+from client.socks import ANY_ADDRESS, MAX_VIAS, ProxySpec, parse_via, probe_all_via
 from client.pool import shared_pool
 from client.transport import Transport, as_transport
 from client.verdict import (
@@ -56,28 +55,6 @@ from client.verify import check_answer
 
 __all__ = ["verify_with_notaries", "verify_with_notaries_sync", "client_probe"]
 
-
-class _ProbePolicy(AddressPolicy):
-    """The client's own probe may reach every address (its browser would), any port: an
-    :class:`AddressPolicy` allowing ``0.0.0.0/0`` and ``::/0``, with each address string's
-    answer remembered (a pure function of the string: the prober asks twice per probe, and
-    parsing the address cost more than the rest of the check's address handling)."""
-
-    def address_reason(self, addr: IPAddress | str) -> str | None:
-        if type(addr) is not str:
-            return AddressPolicy.address_reason(self, addr)
-        why = _address_reasons.get(addr, _UNSEEN)
-        if why is _UNSEEN:
-            why = AddressPolicy.address_reason(self, addr)
-            if len(_address_reasons) >= 1024:
-                _address_reasons.clear()
-            _address_reasons[addr] = why
-        return why  # type: ignore[return-value]
-
-
-_UNSEEN = object()
-_address_reasons: dict[str, object] = {}
-_ANY = _ProbePolicy(parse_networks(["0.0.0.0/0", "::/0"]), None)
 
 #: Identity documents verified recently, by (url, key id) -> unix time verified.  A
 #: notary's identity is re-fetched and re-checked after IDENTITY_TTL seconds.
@@ -121,7 +98,7 @@ async def client_probe(
     prober = _probers.get((timeout, connect_to, clock, target.host, target.port) if connect_to else (timeout, None, clock))
     if prober is None:
         override = {(target.host, target.port): connect_to} if connect_to else None
-        prober = Prober(_ANY, clock=lambda: int(clock()), limits=ProbeLimits(connect_timeout=timeout, handshake_timeout=timeout),
+        prober = Prober(ANY_ADDRESS, clock=lambda: int(clock()), limits=ProbeLimits(connect_timeout=timeout, handshake_timeout=timeout),
                         connect_override=override, resolver=_resolver, connector=open_buffered)
         if len(_probers) > 64:
             _probers.clear()

@@ -45,11 +45,12 @@ from notary.errors import InputError
 from notary.prober import ProbeLimits, Prober
 from client.evidence import ProxyView
 
-__all__ = ["ProxySpec", "SocksTunnel", "parse_via", "probe_via", "probe_all_via", "MAX_VIAS"]
+__all__ = ["ProxySpec", "SocksTunnel", "parse_via", "probe_via", "probe_all_via", "MAX_VIAS", "ANY_ADDRESS"]
 
 #: At most this many proxies per check (each is one TCP connection and one handshake).
 MAX_VIAS = 16
-_ANY = AddressPolicy(parse_networks(["0.0.0.0/0", "::/0"]), None)
+#: The client's own probes (direct or through a proxy) may reach every address, any port: its browser would.
+ANY_ADDRESS = AddressPolicy(parse_networks(["0.0.0.0/0", "::/0"]), None)
 #: SOCKS5 reply codes that say the *target* could not be reached from the proxy -> (status, errno).
 _TARGET_REPLIES = {3: ("unreachable", errno.ENETUNREACH), 4: ("unreachable", errno.EHOSTUNREACH),
                    5: ("refused", errno.ECONNREFUSED), 6: ("timeout", errno.ETIMEDOUT)}
@@ -161,7 +162,7 @@ async def probe_via(
 ) -> ProxyView:
     """Probe ``target`` through one proxy with the client's prober.  Never raises for network trouble."""
     tunnel = SocksTunnel(spec, timeout=timeout, isolate=isolate)
-    prober = Prober(_ANY, clock=lambda: int(clock()), tunnel=tunnel,
+    prober = Prober(ANY_ADDRESS, clock=lambda: int(clock()), tunnel=tunnel,
                     limits=ProbeLimits(connect_timeout=timeout, handshake_timeout=timeout))
     result = (await prober.probe(target))[0]
     if tunnel.proxy_failure is not None:

@@ -303,7 +303,9 @@ class Prober:
             else:
                 peer = writer.get_extra_info("peername")
                 peer_ip = str(peer[0]) if peer else ip
-                why = self.policy.address_reason(peer_ip)
+                # ``ip`` passed the policy before the connect (probe); a peer that is another
+                # address (it should not be) is checked again before anything is read from it.
+                why = self.policy.address_reason(peer_ip) if peer_ip != ip else None
                 if why:
                     raise _Failed("blocked_by_policy", why)
             try:

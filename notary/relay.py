@@ -21,7 +21,8 @@ Limits: request bodies up to ``max_body_bytes`` received within
 ``body_timeout`` seconds (else a 400 ``body_timeout``), answers up to
 ``max_response_bytes``, ``timeout`` seconds per forwarded request.
 
-Forwarding.  One aiohttp client session, kept-alive connections (at most 64),
+Forwarding.  One aiohttp client session, kept-alive connections (at most
+``max_per_gateway`` per gateway: a busy gateway's surplus is a 503 at once),
 set up for forwarding and nothing else: no cookie jar, no automatic headers
 (the request carries ``Host``, ``Content-Type`` and ``Content-Length``, and no
 ``User-Agent``), no decompression (an answer with a ``Content-Encoding`` is

@@ -122,12 +122,11 @@ async def test_client_probe_resolves_a_name_once_per_ttl_but_handshakes_every_ti
 @pytest.mark.parametrize("addr", ["127.0.0.1", "10.0.0.1", "::1", "fe80::1%eth0", "::ffff:192.0.2.1", "203.0.113.9",
                                   "not-an-ip", "", "999.1.1.1", "localhost"])
 def test_the_probe_policy_answers_as_the_allow_everything_address_policy(addr: str) -> None:
-    """The client's own probe allows every address; its policy remembers each string's answer,
-    which must be the plain AddressPolicy's, the first time and every later time (a string
-    that is not an address stays refused)."""
+    """The client's own probe allows every address, any port: its policy answers as a plain
+    AddressPolicy allowing everything, every time (a string that is not an address stays refused)."""
     import ipaddress
 
-    from client.api import _ANY
+    from client.socks import ANY_ADDRESS as _ANY
     from notary.core import AddressPolicy, parse_networks
 
     plain = AddressPolicy(parse_networks(["0.0.0.0/0", "::/0"]), None)

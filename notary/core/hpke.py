@@ -40,7 +40,8 @@ from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 from nacl.exceptions import CryptoError
 
 __all__ = ["KEM_X25519_SHA256", "KDF_HKDF_SHA256", "AEAD_AES_128_GCM", "AEAD_AES_256_GCM", "AEAD_CHACHA20_POLY1305",
-           "AEAD_NK_NN", "Context", "HpkeError", "setup_sender", "setup_recipient"]
+           "AEAD_NK_NN", "Context", "HpkeError", "setup_sender", "setup_recipient", "hkdf_extract",
+           "hkdf_expand"]
 
 KEM_X25519_SHA256 = 0x0020
 KDF_HKDF_SHA256 = 0x0001
@@ -59,21 +60,24 @@ class HpkeError(ValueError):
     """A key exchange or decryption failed (a bad ``enc``, a wrong key, a tampered message)."""
 
 
-def _extract(salt: bytes, ikm: bytes) -> bytes:
+def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
+    """HKDF-Extract with SHA-256 (RFC 5869); an empty salt is 32 zero bytes."""
     return hmac.digest(salt or _ZERO32, ikm, "sha256")  # HKDF-Extract; an empty salt is Nh zero bytes
 
 
-def _expand(prk: bytes, info: bytes, length: int) -> bytes:
-    # HKDF-Expand for length <= 32: T(1) = HMAC(prk, info || 0x01), truncated.
+def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-Expand with SHA-256 to ``length`` <= 32 bytes: one block, T(1) = HMAC(prk, info || 0x01), truncated."""
+    if not 0 < length <= 32:
+        raise ValueError("one HKDF-SHA256 block: at most 32 bytes")
     return hmac.digest(prk, info + b"\x01", "sha256")[:length]
 
 
 def _labeled_extract(suite: bytes, salt: bytes, label: bytes, ikm: bytes) -> bytes:
-    return _extract(salt, _V1 + suite + label + ikm)
+    return hkdf_extract(salt, _V1 + suite + label + ikm)
 
 
 def _labeled_expand(suite: bytes, prk: bytes, label: bytes, info: bytes, length: int) -> bytes:
-    return _expand(prk, struct.pack(">H", length) + _V1 + suite + label + info, length)
+    return hkdf_expand(prk, struct.pack(">H", length) + _V1 + suite + label + info, length)
 
 
 @functools.lru_cache(maxsize=64)

@@ -21,8 +21,8 @@ context's *exporter*, so only the holder of that request's context can read it::
     key, iv  = Expand(prk, "key", Nk), Expand(prk, "nonce", Nn)
     encapsulated response = nonce || AEAD.Seal(key, iv, aad="", response)
 
-HPKE (RFC 9180, base mode) is :mod:`notary.core.hpke`; the response's HKDF is
-``hmac.digest`` (one SHA-256 block per step) and its AEAD ``cryptography``'s.  Supported: KEM DHKEM(X25519, HKDF-SHA256) (0x0020),
+HPKE (RFC 9180, base mode) and the response's HKDF (one SHA-256 block per step) are
+:mod:`notary.core.hpke`'s; the response's AEAD is ``cryptography``'s.  Supported: KEM DHKEM(X25519, HKDF-SHA256) (0x0020),
 KDF HKDF-SHA256 (0x0001), AEADs AES-128-GCM (0x0001), AES-256-GCM (0x0002)
 and ChaCha20-Poly1305 (0x0003).
 
@@ -35,7 +35,6 @@ reproducible byte for byte.  Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-import hmac
 import os
 import struct
 from dataclasses import dataclass
@@ -230,10 +229,9 @@ def decapsulate_request(keys: Mapping[int, GatewayKey], data: bytes) -> tuple[by
 def _response_keys(ctx: hpke.Context, enc: bytes, aead: int, nonce: bytes) -> tuple[bytes, bytes]:
     nk, nn = _AEAD_NK_NN[aead]
     secret = ctx.export(_RES_LABEL, max(nn, nk))
-    prk = hmac.digest(enc + nonce, secret, "sha256")  # HKDF-Extract(salt, ikm) = HMAC(salt, ikm)
-    # HKDF-Expand to at most 32 bytes is one block: HMAC(prk, info || 0x01), truncated.
-    key = hmac.digest(prk, b"key\x01", "sha256")[:nk]
-    iv = hmac.digest(prk, b"nonce\x01", "sha256")[:nn]
+    prk = hpke.hkdf_extract(enc + nonce, secret)
+    key = hpke.hkdf_expand(prk, b"key", nk)
+    iv = hpke.hkdf_expand(prk, b"nonce", nn)
     return key, iv
 
 
