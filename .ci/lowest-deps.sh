@@ -16,7 +16,7 @@ project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 reqs = list(project["dependencies"]) + list(project["optional-dependencies"]["test"])
 lines = []
 for req in reqs:
-    m = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?>=([0-9][0-9.]*)(,.*)?", req)
+    m = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?>=([0-9][0-9.]*)(,[^;]*)?(; .+)?", req)
     if not m:
         sys.exit(f"lowest-deps: {req!r} has no '>=' lower bound")
     lines.append(f"{m.group(1)}=={m.group(3)}")

@@ -282,11 +282,14 @@ def save(name: str, record: dict[str, Any], lines: list[str]) -> Path:
     """Write the figures to bench/results/NAME-<timestamp>.json and print the RESULT lines."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    from notary import eventloop
+
+    loop = eventloop.chosen()  # every process of the run: this one, bench/_serve.py, bench/_load.py, parallax serve
     record = dict(record, result_lines=lines, host=platform.node(), python=platform.python_version(),
-                  load=load_snapshot(), timestamp=stamp)
+                  load=load_snapshot(), timestamp=stamp, loop=loop)
     path = RESULTS / f"{name}-{stamp}.json"
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    print(f"\n[{load_snapshot()}; results saved to {path.relative_to(ROOT)}]")
+    print(f"\n[{load_snapshot()}; event loop {loop} ({eventloop.ENV}); results saved to {path.relative_to(ROOT)}]")
     for ln in lines:
         print(ln)
     return path

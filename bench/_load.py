@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from notary import eventloop  # noqa: E402
 from bench._common import client_ctx, decode_envelope_payload, answer_source, raw_handshake  # noqa: E402
 
 
@@ -154,7 +155,7 @@ MODES = {"observe": mode_observe, "handshake": mode_handshake, "burst": mode_bur
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    result = asyncio.run(MODES[spec["mode"]](spec))
+    result = eventloop.run(MODES[spec["mode"]](spec))
     print(json.dumps(result), flush=True)
 
 

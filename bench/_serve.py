@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from notary import eventloop  # noqa: E402
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
@@ -221,7 +222,7 @@ def main() -> None:
     spec.setdefault("lifetime", 900.0)
     workdir = Path(tempfile.mkdtemp(prefix=f"parallax-bench-{role}-"))
     try:
-        asyncio.run(ROLES[role](spec, workdir))
+        eventloop.run(ROLES[role](spec, workdir))
     except KeyboardInterrupt:
         pass
     finally:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from notary import eventloop  # noqa: E402
 
 from bench._common import busy_processes, load_snapshot, save  # noqa: E402
 
@@ -253,7 +254,7 @@ def child_main(role: str, spec: dict[str, Any]) -> None:
     fn = {"abuser": _role_abuser, "slow": _role_slow, "tarpit": _role_tarpit}[role]
     if role != "tarpit":
         _ready({})
-    result = asyncio.run(fn(spec))
+    result = eventloop.run(fn(spec))
     print("STATS " + json.dumps(result), flush=True)
 
 
@@ -442,7 +443,7 @@ def main() -> int:
     args.duration = min(args.duration, 120.0)
     _raise_nofile()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    return asyncio.run(run(args))
+    return eventloop.run(run(args))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from notary import eventloop  # noqa: E402
 from bench._common import (  # noqa: E402
     busy_processes, client_ctx, interleaved, median, raw_handshake, save, serve, verdict_line,
 )
@@ -138,7 +139,7 @@ def main() -> int:
     ap.add_argument("--statement-bytes", type=int, default=160, help="size of each signed message")
     args = ap.parse_args()
     print(f"[{NAME}] busiest processes before the run: {busy_processes()}")
-    times, cpu = asyncio.run(measure(args))
+    times, cpu = eventloop.run(measure(args))
     c = {k: median(v) * 1e6 for k, v in cpu.items()}
     for k in cpu:
         print(f"[{NAME}] {k:9s} client CPU median {c[k]:8.1f} us  (n={len(cpu[k])})")

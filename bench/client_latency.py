@@ -20,13 +20,13 @@ Goals:    P1 warm <= 2, P1 cold <= 4, P1a <= 1.5.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from notary import eventloop  # noqa: E402
 from bench._common import (  # noqa: E402
     ServeProcesses, busy_processes, client_ctx, interleaved, median, raw_handshake, save, serve, verdict_line,
 )
@@ -81,7 +81,7 @@ def main() -> int:
     ap.add_argument("--max-seconds", type=float, default=120.0)
     args = ap.parse_args()
     print(f"[{NAME}] busiest processes before the run: {busy_processes()}")
-    times, cpu = asyncio.run(measure(args))
+    times, cpu = eventloop.run(measure(args))
     med = {k: median(v) * 1000 for k, v in times.items()}
     cmed = {k: median(v) * 1000 for k, v in cpu.items()}
     for k, v in times.items():

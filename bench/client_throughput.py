@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from notary import eventloop  # noqa: E402
 from bench._common import busy_processes, client_ctx, raw_handshake, save, serve, verdict_line  # noqa: E402
 
 NAME = "client_throughput"
@@ -102,7 +103,7 @@ def main() -> int:
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     print(f"[{NAME}] busiest processes before the run: {busy_processes()}; ulimit -n {soft}/{hard}")
-    out = asyncio.run(measure(args))
+    out = eventloop.run(measure(args))
     base = (out["baseline_1"]["rate"] + out["baseline_2"]["rate"]) / 2
     lines = []
     for label in ("cold", "warm"):

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from notary import eventloop  # noqa: E402
 from bench._common import busy_processes, client_ctx, interleaved, median, raw_handshake, save, serve, verdict_line  # noqa: E402
 
 NAME = "notary_cold_latency"
@@ -120,7 +121,7 @@ def main() -> int:
     args = ap.parse_args()
     print(f"[{NAME}] busiest processes before the run: {busy_processes()}")
     with serve("sites", {"count": 1, "names": [HOST]}) as sites:
-        out = asyncio.run(run(sites.info["ports"][0], args.runs, args.max_seconds))
+        out = eventloop.run(run(sites.info["ports"][0], args.runs, args.max_seconds))
     times, phases = out["times"], out["phases"]
     subject, baseline = median(times["subject"]) * 1000, median(times["baseline"]) * 1000
     print(f"[{NAME}] {len(times['subject'])} cold observes; medians (ms) of each phase, in the notary:")

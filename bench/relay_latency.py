@@ -18,11 +18,11 @@ Goal:     relayed median / direct median <= 1.3 on loopback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from notary import eventloop  # noqa: E402
 from bench._common import busy_processes, interleaved, median, save, serve, verdict_line  # noqa: E402
 
 NAME = "relay_latency"
@@ -64,7 +64,7 @@ def main() -> int:
     ap.add_argument("--max-seconds", type=float, default=120.0)
     args = ap.parse_args()
     print(f"[{NAME}] busiest processes before the run: {busy_processes()}")
-    times = asyncio.run(measure(args))
+    times = eventloop.run(measure(args))
     med = {k: median(v) * 1000 for k, v in times.items()}
     for k, v in times.items():
         vs = sorted(x * 1000 for x in v)

@@ -32,13 +32,13 @@ Goal: open-mpic median / Parallax median >= 10 (cold and warm).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import socket
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from notary import eventloop  # noqa: E402
 from bench._common import busy_processes, interleaved, median, save, serve, verdict_line  # noqa: E402
 
 NAME = "vs_open_mpic"
@@ -139,7 +139,7 @@ def main() -> int:
     if why:
         print(f"[{NAME}] cannot run: {why}")
         return 2
-    times = asyncio.run(measure(args))
+    times = eventloop.run(measure(args))
     med = {k: median(v) * 1000 for k, v in times.items()}
     for k, v in times.items():
         vs = sorted(x * 1000 for x in v)

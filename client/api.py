@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 import aiohttp
 
+from notary import eventloop
 from notary.core import Target, observed_spki, split_target
 from notary.core.pins import load_certificate, spki_hex_from_pin, spki_sha256
 from notary.errors import InputError
@@ -351,5 +352,6 @@ def _settled(client: ClientView, entries: Sequence[BundleEntry], keys: Sequence[
 
 
 def verify_with_notaries_sync(host: str, port: int | None = None, **kwargs: object) -> Verdict:
-    """The synchronous twin of :func:`verify_with_notaries` for scripts (runs its own event loop)."""
-    return asyncio.run(verify_with_notaries(host, port, **kwargs))  # type: ignore[arg-type]
+    """The synchronous twin of :func:`verify_with_notaries` for scripts (runs its own event loop: uvloop
+    where installed, see :mod:`notary.eventloop`)."""
+    return eventloop.run(verify_with_notaries(host, port, **kwargs))  # type: ignore[arg-type]

@@ -65,6 +65,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from notary import eventloop
 from notary.httputil import BodyTooLarge, read_capped
 from notary.core import bhttp, ohttp
 from notary.core import (
@@ -597,7 +598,7 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
     elif args.sni:
         raise Exit(EX_USAGE, "parallax conformance: --sni needs --target")
     try:
-        results = asyncio.run(run_conformance(
+        results = eventloop.run(run_conformance(
             args.url, target=target, expect_allowed=args.expect_allowed, public_key=args.public_key,
             key_id=args.key_id, timeout=args.timeout,
         ))

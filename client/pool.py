@@ -55,7 +55,7 @@ import functools
 import ssl
 import weakref
 from collections import deque
-from typing import AsyncGenerator
+from typing import AsyncGenerator, cast
 
 from yarl import URL
 
@@ -129,8 +129,8 @@ class _Conn(asyncio.BufferedProtocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (asyncio's, or uvloop's, which is not an asyncio.Transport subclass).
+        self.transport = cast(asyncio.Transport, transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.pool._rview

@@ -67,7 +67,7 @@ import resource
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from notary.core.addrpolicy import IPNetwork, network_key
 
@@ -197,10 +197,10 @@ class _Guarded(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (asyncio's, or uvloop's, which is not an asyncio.Transport subclass).
+        self.transport = cast(asyncio.Transport, transport)
         if self.evicted:  # evicted while its transport was being built
-            transport.abort()
+            self.transport.abort()
             return
         self._arm(self.guard.limits.head_timeout)
         self.inner = self.factory()

@@ -34,6 +34,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from notary import eventloop
 from notary.appkeys import (
     CLOCK, CONFIG, GUARD, IDENTITY_CACHE, KEY, LIMITER, METRICS, OPENAPI_CACHE, OPS_LIMITER, REGISTRY,
     RELAY_PEER_LIMITER, REQUESTS, SERVICE, STORE, URL, WORKER,
@@ -216,5 +217,5 @@ def run(config: NotaryConfig, key: SigningKey, host: str, port: int, *, relay: R
             app[IDENTITY_CACHE].clear()
         if on_bound is not None:
             on_bound(addr)
-    asyncio.run(serve_app(app, host, port, app[GUARD], bound,
-                          access_log=logging.getLogger("aiohttp.access") if access_log else None))
+    eventloop.run(serve_app(app, host, port, app[GUARD], bound,
+                            access_log=logging.getLogger("aiohttp.access") if access_log else None))

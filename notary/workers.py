@@ -47,6 +47,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from notary import eventloop
 from notary.config import NotaryConfig
 from notary.core import SigningKey
 from notary.errors import ConfigError
@@ -117,8 +118,6 @@ def _worker(index: int, config: NotaryConfig, key: SigningKey, host: str, port: 
 
 def _run_worker(index: int, config: NotaryConfig, key: SigningKey, host: str, port: int, *,
                 ready: int, relay: Any = None, access_log: bool = False) -> None:
-    import asyncio
-
     from notary.connguard import raise_fd_limit
     from notary.server import GUARD, WORKER, create_app
     from notary.serving import serve_app
@@ -134,8 +133,8 @@ def _run_worker(index: int, config: NotaryConfig, key: SigningKey, host: str, po
         os.write(ready, b"1")  # tell the parent: this worker accepts connections now
         os.close(ready)
 
-    asyncio.run(serve_app(app, host, port, app[GUARD], listening, sock=sock,
-                          access_log=logging.getLogger("aiohttp.access") if access_log else None))
+    eventloop.run(serve_app(app, host, port, app[GUARD], listening, sock=sock,
+                            access_log=logging.getLogger("aiohttp.access") if access_log else None))
 
 
 def _await_ready(fd: int, workers: int, procs: list[Any], stopping: Callable[[], bool]) -> bool:

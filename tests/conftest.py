@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PARALLAX_LOOP") == "uvloop":
+    # The suite on uvloop (CI's uvloop tier): every loop a test starts, pytest-asyncio's and
+    # asyncio.run's, is uvloop's.  Unset, tests run on asyncio's loop, and the CLI's entry points
+    # (notary.eventloop, "auto") on uvloop where it is installed.
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 @pytest.fixture(autouse=True)

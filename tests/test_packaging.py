@@ -73,7 +73,7 @@ def _lower_bounds() -> dict[str, str]:
             reqs += extra
     out = {}
     for req in reqs:
-        m = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?>=([0-9][0-9.]*)(,<.*)?", req)
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?>=([0-9][0-9.]*)(,<[^;]*)?(; .+)?", req)
         assert m, f"{req!r}: every dependency needs a '>=' lower bound"
         out[m.group(1).lower()] = m.group(3)
     return out

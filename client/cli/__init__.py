@@ -33,6 +33,7 @@ from client.cli._common import (
     exit_code,
 )
 from client.cli._help import attach_examples, setup_logging
+from notary import eventloop
 from notary.errors import ParallaxError
 
 __all__ = [
@@ -89,6 +90,7 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         args = make_parser().parse_args(argv)
         setup_logging(args, os.environ.get("PARALLAX_LOG"))
+        eventloop.chosen()  # a bad PARALLAX_LOOP: a configuration error (78) before any command starts
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except BrokenPipeError:

@@ -8,7 +8,6 @@ the one ``check`` reads.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import os
 import sys
@@ -30,6 +29,7 @@ from client.bundle import (
     sign_bundle,
 )
 from client.cli._common import EX_USAGE, Exit, load_json, operator_keys, passphrase, read_file, write_or_print
+from notary import eventloop
 from notary.core import SigningKey
 from notary.errors import InputError, RemoteError
 
@@ -122,7 +122,7 @@ def _cmd_bundle_fetch(args: argparse.Namespace) -> int:
     keys = operator_keys(args)
     if not keys:
         raise Exit(EX_USAGE, "parallax bundle fetch: --operator-key is required (a fetched bundle must be signed)")
-    raw = asyncio.run(fetch_bundle_bytes(args.url, timeout=args.timeout))
+    raw = eventloop.run(fetch_bundle_bytes(args.url, timeout=args.timeout))
     bundle = parse_bundle(raw, keys)  # verifies the operator signature before anything is used
     assert bundle.signed_by is not None
     # Refuse an expired or rolled-back bundle now rather than at the next check (nothing recorded here).

@@ -19,6 +19,7 @@ from client.cli._common import EX_EXPECTED_INTERCEPTION, EX_NOINPUT, EX_USAGE, E
 from client.cli._help import POLICY_HELP
 from client.policy import PRESETS, Policy, get_policy
 from client.verdict import Verdict
+from notary import eventloop
 from notary.core import TARGET_FORMS, split_target
 from notary.errors import InputError
 
@@ -235,7 +236,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         bundle = load_bundle(args.bundle, operator_keys(args))
     policy = _policy(args)
     if len(targets) > 1:
-        return asyncio.run(_check_many(args, targets, bundle, policy))
+        return eventloop.run(_check_many(args, targets, bundle, policy))
     host, port = targets[0]
     connect_to = None
     if args.connect_to:
@@ -251,7 +252,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     observed: Any = None
     if args.observed:
         observed = args.observed if args.observed.startswith("sha256/") else read_file(args.observed)
-    verdict = asyncio.run(verify_with_notaries(
+    verdict = eventloop.run(verify_with_notaries(
         host, port, bundle=bundle, policy=policy, observed=observed, connect_to=connect_to, sni=args.sni,
         **_common_kwargs(args),
     ))

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from notary import eventloop
 from client.cli._common import EX_USAGE, Exit
 
 __all__ = ["add_local_commands"]
@@ -32,7 +33,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
             await asyncio.Event().wait()
 
     try:
-        asyncio.run(run())
+        eventloop.run(run())
     except KeyboardInterrupt:
         pass
     return 0
@@ -42,9 +43,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from client.demo import run_demo
 
     if args.data_dir:
-        return asyncio.run(run_demo(Path(args.data_dir), verbose=bool(getattr(args, "verbose", 0))))
+        return eventloop.run(run_demo(Path(args.data_dir), verbose=bool(getattr(args, "verbose", 0))))
     with tempfile.TemporaryDirectory(prefix="parallax-demo-") as data:
-        return asyncio.run(run_demo(Path(data), verbose=bool(getattr(args, "verbose", 0))))
+        return eventloop.run(run_demo(Path(data), verbose=bool(getattr(args, "verbose", 0))))
 
 
 def add_local_commands(sub: Any) -> None:

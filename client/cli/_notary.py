@@ -8,7 +8,6 @@ live notary's signed identity, a client-side concern.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import logging
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from client.cli._common import EX_USAGE, Exit, host_port, passphrase
+from notary import eventloop
 from notary.errors import EncodingError, InputError, RemoteError, VerificationError
 
 __all__ = ["add_notary_commands", "build_config", "fetch_entry"]
@@ -136,7 +136,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             # Once connections are accepted (every worker's, with --workers).
             listening = f"{'[' + addr[0] + ']' if ':' in addr[0] else addr[0]}:{addr[1]}"
             print(json.dumps({"serving": url or listen_url(host, addr[1]), "key_id": key.key_id,
-                              "region": config.region, "listening": listening, "workers": workers}), flush=True)
+                              "region": config.region, "listening": listening, "workers": workers,
+                              "loop": eventloop.chosen()}), flush=True)
 
         def record_and_announce(addr: tuple[str, int]) -> None:
             record(addr)
@@ -190,7 +191,7 @@ def _cmd_notary_info(args: argparse.Namespace) -> int:
         if scheme not in ("http", "https"):
             raise Exit(EX_USAGE, f"parallax notary-info: {args.url!r} is not a notary URL; add http:// (a notary's own "
                                  f"listener) or https:// (a notary behind a TLS proxy), e.g. http://{args.url.partition('://')[2] or args.url}")
-        entry = asyncio.run(fetch_entry(args.url, args.timeout))
+        entry = eventloop.run(fetch_entry(args.url, args.timeout))
     else:
         entry = local_entry(Path(args.data_dir))
     for field in ("name", "region"):

@@ -22,6 +22,7 @@ import json
 import sys
 from typing import Any
 
+from notary import eventloop
 from client.policy import PRESETS
 
 __all__ = ["add_helper_commands"]
@@ -88,7 +89,7 @@ def _cmd_serve_http(args: argparse.Namespace) -> int:
             await service.close()
 
     try:
-        asyncio.run(run())
+        eventloop.run(run())
     except KeyboardInterrupt:
         pass
     return 0

@@ -26,6 +26,7 @@ import sys
 import threading
 from typing import Any, Awaitable, Callable
 
+from notary import eventloop
 from client.helper.framing import (
     MAX_IN, MAX_OUT, BadMessage, FrameError, FrameTooLarge, TruncatedFrame, decode_message, encode_frame, read_frame,
 )
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None, *, config: HelperConfig | None = None) -
         log.error("bad helper configuration: %s", exc)
         cfg = exc
     try:
-        return asyncio.run(serve_stdio(cfg, 0, out_fd))
+        return eventloop.run(serve_stdio(cfg, 0, out_fd))
     except KeyboardInterrupt:
         return 130
     finally:
