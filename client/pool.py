@@ -61,6 +61,7 @@ from yarl import URL
 
 from client.http1 import HttpProtocolError, HttpResponse, ResponseParser, encode_request
 from client.transport import MAX_RESPONSE_BYTES
+from notary.eventloop import TIMER_SLACK
 
 __all__ = ["NotaryPool", "ConnectionClosed", "shared_pool", "close_shared_pool", "KEEPALIVE", "LIMIT", "DRAIN_SECONDS",
            "REQUEST_DEADLINE", "READ_BUFFER"]
@@ -415,7 +416,7 @@ class NotaryPool:
         loop = self._loop or asyncio.get_running_loop()
         now = loop.time()
         for conn, expires in list(self._inflight.items()):
-            if expires <= now:
+            if expires - now <= TIMER_SLACK:  # due (uvloop may run a timer a fraction of a ms early)
                 self._inflight.pop(conn, None)
                 conn.expire()
         if self._inflight and not self.closed:

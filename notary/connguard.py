@@ -70,6 +70,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, cast
 
 from notary.core.addrpolicy import IPNetwork, network_key
+from notary.eventloop import TIMER_SLACK
 
 __all__ = ["Acceptor", "ConnLimits", "ConnectionGuard", "Throttled", "fd_cap", "raise_fd_limit"]
 
@@ -268,7 +269,7 @@ class _Guarded(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if now < self.deadline:  # the deadline moved since this timer was set
+        if self.deadline - now > TIMER_SLACK:  # the deadline moved since this timer was set
             self.timer = loop.call_at(min(self.deadline, now + self.guard.timer_step), self._expired)
             return
         kind = "idle" if not self.fresh and not self.got_bytes else "head"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,15 +25,24 @@ async def _loop_type() -> type:
     return type(asyncio.get_running_loop())
 
 
+# CI's uvloop tier installs uvloop's policy for the whole suite (tests/conftest.py): then asyncio's
+# "own" loop, the policy's, is uvloop's too, and only the factory itself can be checked.
+POLICY_IS_UVLOOP = isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+
+
+def _is_asyncio_own_loop(t: type) -> bool:
+    return POLICY_IS_UVLOOP or (t is not uvloop.Loop and issubclass(t, asyncio.BaseEventLoop))
+
+
 def test_auto_is_uvloop_where_installed_and_asyncio_on_request(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(eventloop.ENV, raising=False)
     assert eventloop.chosen() == "uvloop"
     assert eventloop.run(_loop_type()) is uvloop.Loop
-    assert eventloop.run(_loop_type(), loop="asyncio") is not uvloop.Loop
+    assert eventloop.loop_factory("asyncio") is None
+    assert _is_asyncio_own_loop(eventloop.run(_loop_type(), loop="asyncio"))
     monkeypatch.setenv(eventloop.ENV, "asyncio")
     assert eventloop.chosen() == "asyncio"
-    got = eventloop.run(_loop_type())
-    assert got is not uvloop.Loop and issubclass(got, asyncio.BaseEventLoop)
+    assert _is_asyncio_own_loop(eventloop.run(_loop_type()))
     monkeypatch.setenv(eventloop.ENV, "uvloop")
     assert eventloop.run(_loop_type()) is uvloop.Loop
     monkeypatch.setenv(eventloop.ENV, "")  # empty: the default
@@ -66,14 +74,35 @@ def test_an_unknown_loop_is_a_config_error_and_the_coroutine_is_closed(monkeypat
 
 
 def test_without_uvloop_auto_falls_back_and_uvloop_by_name_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A seam fake: uvloop is a dependency here, so "not installed" is simulated at the lookup.
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a))
+    # A seam fake: uvloop is a dependency here, so "not importable" is simulated in sys.modules
+    # (a None entry makes ``import uvloop`` raise ImportError, as a missing or broken build does).
+    monkeypatch.setitem(sys.modules, "uvloop", None)
     monkeypatch.delenv(eventloop.ENV, raising=False)
     assert eventloop.chosen() == "asyncio"
     assert eventloop.loop_factory() is None
-    with pytest.raises(ConfigError, match="uvloop is not installed"):
+    assert _is_asyncio_own_loop(eventloop.run(_loop_type()))
+    with pytest.raises(ConfigError, match="PARALLAX_LOOP=uvloop, but uvloop does not import"):
         eventloop.chosen("uvloop")
+
+
+def test_a_uvloop_that_fails_to_import_leaves_the_cli_on_asyncio(tmp_path: Path) -> None:
+    """Review: ``auto`` only looked for uvloop, so a build that is found but does not load made
+    every command an internal error (exit 70) instead of running on asyncio's loop."""
+    broken = tmp_path / "site" / "uvloop"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("this uvloop build does not load here")\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]))
+    env.pop(eventloop.ENV, None)
+    p = subprocess.run([*PARALLAX, "notary-info", "http://127.0.0.1:9/", "--timeout", "2"], capture_output=True,
+                       text=True, timeout=30, env=env, stdin=subprocess.DEVNULL)
+    assert p.returncode == 69, (p.returncode, p.stderr)  # the notary is down: the command's own answer
+    assert "internal error" not in p.stderr and "never awaited" not in p.stderr and "Traceback" not in p.stderr
+    env[eventloop.ENV] = "uvloop"
+    p = subprocess.run([*PARALLAX, "notary-info", "http://127.0.0.1:9/", "--timeout", "2"], capture_output=True,
+                       text=True, timeout=30, env=env, stdin=subprocess.DEVNULL)
+    assert p.returncode == 78, (p.returncode, p.stderr)
+    assert p.stderr.strip() == ("parallax: PARALLAX_LOOP=uvloop, but uvloop does not import: "
+                                "this uvloop build does not load here")
 
 
 def test_the_cli_refuses_a_bad_loop_with_one_line_and_exit_78(tmp_path: Path) -> None:
