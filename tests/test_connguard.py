@@ -20,7 +20,7 @@ import time
 import zlib
 from dataclasses import replace
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 
@@ -501,32 +501,45 @@ async def test_a_busy_connection_is_never_closed_and_its_idle_deadline_starts_af
         assert guard.closed == {"head": 0, "idle": 1}
 
 
-async def test_a_zero_idle_timeout_does_not_make_waiting_timers_spin(tmp_path: Path) -> None:
-    """Review of the speed pass: the timer step was min(head_timeout, idle_timeout), so
-    ``idle_timeout=0`` re-armed every waiting connection's timer on every loop pass (868,900
-    callbacks and 2 CPU seconds for 20 connections over 2 s).  The head deadline still holds."""
-    calls = 0
+@contextlib.contextmanager
+def _counting_expirations() -> Iterator[list[int]]:
+    """Counts ``_Guarded._expired`` calls (the guard's deadline timer firing) while active."""
+    calls = [0]
     original = _Guarded._expired
 
     def counting(self: _Guarded) -> None:
-        nonlocal calls
-        calls += 1
+        calls[0] += 1
         original(self)
 
     _Guarded._expired = counting  # type: ignore[method-assign]
     try:
-        async with guarded(_cfg(tmp_path, head_timeout=1.0, idle_timeout=0.0)) as (port, guard):
-            conns = [await _open(port, f"127.0.3.{i + 1}") for i in range(10)]
-            started = time.monotonic()
-            closed = await asyncio.gather(*(_closed_within(r, 4) for r, _ in conns))
-            elapsed = time.monotonic() - started
-            for _, w in conns:
-                w.close()
-            assert all(closed) and 0.8 < elapsed < 2.5, elapsed
-            assert guard.closed["head"] == 10
+        yield calls
     finally:
         _Guarded._expired = original  # type: ignore[method-assign]
-    assert calls < 100, calls  # about one per connection
+
+
+async def _all_closed_for_the_head_deadline(cfg: NotaryConfig, n: int) -> float:
+    """``n`` silent connections from distinct addresses; each closed for its head deadline.  Seconds taken."""
+    async with guarded(cfg) as (port, guard):
+        conns = [await _open(port, f"127.0.3.{i + 1}") for i in range(n)]
+        started = time.monotonic()
+        closed = await asyncio.gather(*(_closed_within(r, 4) for r, _ in conns))
+        elapsed = time.monotonic() - started
+        for _, w in conns:
+            w.close()
+        assert all(closed)
+        assert guard.closed["head"] == n
+    return elapsed
+
+
+async def test_a_zero_idle_timeout_does_not_make_waiting_timers_spin(tmp_path: Path) -> None:
+    """Review of the speed pass: the timer step was min(head_timeout, idle_timeout), so
+    ``idle_timeout=0`` re-armed every waiting connection's timer on every loop pass (868,900
+    callbacks and 2 CPU seconds for 20 connections over 2 s).  The head deadline still holds."""
+    with _counting_expirations() as calls:
+        elapsed = await _all_closed_for_the_head_deadline(_cfg(tmp_path, head_timeout=1.0, idle_timeout=0.0), 10)
+    assert 0.8 < elapsed < 2.5, elapsed
+    assert calls[0] < 100, calls  # about one per connection
 
 
 async def test_a_head_deadline_off_the_millisecond_grid_does_not_make_its_timer_spin(tmp_path: Path) -> None:
@@ -534,23 +547,6 @@ async def test_a_head_deadline_off_the_millisecond_grid_does_not_make_its_timer_
     fraction of a millisecond before a deadline like now + 0.3 s; re-armed for that fraction, it ran
     on every loop pass until the clock ticked (4,357 calls for 50 connections; asyncio's loop: 50).
     Run on uvloop by CI's uvloop tier (PARALLAX_LOOP=uvloop); on asyncio's loop it holds as well."""
-    calls = 0
-    original = _Guarded._expired
-
-    def counting(self: _Guarded) -> None:
-        nonlocal calls
-        calls += 1
-        original(self)
-
-    _Guarded._expired = counting  # type: ignore[method-assign]
-    try:
-        async with guarded(_cfg(tmp_path, head_timeout=0.3)) as (port, guard):
-            conns = [await _open(port, f"127.0.3.{i + 1}") for i in range(40)]
-            closed = await asyncio.gather(*(_closed_within(r, 4) for r, _ in conns))
-            for _, w in conns:
-                w.close()
-            assert all(closed)
-            assert guard.closed["head"] == 40
-    finally:
-        _Guarded._expired = original  # type: ignore[method-assign]
-    assert calls < 3 * 40, calls  # about one per connection
+    with _counting_expirations() as calls:
+        await _all_closed_for_the_head_deadline(_cfg(tmp_path, head_timeout=0.3), 40)
+    assert calls[0] < 3 * 40, calls  # about one per connection
