@@ -60,11 +60,19 @@ def _client_key_cached(peer: str | None, forwarded: tuple[str, ...], trusted: tu
 
 
 def client_of(request: web.Request, config: NotaryConfig | None = None) -> str:
-    """The request's rate-limit key (memoised: the same peer asks again and again)."""
+    """The request's rate-limit key (memoised: the same peer asks again and again).
+
+    Raises ``ConnectionResetError`` when the request has no peer address: its connection
+    was gone before the request was handled (aiohttp still runs a request it had parsed),
+    so no one will read the answer and nothing is charged or probed for it.
+    """
+    peer = request.remote
+    if peer is None:
+        raise ConnectionResetError("the client disconnected before its request was handled")
     trusted = (config if config is not None else request.app[CONFIG]).trusted_proxies
     if not trusted:  # no proxy to believe: X-Forwarded-For is ignored (see client_key)
-        return _client_key_cached(request.remote, (), ())
-    return _client_key_cached(request.remote, tuple(request.headers.getall("X-Forwarded-For", [])), trusted)
+        return _client_key_cached(peer, (), ())
+    return _client_key_cached(peer, tuple(request.headers.getall("X-Forwarded-For", [])), trusted)
 
 
 @functools.lru_cache(maxsize=4096)

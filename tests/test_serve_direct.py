@@ -16,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -26,7 +29,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from notary.config import NotaryConfig
 from notary.core import AddressPolicy, SigningKey, open_answer, parse_networks
-from notary.server import GUARD, create_app
+from notary.server import GUARD, LIMITER, create_app
 from notary.serving import DIRECT_ROUTES, DIRECT_STANDS_FOR, direct_dispatch, serve_app
 from tests.support.tls import make_ca, server_context, tls_server
 
@@ -323,3 +326,29 @@ async def test_an_unknown_expectation_is_ignored_not_a_plain_text_417(tmp_path: 
         metrics = await s.metrics()
         assert f'parallax_http_requests_total{{code="{expected}"' in metrics and 'code="417"' not in metrics, metrics
         assert s.routed[0] == f"{'POST' if body else 'GET'} {path}"  # through the app's middleware: counted
+
+
+async def test_a_request_whose_client_is_gone_is_neither_charged_nor_served(tmp_path: Path, cert: Any) -> None:
+    """Review of uvloop (on both loops): a request aiohttp had parsed before its client reset
+    was still handled, with ``request.remote`` None, so it was charged to one shared ``"?"``
+    bucket (whoever else vanished shared it) and its target was probed for no one.  Now such a
+    request is answered ``client_gone`` (499 in the request counts) before any token or probe."""
+    async with served(tmp_path, cert, rate_per_client=0.001, burst_per_client=100) as s:
+        def ask_then_reset(i: int) -> None:  # a blocking client on its own thread, as a real one is
+            with socket.create_connection(("127.0.0.1", s.port)) as sock:
+                sock.sendall(f"GET /v1/observe/127.0.0.1/{s.target_port}?nonce={nonce(i)} HTTP/1.1\r\n"
+                             "Host: x\r\n\r\n".encode())
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # closed with linger 0: a reset right behind the request
+
+        for i in range(20):
+            await asyncio.to_thread(ask_then_reset, i)
+        await asyncio.sleep(1.0)  # the handlers of the requests that were parsed run now
+        # A bucket never charged is full: all 100 tokens, no wait.
+        assert s.app[LIMITER].check("?", time.monotonic(), 100) == 0
+        metrics = await s.metrics()
+        gone = sum(float(ln.rsplit(" ", 1)[1]) for ln in metrics.splitlines()
+                   if ln.startswith("parallax_http_requests_total{") and 'code="499"' in ln)
+        assert gone >= 1, [ln for ln in metrics.splitlines() if ln.startswith("parallax_http_requests_total")]
+        status, _, body, _ = await s.post(s.body(99))  # the notary serves the next client as before
+        assert status == 200, body
