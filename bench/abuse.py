@@ -176,6 +176,9 @@ async def _role_slow(spec: dict[str, Any]) -> dict[str, Any]:
                             break
                     except TimeoutError:
                         pass
+                    if writer.transport.is_closing():  # closed by the server as the read timed out
+                        closed = True  # (uvloop raises RuntimeError on a write to a closed transport)
+                        break
                     writer.write(b"X")  # one more header byte a second, never the end of the head
             except OSError:
                 closed = True
