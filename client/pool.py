@@ -203,6 +203,10 @@ class _Conn(asyncio.BufferedProtocol):
     async def send(self, data: bytes, max_body: int, expires: float) -> HttpResponse:
         """Write one request and wait for its answer; it fails with TimeoutError at loop time ``expires``."""
         assert self.transport is not None
+        if self.closed or self.transport.is_closing():
+            # Lost after it was taken or opened (a notary refusing at its connection cap answers and
+            # closes at once): asyncio would drop the write and wait for the deadline, uvloop raise.
+            raise ConnectionClosed("connection closed by the server", empty=True)
         loop = self.pool._loop or asyncio.get_running_loop()  # the loop the pool is bound to (request)
         self.parser = ResponseParser(max_body=max_body)
         waiter = self.waiter = loop.create_future()
@@ -380,7 +384,8 @@ class NotaryPool:
         if self.closed:
             conn.close()
             raise ConnectionError("the notary connection pool is closed")
-        self._all.add(conn)
+        if not conn.closed:  # one lost already is gone from the pool (its send fails at once)
+            self._all.add(conn)
         return conn
 
     def _idle_add(self, conn: _Conn) -> None:

@@ -288,3 +288,26 @@ def test_a_pool_used_from_a_second_event_loop_starts_afresh() -> None:
     finally:
         stop.set()
         thread.join(5)
+
+
+async def test_a_connection_lost_before_its_request_is_written_fails_at_once() -> None:
+    """Review of uvloop: a connection lost between being opened (or taken) and the request's write
+    (a notary refusing at its connection cap answers and closes at once) was written to anyway:
+    asyncio dropped the bytes and the request waited for the pool's deadline (here 30 s); uvloop
+    raised RuntimeError.  It now fails at once with ConnectionClosed, and leaves no slot taken."""
+    p = NotaryPool(deadline=30)
+    try:
+        async with server(keep_alive) as s:
+            conn = await p._open(("http", "127.0.0.1", s.port))  # noqa: SLF001 - the seam between open and send
+            assert conn.transport is not None
+            conn.transport.abort()  # lost, as if the server had closed it first
+            await asyncio.sleep(0.05)  # its connection_lost runs
+            start = time.monotonic()
+            with pytest.raises(pool_mod.ConnectionClosed) as info:
+                await asyncio.wait_for(conn.send(b"GET /v1/notary HTTP/1.1\r\nHost: x\r\n\r\n", 1 << 20,
+                                                 asyncio.get_running_loop().time() + 30), 10)
+            assert info.value.empty
+            assert time.monotonic() - start < 1
+            assert p.connections == 0
+    finally:
+        await p.close()
