@@ -6,9 +6,10 @@ browser helper's native host, ``check``) and the synchronous
 :func:`run`.  The library's coroutines (``verify_with_notaries``) run on
 whatever loop their caller runs; nothing here installs a global policy.
 
-uvloop (libuv, in Cython) is a dependency on Linux and macOS.  On this project's
-benchmarks it cut a warm check's latency by about 17% and raised a notary's cold
-and cached capacity by 13-16% (``bench/README.md``).  The environment variable
+uvloop (libuv, in Cython) is a dependency on Linux and macOS.  Measured here in
+one run against asyncio's loop (``bench/event_loop.py``, three runs on 2 cores):
+a notary's cold probes/s x1.10-1.23, a warm check's client CPU x0.81-0.93 and its
+latency x0.86-1.02.  The environment variable
 ``PARALLAX_LOOP`` chooses: ``auto`` (the default: uvloop if it imports, else
 asyncio), ``uvloop`` (an error if it is missing) or ``asyncio`` (the standard
 library's loop, the fallback an operator can always take).
