@@ -125,6 +125,12 @@ def notary_part(args: argparse.Namespace) -> dict[str, list[float]]:
     return rates
 
 
+def _line(name: str, value: dict[str, float], fmt: str, on_uvloop: str, on_asyncio: str, better: str) -> str:
+    """The RESULT line of one figure: uvloop's value over asyncio's (no goal)."""
+    return verdict_line(f"{NAME}_{name}", f"{value['uvloop']:{fmt}} {on_uvloop}", f"{value['asyncio']:{fmt}} {on_asyncio}",
+                        value["uvloop"] / value["asyncio"], f"{better} is better; no goal", None)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=4)
@@ -149,18 +155,11 @@ def main() -> int:
               f"(n={len(client[k]['wall'])}); notaries: warm check median {nwall[k]:6.2f} ms "
               f"(n={len(asked[k]['wall'])}); notary cold {rate[k]:7.1f} probes/s (median of {len(rates[k])})")
     lines = [
-        verdict_line(f"{NAME}_check_latency", f"{wall['uvloop']:.2f} ms (warm check, client on uvloop)",
-                     f"{wall['asyncio']:.2f} ms (client on asyncio's loop)", wall["uvloop"] / wall["asyncio"],
-                     "lower is better; no goal", None),
-        verdict_line(f"{NAME}_check_cpu", f"{cpu['uvloop']:.2f} ms client CPU per warm check on uvloop",
-                     f"{cpu['asyncio']:.2f} ms on asyncio's loop", cpu["uvloop"] / cpu["asyncio"],
-                     "lower is better; no goal", None),
-        verdict_line(f"{NAME}_notaries_latency", f"{nwall['uvloop']:.2f} ms (warm check, 5 notaries on uvloop)",
-                     f"{nwall['asyncio']:.2f} ms (5 notaries on asyncio's loop)", nwall["uvloop"] / nwall["asyncio"],
-                     "lower is better; no goal", None),
-        verdict_line(f"{NAME}_notary_cold", f"{rate['uvloop']:.1f} probes/s (notary on uvloop)",
-                     f"{rate['asyncio']:.1f} probes/s (notary on asyncio's loop)", rate["uvloop"] / rate["asyncio"],
-                     "higher is better; no goal", None),
+        _line("check_latency", wall, ".2f", "ms (warm check, client on uvloop)", "ms (client on asyncio's loop)", "lower"),
+        _line("check_cpu", cpu, ".2f", "ms client CPU per warm check on uvloop", "ms on asyncio's loop", "lower"),
+        _line("notaries_latency", nwall, ".2f", "ms (warm check, 5 notaries on uvloop)",
+              "ms (5 notaries on asyncio's loop)", "lower"),
+        _line("notary_cold", rate, ".1f", "probes/s (notary on uvloop)", "probes/s (notary on asyncio's loop)", "higher"),
     ]
     save(NAME, {"client": client, "notaries": asked, "notary_rates": rates, "args": vars(args)}, lines)
     return 0
