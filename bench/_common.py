@@ -199,10 +199,18 @@ def client_ctx(alpn: list[str] | None = None) -> ssl.SSLContext:
 
 
 async def raw_handshake(ip: str, port: int, sni: str | None, ctx: ssl.SSLContext, timeout: float = 10.0) -> bytes:
-    """Connect, complete a TLS handshake, take the leaf certificate, abort.  Returns the DER leaf."""
+    """Connect, complete a TLS handshake, take the leaf certificate, abort.  Returns the DER leaf.
+
+    The handshake is complete at the server too: one pass of the loop before the
+    abort lets the client's last flight (its Finished) leave.  uvloop queues a
+    transport's writes until the end of the loop pass, so an abort straight after
+    the handshake dropped that flight there, and the server never finished its
+    side (the prober always sends it; ``tests/test_bench_common.py``).
+    """
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_connection(ip, port, ssl=ctx, server_hostname=sni)
     try:
+        await asyncio.sleep(0)
         obj = writer.get_extra_info("ssl_object")
         return obj.getpeercert(binary_form=True) if obj else b""
     finally:
