@@ -184,7 +184,8 @@ def run_load(spec: dict[str, Any], *, timeout: float = 300.0) -> dict[str, Any]:
     )
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed rc={out.returncode}: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def client_ctx(alpn: list[str] | None = None) -> ssl.SSLContext:
@@ -271,7 +272,8 @@ def busy_processes(top: int = 5) -> list[str]:
 
 
 def decode_envelope_payload(env: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(base64.b64decode(env["payload"]))
+    payload: dict[str, Any] = json.loads(base64.b64decode(env["payload"]))
+    return payload
 
 
 def answer_source(result: dict[str, Any]) -> str:
