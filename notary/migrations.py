@@ -9,7 +9,11 @@ and holds no ``blocked_by_policy`` rows.  Version 3 drops two indexes of
 version 1 that no query uses (``observations_hpi`` and ``observations_keys``:
 every read goes through ``rounds``; each index cost every commit a B-tree
 insert, about 0.02 ms of the store thread's CPU a round).  Schema-2 code works
-on version-3 tables unchanged (``deploy/README.md`` says how to roll back).  :func:`migrate` brings any older
+on version-3 tables unchanged (``deploy/README.md`` says how to roll back).
+Version 4 keeps the key history as a table, ``sightings`` (:mod:`notary.sightings`:
+reading it no longer scans every round of the target), gives each observation
+its round's SNI and indexes a key's ``ok`` sightings by time; rolling back to
+version 3 drops those three (``deploy/README.md``).  :func:`migrate` brings any older
 database to :data:`SCHEMA_VERSION` in one transaction (a failed migration
 leaves the database as it was) and refuses a newer one.  It runs when a new
 notary (or ``parallax store compact``) first opens an older store; a large
@@ -23,11 +27,12 @@ import hashlib
 import sqlite3
 
 from notary.core import ProbeResult, canonical
+from notary import sightings
 from notary.errors import StoreError
 
 __all__ = ["SCHEMA_VERSION", "migrate", "split_record", "join_record", "schema_version"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Version 1 exactly as the first release created it (kept for the migration tests and docs).
 SCHEMA_V1 = """
@@ -61,6 +66,23 @@ CREATE INDEX IF NOT EXISTS rounds_age ON rounds (observed_at);
 _V3_DROPS = """
 DROP INDEX IF EXISTS observations_hpi;
 DROP INDEX IF EXISTS observations_keys;
+"""
+
+
+#: Key history as a table (:mod:`notary.sightings`): observations carry their round's SNI, a
+#: partial index finds a key's first and last ``ok`` sighting in two lookups, and ``sightings``
+#: holds one row per (host, port, SNI, SPKI), filled here from the observations.
+_V4_ADDITIONS = """
+ALTER TABLE observations ADD COLUMN sni TEXT NOT NULL DEFAULT '';
+UPDATE observations SET sni = (SELECT r.sni FROM rounds r WHERE r.id = observations.round_id);
+CREATE INDEX IF NOT EXISTS observations_key_seen ON observations (host, port, sni, spki_sha256, observed_at)
+    WHERE status = 'ok';
+CREATE TABLE IF NOT EXISTS sightings (
+    host TEXT NOT NULL, port INTEGER NOT NULL, sni TEXT NOT NULL, spki_sha256 TEXT NOT NULL,
+    first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+    PRIMARY KEY (host, port, sni, spki_sha256)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sightings_recent ON sightings (host, port, sni, last_seen)
 """
 
 
@@ -134,6 +156,9 @@ def migrate(db: sqlite3.Connection) -> int:
             _v1_to_v2(db)
         if found <= 2:
             _script(db, _V3_DROPS)
+        if found <= 3:
+            _script(db, _V4_ADDITIONS)
+            db.execute("INSERT INTO sightings (host, port, sni, spki_sha256, first_seen, last_seen) " + sightings.SCAN)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:

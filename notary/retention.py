@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from notary import sightings
 from notary.errors import StoreError
 
 __all__ = ["RetentionLimits", "enforce_retention", "live_bytes", "store_info", "compact"]
@@ -55,12 +56,16 @@ def _live_bytes(db: sqlite3.Connection) -> int:
 
 
 def _delete_rounds_before(db: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> int:
+    """Delete the rounds ``where`` selects, their observations, and what they counted in the key history."""
     ids = [r[0] for r in db.execute(f"SELECT id FROM rounds WHERE {where}", args).fetchall()]
+    touched: set[sightings.Key] = set()
     for i in range(0, len(ids), 500):
         chunk = ids[i:i + 500]
         marks = ",".join("?" * len(chunk))
+        touched |= sightings.keys_of_rounds(db, chunk)
         db.execute(f"DELETE FROM observations WHERE round_id IN ({marks})", chunk)
         db.execute(f"DELETE FROM rounds WHERE id IN ({marks})", chunk)
+    sightings.recount(db, touched)
     return len(ids)
 
 

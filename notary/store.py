@@ -50,6 +50,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
+from notary import sightings
 from notary.core import KeySighting, ProbeResult, Target
 from notary.errors import StoreError
 from notary.migrations import SCHEMA_VERSION, join_record, migrate, split_record
@@ -201,13 +202,14 @@ class SQLiteStore:
                     record, chain_key, chain = split_record(r)
                     if chain_key is not None:
                         db.execute("INSERT OR IGNORE INTO chains (sha256, chain) VALUES (?,?)", (chain_key, chain))
-                    rows.append((round_id, r.target.host, r.target.port, r.ip, r.status, r.spki_sha256,
-                                 r.observed_at, record, chain_key))
+                    rows.append((round_id, r.target.host, r.target.port, r.target.sni or "", r.ip, r.status,
+                                 r.spki_sha256, r.observed_at, record, chain_key))
                 db.executemany(
-                    "INSERT INTO observations (round_id, host, port, ip, status, spki_sha256, observed_at, record,"
-                    " chain_sha256) VALUES (?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO observations (round_id, host, port, sni, ip, status, spki_sha256, observed_at,"
+                    " record, chain_sha256) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
+                sightings.record(db, results)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -230,16 +232,7 @@ class SQLiteStore:
         return await self._run(lambda: self._history(target, limit), "read key history")
 
     def _history(self, target: Target, limit: int) -> tuple[KeySighting, ...]:
-        # Keyed by SNI too: a key served for another name on the same address must
-        # never enter this name's history (anyone can ask a notary to probe any SNI).
-        rows = self._fetch(
-            "SELECT o.spki_sha256, min(o.observed_at), max(o.observed_at) FROM observations o"
-            " JOIN rounds r ON r.id = o.round_id"
-            " WHERE r.host=? AND r.port=? AND r.sni=? AND o.status='ok' GROUP BY o.spki_sha256"
-            " ORDER BY max(o.observed_at) DESC, o.spki_sha256 LIMIT ?",
-            (target.host, target.port, target.sni or "", limit),
-        )
-        return tuple(KeySighting(r[0], int(r[1]), int(r[2])) for r in rows)
+        return sightings.read(self._db, target, limit)
 
     async def count(self) -> int:
         rows = await self._run(lambda: self._fetch("SELECT count(*) FROM observations", ()), "count observations")

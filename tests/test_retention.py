@@ -92,7 +92,7 @@ async def test_a_v1_database_is_migrated_in_place(tmp_path: Path) -> None:
     assert refused == []  # policy refusals are not kept
     assert [h.first_seen for h in history] == [T0 + 1]
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert db.execute("SELECT count(*) FROM chains").fetchone()[0] == 1
         # No observation row carries a chain of its own any more.
         for (record,) in db.execute("SELECT record FROM observations"):
@@ -153,7 +153,7 @@ def test_store_info_and_compact_commands(tmp_path: Path) -> None:
     assert done["file_bytes_after"] <= done["file_bytes_before"]
     after = json.loads(subprocess.run([*PARALLAX, "store", "info", "--data-dir", str(data)], capture_output=True,
                                       text=True, timeout=60).stdout)
-    assert after["schema_version"] == 3 and after["chains"] == 0
+    assert after["schema_version"] == 4 and after["chains"] == 0
     assert json.loads(subprocess.run([*PARALLAX, "store", "info", "--data-dir", str(data)], capture_output=True,
                                      text=True, timeout=60).stdout)["rounds"] == 0
     missing = subprocess.run([*PARALLAX, "store", "info", "--data-dir", str(tmp_path / "none")],
