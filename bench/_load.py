@@ -35,7 +35,7 @@ from bench._common import client_ctx, decode_envelope_payload, answer_source, ra
 async def run_ops(spec: dict[str, Any], op: Any) -> dict[str, Any]:
     conc, duration = int(spec["concurrency"]), float(spec["duration"])
     warmup, max_ops = float(spec.get("warmup", 0.0)), int(spec["max_ops"])
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     t_count = started + warmup
     deadline = started + warmup + duration
     issued = 0
@@ -67,6 +67,7 @@ async def run_ops(spec: dict[str, Any], op: Any) -> dict[str, Any]:
     lat.sort()
     return {
         "ops": counted, "issued": issued, "window_s": round(window, 3), "rate": counted / window,
+        "cpu_s": time.process_time() - cpu_started,  # this process, every op issued (warm-up included)
         "errors": dict(errors.most_common(5)), "error_count": sum(errors.values()),
         "lat_p50_ms": 1000 * lat[len(lat) // 2] if lat else None,
         "lat_p99_ms": 1000 * lat[int(len(lat) * 0.99)] if lat else None,

@@ -78,8 +78,14 @@ def main() -> int:
                     order.reverse()
                 for label, spec in order:
                     cpu0, probes0 = process_cpu(notary.pid), probes_total(url)
+                    sites0 = process_cpu(sites.pid)
                     res = run_load(spec)
+                    sites1 = process_cpu(sites.pid)
                     cpu1, probes1 = process_cpu(notary.pid), probes_total(url)
+                    if sites0 is not None and sites1 is not None:
+                        # CPU per operation issued (warm-up included), by process: where the 2 cores went.
+                        res["cpu_ms_per_op"] = {"sites": 1000 * (sites1 - sites0) / res["issued"],
+                                                "load": 1000 * res["cpu_s"] / res["issued"]}
                     if label == "subject" and cpu0 is not None and cpu1 is not None and probes1 > probes0:
                         # The notary's CPU (every thread) per probe over the whole run, warm-up included.
                         res["notary_cpu_ms_per_probe"] = 1000 * (cpu1 - cpu0) / (probes1 - probes0)
@@ -99,6 +105,19 @@ def main() -> int:
     cpu = [r["notary_cpu_ms_per_probe"] for r in subj_runs if "notary_cpu_ms_per_probe" in r]
     if cpu:
         print(f"[{NAME}] notary CPU per probe (all threads, median of {len(cpu)}): {median(cpu):.3f} ms")
+    split = {label: {k: median(r["cpu_ms_per_op"][k] for r in runs) for k in ("sites", "load")}
+             for label, runs in (("baseline", base_runs), ("subject", subj_runs))
+             if all("cpu_ms_per_op" in r for r in runs)}
+    if cpu and len(split) == 2:
+        b, s = split["baseline"], split["subject"]
+        print(f"[{NAME}] CPU per operation (ms, medians): baseline sites {b['sites']:.3f} + load generator "
+              f"{b['load']:.3f} (its handshake); subject sites {s['sites']:.3f} + load generator {s['load']:.3f} "
+              f"+ notary {median(cpu):.3f}")
+        # Both runs keep the 2 cores about equally busy, so the rate goes as 1 / (CPU per operation).  A notary
+        # whose whole cost per probe were the baseline's client handshake would reach about this ratio:
+        ceiling = (b["sites"] + b["load"]) / (s["sites"] + s["load"] + b["load"])
+        print(f"[{NAME}] ceiling estimate: a notary spending only a raw handshake's client CPU per probe "
+              f"({b['load']:.3f} ms) would reach a ratio of about {ceiling:.2f}")
     print(f"[{NAME}] notary probes counted by /metrics: {probes:.0f} for {issued} observe requests issued; "
           f"sampled answers not fresh: {not_fresh}, not ok: {not_ok}; request errors: {errors}")
     valid = not_fresh == 0 and not_ok == 0 and errors == 0
