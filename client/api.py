@@ -38,7 +38,6 @@ from notary.core.pins import load_certificate, spki_hex_from_pin, spki_sha256
 from notary.errors import InputError
 from notary.prober import ProbeLimits, Prober
 from client.bundle import Bundle, BundleEntry, load_bundle
-from client.bufstream import open_buffered
 from client.dnscache import CachingResolver
 from client.fanout import RawAnswer, ask_untimed, timed_out
 from client.ohttp import plan_relay
@@ -92,7 +91,7 @@ async def client_probe(
 
     The name is resolved through :mod:`client.dnscache` (a successful answer is reused for
     :data:`~client.dnscache.DNS_TTL` seconds); the TCP connection and TLS handshake are made afresh every time
-    (over :func:`client.bufstream.open_buffered`).
+    (the prober's direct path: one 16 KiB receive buffer per connection, no streams).
 
     ``extra_cas`` (DER): CA certificates a declared interceptor issues from; see :mod:`client.interception`.
     """
@@ -100,7 +99,7 @@ async def client_probe(
     if prober is None:
         override = {(target.host, target.port): connect_to} if connect_to else None
         prober = Prober(ANY_ADDRESS, clock=lambda: int(clock()), limits=ProbeLimits(connect_timeout=timeout, handshake_timeout=timeout),
-                        connect_override=override, resolver=_resolver, connector=open_buffered)
+                        connect_override=override, resolver=_resolver)
         if len(_probers) > 64:
             _probers.clear()
         _probers[(timeout, connect_to, clock, target.host, target.port) if connect_to else (timeout, None, clock)] = prober
