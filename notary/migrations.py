@@ -11,9 +11,11 @@ every read goes through ``rounds``; each index cost every commit a B-tree
 insert, about 0.02 ms of the store thread's CPU a round).  Schema-2 code works
 on version-3 tables unchanged (``deploy/README.md`` says how to roll back).
 Version 4 keeps the key history as a table, ``sightings`` (:mod:`notary.sightings`:
-reading it no longer scans every round of the target), gives each observation
-its round's SNI and indexes a key's ``ok`` sightings by time; rolling back to
-version 3 drops those three (``deploy/README.md``).  :func:`migrate` brings any older
+reading it no longer scans every round of the target); each ``ok`` observation
+names its sighting (``sighting_id``), indexed with its time.  That costs about
+20 bytes per ``ok`` observation; the migration reads every observation once
+and rewrites the ``ok`` ones (``deploy/README.md`` gives its time on a 1 GiB
+store, and the rollback to version 3).  :func:`migrate` brings any older
 database to :data:`SCHEMA_VERSION` in one transaction (a failed migration
 leaves the database as it was) and refuses a newer one.  It runs when a new
 notary (or ``parallax store compact``) first opens an older store; a large
@@ -26,8 +28,8 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 
-from notary.core import ProbeResult, canonical
 from notary import sightings
+from notary.core import ProbeResult, canonical
 from notary.errors import StoreError
 
 __all__ = ["SCHEMA_VERSION", "migrate", "split_record", "join_record", "schema_version"]
@@ -69,20 +71,20 @@ DROP INDEX IF EXISTS observations_keys;
 """
 
 
-#: Key history as a table (:mod:`notary.sightings`): observations carry their round's SNI, a
-#: partial index finds a key's first and last ``ok`` sighting in two lookups, and ``sightings``
-#: holds one row per (host, port, SNI, SPKI), filled here from the observations.
+#: Key history as a table (:mod:`notary.sightings`): one row per (host, port, SNI, SPKI); each
+#: ``ok`` observation names its row, and a partial index finds a sighting's first and last
+#: observation in two lookups (retention recounts with it).  Filled by ``sightings.FILL``.
 _V4_ADDITIONS = """
-ALTER TABLE observations ADD COLUMN sni TEXT NOT NULL DEFAULT '';
-UPDATE observations SET sni = (SELECT r.sni FROM rounds r WHERE r.id = observations.round_id);
-CREATE INDEX IF NOT EXISTS observations_key_seen ON observations (host, port, sni, spki_sha256, observed_at)
-    WHERE status = 'ok';
 CREATE TABLE IF NOT EXISTS sightings (
+    id INTEGER PRIMARY KEY,
     host TEXT NOT NULL, port INTEGER NOT NULL, sni TEXT NOT NULL, spki_sha256 TEXT NOT NULL,
     first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,
-    PRIMARY KEY (host, port, sni, spki_sha256)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sightings_recent ON sightings (host, port, sni, last_seen)
+    UNIQUE (host, port, sni, spki_sha256)
+);
+CREATE INDEX IF NOT EXISTS sightings_recent ON sightings (host, port, sni, last_seen);
+ALTER TABLE observations ADD COLUMN sighting_id INTEGER REFERENCES sightings(id);
+CREATE INDEX IF NOT EXISTS observations_sighting ON observations (sighting_id, observed_at)
+    WHERE sighting_id IS NOT NULL
 """
 
 
@@ -158,7 +160,8 @@ def migrate(db: sqlite3.Connection) -> int:
             _script(db, _V3_DROPS)
         if found <= 3:
             _script(db, _V4_ADDITIONS)
-            db.execute("INSERT INTO sightings (host, port, sni, spki_sha256, first_seen, last_seen) " + sightings.SCAN)
+            for statement in sightings.FILL:
+                db.execute(statement)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:

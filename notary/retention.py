@@ -20,7 +20,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from notary import sightings
 from notary.errors import StoreError
@@ -55,47 +55,59 @@ def _live_bytes(db: sqlite3.Connection) -> int:
     return (count - free) * page
 
 
-def _delete_rounds_before(db: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> int:
-    """Delete the rounds ``where`` selects, their observations, and what they counted in the key history."""
-    ids = [r[0] for r in db.execute(f"SELECT id FROM rounds WHERE {where}", args).fetchall()]
-    touched: set[sightings.Key] = set()
-    for i in range(0, len(ids), 500):
-        chunk = ids[i:i + 500]
-        marks = ",".join("?" * len(chunk))
-        touched |= sightings.keys_of_rounds(db, chunk)
-        db.execute(f"DELETE FROM observations WHERE round_id IN ({marks})", chunk)
-        db.execute(f"DELETE FROM rounds WHERE id IN ({marks})", chunk)
-    sightings.recount(db, touched)
-    return len(ids)
-
-
-def enforce_retention(db: sqlite3.Connection, limits: RetentionLimits, now: int) -> dict[str, int]:
-    """Delete rounds older than the age bound, then the oldest rounds until the live size is
-    under ``max_bytes``, then unreferenced chains.  Runs in its own transactions."""
-    out = {"rounds_by_age": 0, "rounds_by_size": 0, "chains": 0}
-    cutoff = now - limits.max_age_days * 86400
+def _transaction(db: sqlite3.Connection, job: Callable[[], int]) -> int:
     db.execute("BEGIN IMMEDIATE")
     try:
-        out["rounds_by_age"] = _delete_rounds_before(db, "observed_at < ?", (cutoff,))
-        out["chains"] += _drop_orphan_chains(db)
+        out = job()
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
+    return out
+
+
+def _delete_rounds(db: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> int:
+    """Delete every round ``where`` selects, with its observations; return how many.
+
+    At most :data:`~notary.sightings.CHUNK` rounds a transaction, each recounting the key
+    history its observations counted in: memory and the write lock's hold are bounded
+    by a chunk, whatever the pass deletes (another ``--workers`` process waits for one
+    chunk, not the pass).
+    """
+    def chunk() -> int:
+        ids = [r[0] for r in db.execute(f"SELECT id FROM rounds WHERE {where} LIMIT {sightings.CHUNK}", args)]
+        if ids:
+            marks = ",".join("?" * len(ids))
+            touched = sightings.sightings_of_rounds(db, ids)
+            db.execute(f"DELETE FROM observations WHERE round_id IN ({marks})", ids)
+            db.execute(f"DELETE FROM rounds WHERE id IN ({marks})", ids)
+            sightings.recount(db, touched)
+        return len(ids)
+
+    deleted = 0
+    while n := _transaction(db, chunk):
+        deleted += n
+    return deleted
+
+
+def enforce_retention(db: sqlite3.Connection, limits: RetentionLimits, now: int) -> dict[str, int]:
+    """Delete rounds older than the age bound, then the oldest rounds until the live size is
+    under ``max_bytes``, then unreferenced chains.  Runs in its own transactions (one per
+    :data:`~notary.sightings.CHUNK` rounds)."""
+    out = {"rounds_by_age": 0, "rounds_by_size": 0, "chains": 0}
+    cutoff = now - limits.max_age_days * 86400
+    out["rounds_by_age"] = _delete_rounds(db, "observed_at < ?", (cutoff,))
+    out["chains"] += _transaction(db, lambda: _drop_orphan_chains(db))
     while _live_bytes(db) > limits.max_bytes:
         total = int(db.execute("SELECT count(*) FROM rounds").fetchone()[0])
         if total == 0:
             break
         batch = max(1, total // 10)  # a tenth at a time: the size bound is approximate, the work bounded
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            out["rounds_by_size"] += _delete_rounds_before(
-                db, "id IN (SELECT id FROM rounds ORDER BY id LIMIT ?)", (batch,))
-            out["chains"] += _drop_orphan_chains(db)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        last = db.execute("SELECT id FROM rounds ORDER BY id LIMIT 1 OFFSET ?", (batch - 1,)).fetchone()
+        if last is None:  # another process deleted rounds meanwhile
+            continue
+        out["rounds_by_size"] += _delete_rounds(db, "id <= ?", (int(last[0]),))
+        out["chains"] += _transaction(db, lambda: _drop_orphan_chains(db))
     return out
 
 

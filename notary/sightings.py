@@ -8,19 +8,25 @@ minutes for the default 90 days of retention, on the one store thread, for
 every cold probe (``bench/store_history.py``).
 
 The ``sightings`` table (schema version 4, :mod:`notary.migrations`) holds that
-answer, one row per (host, port, SNI, SPKI).  It is exact, not an estimate:
+answer, one row per (host, port, SNI, SPKI), and each ``ok`` observation names
+its row (``observations.sighting_id``; NULL for a failure).  It is exact, not an
+estimate:
 
 * :func:`record` runs in the transaction that stores the observations: a later
   sighting only widens ``first_seen``/``last_seen``;
-* :func:`recount` runs in the transaction that deletes rounds (retention): each
-  key whose observations lost rows gets its first and last sighting again from
-  the rows that remain, by the partial index ``observations_key_seen`` (two index
-  lookups a key), or loses its row when none remains;
+* :func:`recount` runs in each transaction that deletes rounds (retention,
+  at most :data:`CHUNK` rounds a transaction): each sighting whose observations
+  lost rows gets its first and last ``observed_at`` again from the rows that
+  remain (two lookups in the partial index ``observations_sighting``, then one
+  write), or is deleted when none remains;
 * :func:`read` takes the newest ``limit`` rows by ``last_seen`` from the index
   ``sightings_recent``: a key-rotating server with thousands of keys costs
   ``limit`` rows, not thousands.
 
-``tests/test_sightings.py`` checks the table against the scan it replaces.
+What it costs: a sighting row (about 120 bytes) per distinct target and key,
+and about 20 bytes per ``ok`` observation (its ``sighting_id`` and index entry).
+
+``tests/test_sightings.py`` checks the table against schema 3's scan.
 """
 
 from __future__ import annotations
@@ -30,13 +36,21 @@ from typing import Iterable, Sequence
 
 from notary.core import KeySighting, ProbeResult, Target
 
-__all__ = ["Key", "record", "recount", "read", "keys_of_rounds", "SCAN"]
+__all__ = ["CHUNK", "FILL", "record", "recount", "read", "sightings_of_rounds"]
 
-#: The key history computed from the observations themselves (what the table must equal);
-#: used to fill the table when a store migrates to version 4, and by the tests.
-SCAN = (
-    "SELECT host, port, sni, spki_sha256, min(observed_at), max(observed_at) FROM observations"
-    " WHERE status = 'ok' GROUP BY host, port, sni, spki_sha256"
+#: Rounds deleted (and sightings recounted) in one retention transaction at most.
+CHUNK = 500
+
+#: Fill the table and the observations' ``sighting_id`` from the observations themselves
+#: (the migration to schema 4): schema 3's key-history scan, for every target at once.
+FILL = (
+    "INSERT INTO sightings (host, port, sni, spki_sha256, first_seen, last_seen)"
+    " SELECT r.host, r.port, r.sni, o.spki_sha256, min(o.observed_at), max(o.observed_at)"
+    " FROM observations o JOIN rounds r ON r.id = o.round_id WHERE o.status = 'ok' AND o.spki_sha256 IS NOT NULL"
+    " GROUP BY r.host, r.port, r.sni, o.spki_sha256",
+    "UPDATE observations SET sighting_id = (SELECT s.id FROM rounds r JOIN sightings s"
+    " ON s.host = r.host AND s.port = r.port AND s.sni = r.sni AND s.spki_sha256 = observations.spki_sha256"
+    " WHERE r.id = observations.round_id) WHERE status = 'ok' AND spki_sha256 IS NOT NULL",
 )
 
 _UPSERT = (
@@ -45,39 +59,46 @@ _UPSERT = (
     " first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)"
 )
 
-Key = tuple[str, int, str, str]  # host, port, SNI ('' for none), SPKI SHA-256 hex
+
+def record(db: sqlite3.Connection, results: Sequence[ProbeResult]) -> list[int | None]:
+    """Count one round's ``ok`` results in the sightings; return each result's sighting id (None: not ok).
+
+    In the caller's transaction, before the observations are inserted.
+    """
+    ids: list[int | None] = []
+    for r in results:
+        if r.status != "ok" or not r.spki_sha256:
+            ids.append(None)
+            continue
+        key = (r.target.host, r.target.port, r.target.sni or "", r.spki_sha256)
+        db.execute(_UPSERT, (*key, r.observed_at, r.observed_at))
+        ids.append(int(db.execute("SELECT id FROM sightings WHERE host = ? AND port = ? AND sni = ?"
+                                  " AND spki_sha256 = ?", key).fetchone()[0]))
+    return ids
 
 
-def record(db: sqlite3.Connection, results: Sequence[ProbeResult]) -> None:
-    """Count the ``ok`` results of one round (one target) in the sightings.  In the caller's transaction."""
-    rows = [(r.target.host, r.target.port, r.target.sni or "", r.spki_sha256, r.observed_at, r.observed_at)
-            for r in results if r.status == "ok" and r.spki_sha256]
-    if rows:
-        db.executemany(_UPSERT, rows)
-
-
-def keys_of_rounds(db: sqlite3.Connection, round_ids: Sequence[int]) -> set[Key]:
-    """The keys the ``ok`` observations of these rounds count for (at most 500 ids a call)."""
+def sightings_of_rounds(db: sqlite3.Connection, round_ids: Sequence[int]) -> set[int]:
+    """The sightings the observations of these rounds count for (at most :data:`CHUNK` rounds)."""
+    if len(round_ids) > CHUNK:
+        raise ValueError(f"at most {CHUNK} rounds at a time")
     marks = ",".join("?" * len(round_ids))
-    return {(str(h), int(p), str(s), str(k)) for h, p, s, k in db.execute(
-        f"SELECT host, port, sni, spki_sha256 FROM observations WHERE round_id IN ({marks}) AND status = 'ok'",
+    return {int(r[0]) for r in db.execute(
+        f"SELECT DISTINCT sighting_id FROM observations WHERE round_id IN ({marks}) AND sighting_id IS NOT NULL",
         tuple(round_ids))}
 
 
-def recount(db: sqlite3.Connection, keys: Iterable[Key]) -> None:
-    """Set each key's first and last sighting from the observations that remain.  In the caller's transaction."""
-    for key in keys:
-        first = db.execute(
-            "SELECT min(observed_at) FROM observations"
-            " WHERE host = ? AND port = ? AND sni = ? AND spki_sha256 = ? AND status = 'ok'", key).fetchone()[0]
+def recount(db: sqlite3.Connection, sighting_ids: Iterable[int]) -> None:
+    """Set each sighting's first and last ``observed_at`` from the observations that remain, or delete it.
+
+    In the caller's transaction, after the deletes.  Three statements a sighting, each an index lookup.
+    """
+    for sid in sighting_ids:
+        first = db.execute("SELECT min(observed_at) FROM observations WHERE sighting_id = ?", (sid,)).fetchone()[0]
         if first is None:
-            db.execute("DELETE FROM sightings WHERE host = ? AND port = ? AND sni = ? AND spki_sha256 = ?", key)
+            db.execute("DELETE FROM sightings WHERE id = ?", (sid,))
             continue
-        last = db.execute(
-            "SELECT max(observed_at) FROM observations"
-            " WHERE host = ? AND port = ? AND sni = ? AND spki_sha256 = ? AND status = 'ok'", key).fetchone()[0]
-        db.execute("UPDATE sightings SET first_seen = ?, last_seen = ?"
-                   " WHERE host = ? AND port = ? AND sni = ? AND spki_sha256 = ?", (int(first), int(last), *key))
+        last = db.execute("SELECT max(observed_at) FROM observations WHERE sighting_id = ?", (sid,)).fetchone()[0]
+        db.execute("UPDATE sightings SET first_seen = ?, last_seen = ? WHERE id = ?", (int(first), int(last), sid))
 
 
 def read(db: sqlite3.Connection, target: Target, limit: int) -> tuple[KeySighting, ...]:

@@ -198,18 +198,17 @@ class SQLiteStore:
                 )
                 round_id = cur.lastrowid
                 rows = []
-                for r in results:
+                for r, sighting in zip(results, sightings.record(db, results)):
                     record, chain_key, chain = split_record(r)
                     if chain_key is not None:
                         db.execute("INSERT OR IGNORE INTO chains (sha256, chain) VALUES (?,?)", (chain_key, chain))
-                    rows.append((round_id, r.target.host, r.target.port, r.target.sni or "", r.ip, r.status,
-                                 r.spki_sha256, r.observed_at, record, chain_key))
+                    rows.append((round_id, r.target.host, r.target.port, r.ip, r.status, r.spki_sha256,
+                                 r.observed_at, record, chain_key, sighting))
                 db.executemany(
-                    "INSERT INTO observations (round_id, host, port, sni, ip, status, spki_sha256, observed_at,"
-                    " record, chain_sha256) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO observations (round_id, host, port, ip, status, spki_sha256, observed_at, record,"
+                    " chain_sha256, sighting_id) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
-                sightings.record(db, results)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -34,7 +34,7 @@ V3_FILE = Path(__file__).parent / "data" / "store_v3.sqlite3"
 T0 = 1_700_000_000
 DROPPED = {"observations_hpi", "observations_keys"}
 V3_INDEXES = {"rounds_target", "rounds_age", "observations_round", "observations_chain"}
-KEPT = V3_INDEXES | {"observations_key_seen", "sightings_recent"}
+KEPT = V3_INDEXES | {"observations_sighting", "sightings_recent"}
 
 
 def _indexes(path: Path) -> set[str]:
@@ -117,9 +117,12 @@ async def test_a_real_v3_store_is_migrated_to_v4_with_the_same_key_history(tmp_p
     # Two keys for the default SNI (B newest), one for other.example: the fixture as described above.
     assert [(h.first_seen, h.last_seen) for h in history] == [(T0 + 60, T0 + 180), (T0, T0 + 60)]
     assert [(h.first_seen, h.last_seen) for h in other_history] == [(T0 + 90, T0 + 90)]
-    with contextlib.closing(sqlite3.connect(path)) as db:  # every observation now carries its round's SNI
-        assert db.execute("SELECT count(*) FROM observations o JOIN rounds r ON r.id = o.round_id"
-                          " WHERE o.sni != r.sni").fetchone()[0] == 0
+    with contextlib.closing(sqlite3.connect(path)) as db:  # each ok observation names its target's key's sighting
+        named = db.execute(
+            "SELECT o.status, s.host = r.host AND s.port = r.port AND s.sni = r.sni AND s.spki_sha256 = o.spki_sha256"
+            " FROM observations o JOIN rounds r ON r.id = o.round_id LEFT JOIN sightings s ON s.id = o.sighting_id"
+            " ORDER BY o.id").fetchall()
+    assert named == [("ok", 1)] * 4 + [("timeout", None), ("ok", 1)]  # the fixture's rounds, in order
 
 
 def test_the_documented_rollback_to_v3_gives_the_v3_schema(tmp_path: Path) -> None:
@@ -127,7 +130,7 @@ def test_the_documented_rollback_to_v3_gives_the_v3_schema(tmp_path: Path) -> No
     path = _v3_copy(tmp_path, "migrated.sqlite3")
     asyncio.run(_open_close(path))
     assert _version(path) == 4
-    recipe = re.search(r"sqlite3 DATA/observations.sqlite3 '(DROP TABLE sightings;[^']+)'",
+    recipe = re.search(r"sqlite3 DATA/observations.sqlite3 '(DROP INDEX observations_sighting;[^']+)'",
                        " ".join((ROOT / "deploy" / "README.md").read_text().split()))
     assert recipe, "deploy/README.md gives the rollback from schema 4"
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
