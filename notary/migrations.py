@@ -35,6 +35,8 @@ from notary.errors import StoreError
 __all__ = ["SCHEMA_VERSION", "migrate", "split_record", "join_record", "schema_version"]
 
 SCHEMA_VERSION = 4
+#: The oldest SQLite the store runs on (``INSERT ... ON CONFLICT ... RETURNING``: 3.35, 2021).
+MIN_SQLITE = (3, 35)
 
 #: Version 1 exactly as the first release created it (kept for the migration tests and docs).
 SCHEMA_V1 = """
@@ -141,6 +143,9 @@ def _v1_to_v2(db: sqlite3.Connection) -> None:
 
 def migrate(db: sqlite3.Connection) -> int:
     """Create or migrate the schema to :data:`SCHEMA_VERSION`; return the version found."""
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise StoreError(f"the observation store needs SQLite {'.'.join(map(str, MIN_SQLITE))} or later; "
+                         f"this Python has {sqlite3.sqlite_version}")
     found = schema_version(db)
     if found > SCHEMA_VERSION:
         raise StoreError(f"store schema version {found} is newer than this notary understands ({SCHEMA_VERSION})")

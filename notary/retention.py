@@ -18,14 +18,15 @@ only.  Sizes in bytes, ages in days, times in seconds.
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Generator, cast
 
 from notary import sightings
 from notary.errors import StoreError
 
-__all__ = ["RetentionLimits", "enforce_retention", "live_bytes", "store_info", "compact"]
+__all__ = ["RetentionLimits", "enforce_retention", "retention_steps", "live_bytes", "store_info", "compact"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,49 +56,30 @@ def _live_bytes(db: sqlite3.Connection) -> int:
     return (count - free) * page
 
 
-def _transaction(db: sqlite3.Connection, job: Callable[[], int]) -> int:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        out = job()
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    return out
+#: A retention transaction takes no more work after this many seconds: another writer
+#: (this notary's own commits, another ``--workers`` process) waits about that long at most,
+#: while a pass still commits seldom (each commit rewrites the index pages it touched).
+TRANSACTION_SECONDS = 0.25
+#: Chains looked at a step when dropping the unreferenced ones (keyset windows).
+CHAIN_WINDOW = 2000
+
+#: A retention pass as steps: each ``next()`` runs whole transactions (at least one), commits,
+#: and returns; the pass's counts come with ``StopIteration``.
+Steps = Generator[None, None, dict[str, int]]
 
 
-def _delete_rounds(db: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> int:
-    """Delete every round ``where`` selects, with its observations; return how many.
-
-    At most :data:`~notary.sightings.CHUNK` rounds a transaction, each recounting the key
-    history its observations counted in: memory and the write lock's hold are bounded
-    by a chunk, whatever the pass deletes (another ``--workers`` process waits for one
-    chunk, not the pass).
-    """
-    def chunk() -> int:
-        ids = [r[0] for r in db.execute(f"SELECT id FROM rounds WHERE {where} LIMIT {sightings.CHUNK}", args)]
-        if ids:
-            marks = ",".join("?" * len(ids))
-            touched = sightings.sightings_of_rounds(db, ids)
-            db.execute(f"DELETE FROM observations WHERE round_id IN ({marks})", ids)
-            db.execute(f"DELETE FROM rounds WHERE id IN ({marks})", ids)
-            sightings.recount(db, touched)
-        return len(ids)
-
-    deleted = 0
-    while n := _transaction(db, chunk):
-        deleted += n
-    return deleted
-
-
-def enforce_retention(db: sqlite3.Connection, limits: RetentionLimits, now: int) -> dict[str, int]:
+def retention_steps(db: sqlite3.Connection, limits: RetentionLimits, now: int) -> Steps:
     """Delete rounds older than the age bound, then the oldest rounds until the live size is
-    under ``max_bytes``, then unreferenced chains.  Runs in its own transactions (one per
-    :data:`~notary.sightings.CHUNK` rounds)."""
+    under ``max_bytes``, dropping unreferenced chains after each; return the counts.
+
+    Each step is one transaction of at most about :data:`TRANSACTION_SECONDS` of work, so
+    a caller can let other database work run between steps (:class:`notary.store.SQLiteStore`
+    does); :func:`enforce_retention` runs them all.
+    """
     out = {"rounds_by_age": 0, "rounds_by_size": 0, "chains": 0}
     cutoff = now - limits.max_age_days * 86400
-    out["rounds_by_age"] = _delete_rounds(db, "observed_at < ?", (cutoff,))
-    out["chains"] += _transaction(db, lambda: _drop_orphan_chains(db))
+    out["rounds_by_age"] = yield from _delete_rounds(db, "observed_at < ?", (cutoff,))
+    out["chains"] += yield from _drop_orphan_chains(db)
     while _live_bytes(db) > limits.max_bytes:
         total = int(db.execute("SELECT count(*) FROM rounds").fetchone()[0])
         if total == 0:
@@ -106,16 +88,80 @@ def enforce_retention(db: sqlite3.Connection, limits: RetentionLimits, now: int)
         last = db.execute("SELECT id FROM rounds ORDER BY id LIMIT 1 OFFSET ?", (batch - 1,)).fetchone()
         if last is None:  # another process deleted rounds meanwhile
             continue
-        out["rounds_by_size"] += _delete_rounds(db, "id <= ?", (int(last[0]),))
-        out["chains"] += _transaction(db, lambda: _drop_orphan_chains(db))
+        out["rounds_by_size"] += yield from _delete_rounds(db, "id <= ?", (int(last[0]),))
+        out["chains"] += yield from _drop_orphan_chains(db)
     return out
 
 
-def _drop_orphan_chains(db: sqlite3.Connection) -> int:
-    cur = db.execute(
-        "DELETE FROM chains WHERE NOT EXISTS (SELECT 1 FROM observations o WHERE o.chain_sha256 = chains.sha256)"
-    )
-    return cur.rowcount
+def enforce_retention(db: sqlite3.Connection, limits: RetentionLimits, now: int) -> dict[str, int]:
+    """Run a whole retention pass (:func:`retention_steps`) and return its counts."""
+    steps = retention_steps(db, limits, now)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return cast(dict[str, int], done.value)
+
+
+def _in_transactions(db: sqlite3.Connection, work: Callable[[], bool]) -> Generator[None, None, None]:
+    """Call ``work`` (True: more to do) in transactions of about :data:`TRANSACTION_SECONDS`, a step each."""
+    more = True
+    while more:
+        started = time.monotonic()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            while (more := work()) and time.monotonic() - started < TRANSACTION_SECONDS:
+                pass
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        yield
+
+
+def _delete_rounds(db: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> Generator[None, None, int]:
+    """Delete every round ``where`` selects, with its observations; return how many.
+
+    :data:`~notary.sightings.CHUNK` rounds at a time, each chunk recounting the key history
+    its observations counted in, so memory is bounded by a chunk whatever the pass deletes.
+    """
+    deleted = 0
+
+    def chunk() -> bool:
+        nonlocal deleted
+        ids = [r[0] for r in db.execute(f"SELECT id FROM rounds WHERE {where} LIMIT {sightings.CHUNK}", args)]
+        if ids:
+            marks = ",".join("?" * len(ids))
+            touched = sightings.sightings_of_rounds(db, ids)
+            db.execute(f"DELETE FROM observations WHERE round_id IN ({marks})", ids)
+            deleted += db.execute(f"DELETE FROM rounds WHERE id IN ({marks})", ids).rowcount
+            sightings.recount(db, touched)
+        return len(ids) == sightings.CHUNK
+
+    yield from _in_transactions(db, chunk)
+    return deleted
+
+
+def _drop_orphan_chains(db: sqlite3.Connection) -> Generator[None, None, int]:
+    """Delete the chains no observation refers to, :data:`CHAIN_WINDOW` chains looked at a time."""
+    dropped, after = 0, ""
+
+    def window() -> bool:
+        nonlocal dropped, after
+        rows = db.execute("SELECT sha256 FROM chains WHERE sha256 > ? ORDER BY sha256 LIMIT ?",
+                          (after, CHAIN_WINDOW)).fetchall()
+        if not rows:
+            return False
+        last = str(rows[-1][0])
+        dropped += db.execute(
+            "DELETE FROM chains WHERE sha256 > ? AND sha256 <= ?"
+            " AND NOT EXISTS (SELECT 1 FROM observations o WHERE o.chain_sha256 = chains.sha256)", (after, last),
+        ).rowcount
+        after = last
+        return len(rows) == CHAIN_WINDOW
+
+    yield from _in_transactions(db, window)
+    return dropped
 
 
 def _open(path: Path, *, read_only: bool = False) -> sqlite3.Connection:

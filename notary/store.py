@@ -48,13 +48,13 @@ import concurrent.futures
 import fcntl
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Protocol, Sequence, TypeVar, cast
 
 from notary import sightings
 from notary.core import KeySighting, ProbeResult, Target
 from notary.errors import StoreError
 from notary.migrations import SCHEMA_VERSION, join_record, migrate, split_record
-from notary.retention import RetentionLimits, enforce_retention, live_bytes
+from notary.retention import RetentionLimits, live_bytes, retention_steps
 
 __all__ = ["Store", "SQLiteStore", "SCHEMA_VERSION", "prepare_store"]
 
@@ -238,8 +238,24 @@ class SQLiteStore:
         return int(rows[0][0])
 
     async def enforce_retention(self, limits: RetentionLimits, now: int) -> dict[str, int]:
-        """Delete what :class:`~notary.retention.RetentionLimits` no longer keeps; return the counts."""
-        return await self._run(lambda: enforce_retention(self._db, limits, now), "apply retention")
+        """Delete what :class:`~notary.retention.RetentionLimits` no longer keeps; return the counts.
+
+        Each of the pass's transactions (:func:`~notary.retention.retention_steps`) is its own
+        job on the store thread, so commits and reads waiting meanwhile run between them.
+        """
+        steps = retention_steps(self._db, limits, now)
+
+        def step() -> dict[str, int] | None:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return cast(dict[str, int], done.value)
+            return None
+
+        while True:
+            counts = await self._run(step, "apply retention")
+            if counts is not None:
+                return counts
 
     async def live_bytes(self) -> int:
         """Bytes of database pages in use (what ``RetentionLimits.max_bytes`` bounds)."""

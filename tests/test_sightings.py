@@ -13,6 +13,7 @@ ordered and truncated as protocol.md 6.4 says.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import sqlite3
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from notary import sightings
+from notary import retention, sightings
 from notary.core import ProbeResult, Target
 from notary.retention import RetentionLimits, enforce_retention, live_bytes
 from notary.store import SQLiteStore, _connect
@@ -128,3 +129,33 @@ def test_a_key_seen_again_widens_its_sighting_and_retention_narrows_it(chains: l
         history = sightings.read(db, t, 32)
         assert [(h.first_seen, h.last_seen) for h in history] == [(T0 + 10 * day, T0 + 20 * day)]
         assert _table(db) == _scan(db)
+
+
+async def test_a_retention_pass_lets_the_notarys_own_commits_run_between_its_transactions(
+        chains: list[tuple[bytes, ...]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each transaction of a pass is its own job on the store thread: a commit asked for during the
+    pass runs between two of them instead of after the whole pass."""
+    monkeypatch.setattr(sightings, "CHUNK", 10)
+    monkeypatch.setattr(retention, "TRANSACTION_SECONDS", 0.0)  # one chunk a transaction
+    t = TARGETS[0]
+    store = await SQLiteStore.open(tmp_path / "observations.sqlite3")
+    statements: list[str] = []
+    try:
+        for i in range(45):
+            await store.add([ProbeResult.success(t, IPS[0], T0 + i, "TLSv1.3", chains[i % 3])], all_addresses=False)
+        await store._run(lambda: store._db.set_trace_callback(statements.append), "trace")  # noqa: SLF001
+        late = ProbeResult.success(t, IPS[1], T0 + 10_000_000, "TLSv1.3", chains[0])
+        counts, history = await asyncio.gather(
+            store.enforce_retention(RetentionLimits(max_age_days=1), T0 + 40 + 86400),
+            store.add([late], all_addresses=False))
+        rows = await store._run(lambda: (_table(store._db), _scan(store._db)), "compare")  # noqa: SLF001
+    finally:
+        await store.close()
+    assert counts["rounds_by_age"] == 40
+    deletes = [i for i, s in enumerate(statements) if s.startswith("DELETE FROM rounds")]
+    commits = sum(1 for s in statements if s == "COMMIT")
+    assert len(deletes) == 4 and commits >= 5  # four chunks of ten, a transaction each, and the late add
+    inserted = next(i for i, s in enumerate(statements) if s.startswith("INSERT INTO rounds"))
+    assert deletes[0] < inserted < deletes[-1]  # the add ran inside the pass, between two transactions
+    assert history is not None and {h.last_seen for h in history} >= {T0 + 10_000_000}
+    assert rows[0] == rows[1]
