@@ -6,11 +6,11 @@ the connected socket's peer address (so DNS rebinding cannot pass), connects
 with SNI, offers TLS 1.2 and 1.3, does *not* validate the chain (it records
 what it is shown), and captures the whole presented chain.
 
-The handshake runs over an :class:`ssl.MemoryBIO` pair on a plain TCP
-connection, driven from a protocol's callbacks (over a connector's streams when
-a tunnel or an injected connector is used), so the prober counts every byte the
-server sends: a handshake that sends more than ``max_handshake_bytes`` is cut
-off as ``chain_too_large``, and a server whose first byte is not a TLS record is
+The handshake itself is :mod:`notary.tlsprobe`: over an :class:`ssl.MemoryBIO`
+pair, driven from a protocol's callbacks on a direct connection (or over a
+connector's streams, for a tunnel), counting every byte the server sends: a
+handshake that sends more than ``max_handshake_bytes`` is cut off as
+``chain_too_large``, and a server whose first byte is not a TLS record is
 reported as ``not_tls``.
 
 A failed probe is data: :func:`probe` never raises for network trouble; it
@@ -22,18 +22,24 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import errno
 import functools
 import socket
-import ssl
 from dataclasses import dataclass
-from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable, Protocol, Sequence, cast
+from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable, Protocol, Sequence
 
 from notary.core import AddressPolicy, ProbeResult, Target
 from notary.core.target import is_ip_literal
 from notary.errors import BusyError
+from notary.tlsprobe import (
+    HandshakeProtocol,
+    Handshake,
+    ProbeFailure,
+    client_context,
+    connect_failure,
+    handshake_over_streams,
+)
 
-__all__ = ["Resolver", "SystemResolver", "ProbeLimits", "Prober", "Tunnel", "unverified_chain"]
+__all__ = ["Resolver", "SystemResolver", "ProbeLimits", "Prober", "Tunnel"]
 
 
 class Resolver(Protocol):
@@ -99,45 +105,6 @@ class ProbeLimits:
     handshake_timeout: float = 5.0
     max_handshake_bytes: int = 128 * 1024
     max_addresses: int = 8
-
-
-def unverified_chain(obj: ssl.SSLObject) -> tuple[bytes, ...]:
-    """The chain the peer presented, DER, leaf first.
-
-    Python 3.13 has the public ``SSLObject.get_unverified_chain()``; 3.10-3.12
-    have it on the private ``_sslobj``.  Falls back to the leaf alone.
-    """
-    getter = getattr(obj, "get_unverified_chain", None)
-    if getter is None:
-        getter = getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None)
-    chain: list[bytes] = []
-    if getter is not None:
-        for cert in getter() or ():
-            if isinstance(cert, bytes):
-                chain.append(cert)
-            else:  # 3.10-3.12: _ssl.Certificate
-                chain.append(cert.public_bytes(ssl._ssl.ENCODING_DER))  # type: ignore[attr-defined]
-    if not chain:
-        leaf = obj.getpeercert(binary_form=True)
-        if leaf:
-            chain.append(leaf)
-    return tuple(chain)
-
-
-def _client_context() -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # we record what is presented; the quorum judges it
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
-    return ctx
-
-
-class _Failed(Exception):
-    def __init__(self, status: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
 
 
 Connector = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
@@ -207,7 +174,7 @@ class Prober:
         self.tunnel = tunnel
         self.connector = tunnel.open if tunnel is not None else connector
         self.connect_override = dict(connect_override or {})
-        self._ctx = _client_context()
+        self._ctx = client_context()
 
     async def probe(self, target: Target, *, all_addresses: bool = False) -> list[ProbeResult]:
         """Probe ``target``: its first acceptable address, or every A/AAAA address when ``all_addresses``.
@@ -279,7 +246,7 @@ class Prober:
         started = self.clock()
         try:
             version, chain, peer = await self._handshake(target, ip, port)
-        except _Failed as f:
+        except ProbeFailure as f:
             shown = ip if self.tunnel is None or is_ip_literal(ip) else None  # a name the proxy was to resolve
             return ProbeResult.failure(target, shown, started, f.status, f.detail)
         return ProbeResult.success(target, peer, started, version, chain)
@@ -292,7 +259,7 @@ class Prober:
             async with asyncio.timeout(lim.connect_timeout):
                 reader, writer = await self.connector(ip, port)
         except OSError as exc:  # TimeoutError too
-            raise _connect_failure(exc, lim.connect_timeout) from None
+            raise connect_failure(exc, lim.connect_timeout) from None
         try:
             if self.tunnel is not None:
                 # The socket's peer is the proxy: report what was asked for (None: a name the proxy resolved).
@@ -301,9 +268,10 @@ class Prober:
                 peer_ip = self._admit_peer(ip, writer.transport)
             try:
                 async with asyncio.timeout(lim.handshake_timeout):
-                    version, chain = await self._tls_over_streams(target, reader, writer)
+                    version, chain = await handshake_over_streams(
+                        self._ctx, target.sni, lim.max_handshake_bytes, reader, writer)
             except TimeoutError:
-                raise _Failed("timeout", f"TLS handshake timed out after {lim.handshake_timeout:g}s") from None
+                raise ProbeFailure("timeout", f"TLS handshake timed out after {lim.handshake_timeout:g}s") from None
             return version, chain, peer_ip
         finally:
             writer.transport.abort()
@@ -312,7 +280,7 @@ class Prober:
         """The direct path: the handshake runs in a protocol's callbacks (no streams)."""
         lim = self.limits
         loop = asyncio.get_running_loop()
-        hs = _Handshake(self._ctx, target.sni, lim.max_handshake_bytes)
+        hs = Handshake(self._ctx, target.sni, lim.max_handshake_bytes)
         peer: list[str] = []
 
         def admit(transport: asyncio.BaseTransport) -> None:
@@ -320,21 +288,21 @@ class Prober:
 
         try:
             async with asyncio.timeout(lim.connect_timeout):
-                transport, proto = await loop.create_connection(lambda: _HandshakeProtocol(hs, admit, loop), ip, port)
+                transport, proto = await loop.create_connection(lambda: HandshakeProtocol(hs, admit, loop), ip, port)
         except OSError as exc:  # TimeoutError too
-            raise _connect_failure(exc, lim.connect_timeout) from None
+            raise connect_failure(exc, lim.connect_timeout) from None
         try:
             try:
                 async with asyncio.timeout(lim.handshake_timeout):
                     version, chain = await proto.result
             except TimeoutError:
-                raise _Failed("timeout", f"TLS handshake timed out after {lim.handshake_timeout:g}s") from None
+                raise ProbeFailure("timeout", f"TLS handshake timed out after {lim.handshake_timeout:g}s") from None
             return version, chain, peer[0]
         finally:
             transport.abort()  # our last flight (the client Finished) has left: a test checks the server saw it
 
     def _admit_peer(self, ip: str, transport: asyncio.BaseTransport) -> str:
-        """The connected socket's peer address; ``_Failed`` if the policy refuses it.
+        """The connected socket's peer address; ``ProbeFailure`` if the policy refuses it.
 
         ``ip`` passed the policy before the connect (probe); a peer that is another
         address (it should not be) is checked again before anything is read from it.
@@ -343,158 +311,6 @@ class Prober:
         peer_ip = str(peer[0]) if peer else ip
         why = self.policy.address_reason(peer_ip) if peer_ip != ip else None
         if why:
-            raise _Failed("blocked_by_policy", why)
+            raise ProbeFailure("blocked_by_policy", why)
         return peer_ip
 
-    async def _tls_over_streams(
-        self, target: Target, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[str, tuple[bytes, ...]]:
-        """The handshake over a connector's streams (a tunnel, or a connector a test injects)."""
-        hs = _Handshake(self._ctx, target.sni, self.limits.max_handshake_bytes)
-        try:
-            out = hs.step()
-            while not hs.done:
-                if out:
-                    writer.write(out)
-                    await writer.drain()
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    raise hs.closed()
-                out = hs.feed(data)
-        except OSError as exc:
-            raise _lost(exc) from None
-        if out:  # our last flight (the client Finished), so the server sees a completed handshake
-            try:
-                writer.write(out)
-                await writer.drain()
-            except OSError:
-                pass
-        return hs.result()
-
-
-#: Bytes read from a target at a time.
-READ_SIZE = 16 * 1024
-
-
-def _connect_failure(exc: OSError, timeout: float) -> _Failed:
-    """What a failed connect is reported as."""
-    if isinstance(exc, TimeoutError):
-        return _Failed("timeout", f"connect timed out after {timeout:g}s")
-    if isinstance(exc, ConnectionRefusedError):
-        return _Failed("refused", "connection refused")
-    status = "unreachable" if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) else "refused"
-    return _Failed(status, f"connect failed: {exc.strerror or exc}")
-
-
-def _lost(exc: BaseException) -> _Failed:
-    """The connection failed under the handshake."""
-    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-        return _Failed("reset", "connection reset during handshake")
-    return _Failed("reset", f"connection error: {getattr(exc, 'strerror', None) or exc}")
-
-
-class _Handshake:
-    """One TLS client handshake over an :class:`ssl.MemoryBIO` pair: bytes in, bytes out, no I/O.
-
-    Both I/O paths drive it (:class:`_HandshakeProtocol`, ``Prober._tls_over_streams``).
-    It counts every byte the server sends: more than ``max_bytes`` is
-    ``chain_too_large``; a first byte that does not start a TLS record (handshake
-    or alert) is ``not_tls``.  Every failure is raised as ``_Failed``.
-    """
-
-    __slots__ = ("_incoming", "_outgoing", "_obj", "_max", "received", "done")
-
-    def __init__(self, ctx: ssl.SSLContext, sni: str | None, max_bytes: int) -> None:
-        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._obj = ctx.wrap_bio(self._incoming, self._outgoing, server_side=False, server_hostname=sni)
-        self._max = max_bytes
-        self.received = 0
-        self.done = False
-
-    def step(self) -> bytes:
-        """Advance the handshake; return the bytes to send now (the first call: the ClientHello)."""
-        try:
-            self._obj.do_handshake()
-            self.done = True
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLError as exc:
-            if exc.reason == "EXCESSIVE_MESSAGE_SIZE":
-                # OpenSSL refuses a handshake message (the Certificate message) above
-                # its own cap (100 KiB) before our byte count reaches the limit.
-                raise _Failed("chain_too_large", "a handshake message exceeded the size limit") from None
-            raise _Failed("tls_failed", f"TLS error: {exc.reason or exc}") from None
-        return self._outgoing.read()
-
-    def feed(self, data: bytes | memoryview) -> bytes:
-        """Take bytes the server sent; return the bytes to send now."""
-        if self.received == 0 and data[0] not in (0x15, 0x16):
-            raise _Failed("not_tls", "the server did not answer with a TLS record")
-        self.received += len(data)
-        if self.received > self._max:
-            raise _Failed("chain_too_large", f"handshake exceeded {self._max} bytes")
-        self._incoming.write(data)
-        return self.step()
-
-    def closed(self) -> _Failed:
-        """The server closed the connection before the handshake completed."""
-        return _Failed("tls_failed" if self.received else "reset", "connection closed during handshake")
-
-    def result(self) -> tuple[str, tuple[bytes, ...]]:
-        """The negotiated version and the presented chain (after ``done``)."""
-        return self._obj.version() or "unknown", unverified_chain(self._obj)
-
-
-class _HandshakeProtocol(asyncio.BufferedProtocol):
-    """The direct path's I/O shell: drives a :class:`_Handshake` from the transport's callbacks.
-
-    Receives into one reused :data:`READ_SIZE`-byte buffer.  ``admit`` checks the
-    connected peer before anything is sent (raising ``_Failed``).  ``result`` gets
-    the version and chain, or the ``_Failed`` (the prober awaits it: a timeout cancels it).
-    """
-
-    def __init__(self, hs: _Handshake, admit: Callable[[asyncio.BaseTransport], None],
-                 loop: asyncio.AbstractEventLoop) -> None:
-        self.hs = hs
-        self.admit = admit
-        self.result: asyncio.Future[tuple[str, tuple[bytes, ...]]] = loop.create_future()
-        self.transport: asyncio.Transport | None = None
-        self._buffer = memoryview(bytearray(READ_SIZE))
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        try:
-            self.admit(transport)
-            self._send(self.hs.step())
-        except Exception as exc:  # _Failed is data; anything else is raised by the prober, not lost
-            self._finish(exc)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self.result.done():
-            return
-        try:
-            self._send(self.hs.feed(self._buffer[:nbytes]))
-            if self.hs.done:
-                self.result.set_result(self.hs.result())
-        except Exception as exc:
-            self._finish(exc)
-
-    def eof_received(self) -> bool:
-        self._finish(self.hs.closed())
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._finish(self.hs.closed() if exc is None else _lost(exc))
-
-    def _send(self, data: bytes) -> None:
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def _finish(self, failed: Exception) -> None:
-        if not self.result.done():
-            self.result.set_exception(failed)
-            if self.transport is not None:
-                self.transport.abort()
