@@ -175,10 +175,13 @@ def test_compact_refuses_while_a_notary_serves_the_data_dir(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("size_check", [0.05, 0.0])
-async def test_a_serving_notary_enforces_the_size_bound_between_passes(tmp_path: Path, size_check: float) -> None:
+async def test_a_serving_notary_enforces_the_size_bound_between_passes(
+        tmp_path: Path, size_check: float, monkeypatch: pytest.MonkeyPatch) -> None:
     """The review's suspicion: size retention ran only every 300 s, so a flood of distinct chains
     could overshoot the bound for five minutes.  The live size is now checked every
-    ``size_check`` seconds and a pass runs at once when it is over (0: the old behaviour, the control)."""
+    ``size_check`` seconds and a pass runs at once when it is over (0: the old behaviour, the control).
+    The flood starts once the pass a notary runs when it starts has ended (a pass lets commits run
+    between its transactions, so that pass would otherwise catch the flood too)."""
     import asyncio
     import time
 
@@ -187,6 +190,18 @@ async def test_a_serving_notary_enforces_the_size_bound_between_passes(tmp_path:
     from notary.config import NotaryConfig
     from notary.core import SigningKey
     from notary.server import STORE, create_app
+    from notary.store import SQLiteStore
+
+    passes = asyncio.Event()
+    enforce = SQLiteStore.enforce_retention
+
+    async def counted(self: SQLiteStore, limits: RetentionLimits, now: int) -> dict[str, int]:
+        try:
+            return await enforce(self, limits, now)
+        finally:
+            passes.set()
+
+    monkeypatch.setattr(SQLiteStore, "enforce_retention", counted)
 
     # Eight: enough to overshoot the cap below with schema v3's smaller file (two fewer indexes).
     chains = [_chain() for _ in range(8)]
@@ -197,6 +212,8 @@ async def test_a_serving_notary_enforces_the_size_bound_between_passes(tmp_path:
     await runner.setup()
     try:
         store = app[STORE]
+        await asyncio.wait_for(passes.wait(), 10)
+        passes.clear()
         for i, chain in enumerate(chains):
             await store.add([_ok(f"flood{i}.big.example", T0 + i, chain)], all_addresses=False)
         assert await store.live_bytes() > cap

@@ -141,21 +141,37 @@ async def test_a_retention_pass_lets_the_notarys_own_commits_run_between_its_tra
     store = await SQLiteStore.open(tmp_path / "observations.sqlite3")
     statements: list[str] = []
     try:
-        for i in range(45):
-            await store.add([ProbeResult.success(t, IPS[0], T0 + i, "TLSv1.3", chains[i % 3])], all_addresses=False)
+        await asyncio.gather(*(store.add([ProbeResult.success(t, IPS[0], T0 + i, "TLSv1.3", chains[i % 3])],
+                                         all_addresses=False) for i in range(105)))
         await store._run(lambda: store._db.set_trace_callback(statements.append), "trace")  # noqa: SLF001
         late = ProbeResult.success(t, IPS[1], T0 + 10_000_000, "TLSv1.3", chains[0])
+
+
+        async def add_once_the_pass_deletes() -> tuple[Any, ...] | None:
+            for _ in range(5000):  # bounded: 5 s
+                if any(s.startswith("DELETE FROM rounds") for s in list(statements)):
+                    break
+                await asyncio.sleep(0.001)
+            return await store.add([late], all_addresses=False)
+
         counts, history = await asyncio.gather(
-            store.enforce_retention(RetentionLimits(max_age_days=1), T0 + 40 + 86400),
-            store.add([late], all_addresses=False))
+            store.enforce_retention(RetentionLimits(max_age_days=1), T0 + 100 + 86400), add_once_the_pass_deletes())
         rows = await store._run(lambda: (_table(store._db), _scan(store._db)), "compare")  # noqa: SLF001
+        autocheckpoint = await store._run(  # noqa: SLF001
+            lambda: store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0], "read")  # noqa: SLF001
     finally:
         await store.close()
-    assert counts["rounds_by_age"] == 40
+    assert counts["rounds_by_age"] == 100
     deletes = [i for i, s in enumerate(statements) if s.startswith("DELETE FROM rounds")]
     commits = sum(1 for s in statements if s == "COMMIT")
-    assert len(deletes) == 4 and commits >= 5  # four chunks of ten, a transaction each, and the late add
+    assert len(deletes) == 10 and commits >= 11  # ten chunks of ten, a transaction each, and the late add
     inserted = next(i for i, s in enumerate(statements) if s.startswith("INSERT INTO rounds"))
     assert deletes[0] < inserted < deletes[-1]  # the add ran inside the pass, between two transactions
     assert history is not None and {h.last_seen for h in history} >= {T0 + 10_000_000}
     assert rows[0] == rows[1]
+    # The log is checkpointed after each transaction, in a job of its own; the automatic
+    # checkpoint is off during the pass and back to SQLite's default (1000 pages) after it.
+    checkpoints = [i for i, s in enumerate(statements) if s == "PRAGMA wal_checkpoint(PASSIVE)"]
+    assert len(checkpoints) >= 10 and all(any(c > d for c in checkpoints) for d in deletes)
+    assert statements.index("PRAGMA wal_autocheckpoint=0") < deletes[0]
+    assert autocheckpoint == 1000
