@@ -7,11 +7,9 @@ with SNI, offers TLS 1.2 and 1.3, does *not* validate the chain (it records
 what it is shown), and captures the whole presented chain.
 
 The handshake itself is :mod:`notary.tlsprobe`: over an :class:`ssl.MemoryBIO`
-pair, driven from a protocol's callbacks on a direct connection (or over a
-connector's streams, for a tunnel), counting every byte the server sends: a
-handshake that sends more than ``max_handshake_bytes`` is cut off as
-``chain_too_large``, and a server whose first byte is not a TLS record is
-reported as ``not_tls``.
+pair on a plain TCP stream, counting every byte the server sends: a handshake
+that sends more than ``max_handshake_bytes`` is cut off as ``chain_too_large``,
+and a server whose first byte is not a TLS record is reported as ``not_tls``.
 
 A failed probe is data: :func:`probe` never raises for network trouble; it
 returns :class:`~notary.core.ProbeResult` values with an error status.
@@ -31,8 +29,6 @@ from notary.core import AddressPolicy, ProbeResult, Target
 from notary.core.target import is_ip_literal
 from notary.errors import BusyError
 from notary.tlsprobe import (
-    HandshakeProtocol,
-    Handshake,
     ProbeFailure,
     client_context,
     connect_failure,
@@ -132,14 +128,16 @@ def _retrieve(task: "asyncio.Future[Any]") -> None:
         task.exception()  # a lookup nobody waits for any more: its error is not "never retrieved"
 
 
+async def _open(ip: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(ip, port, limit=64 * 1024)
+
+
 class Prober:
     """Probes targets under an address policy and limits.  Reusable and concurrency-safe.
 
-    ``clock`` returns integer unix seconds.  By default the prober connects
-    directly and runs the handshake in a protocol's callbacks; a ``connector``
-    (an IP and port to a stream pair) replaces that with the connector's
-    streams (tests inject one only at the seam where a real connection is
-    impossible).  ``connect_override`` maps ``(host, port)`` to ``(ip, port)``
+    ``clock`` returns integer unix seconds; ``connector`` opens a TCP stream to
+    an IP and port (tests inject one only at the seam where a real connection
+    is impossible).  ``connect_override`` maps ``(host, port)`` to ``(ip, port)``
     like curl's ``--connect-to``; it bypasses resolution but not the policy.
     ``tunnel`` (client only, see :class:`Tunnel`) connects through a proxy.
     ``admit`` (the service's :class:`~notary.scheduler.ProbeScheduler`) is entered
@@ -159,7 +157,7 @@ class Prober:
         clock: Callable[[], int],
         resolver: Resolver | None = None,
         limits: ProbeLimits = ProbeLimits(),
-        connector: Connector | None = None,
+        connector: Connector = _open,
         connect_override: dict[tuple[str, int], tuple[str, int]] | None = None,
         tunnel: Tunnel | None = None,
         admit: Admit = _admit_all,
@@ -252,8 +250,6 @@ class Prober:
         return ProbeResult.success(target, peer, started, version, chain)
 
     async def _handshake(self, target: Target, ip: str, port: int) -> tuple[str, tuple[bytes, ...], str]:
-        if self.connector is None:
-            return await self._handshake_direct(target, ip, port)
         lim = self.limits
         try:
             async with asyncio.timeout(lim.connect_timeout):
@@ -275,31 +271,6 @@ class Prober:
             return version, chain, peer_ip
         finally:
             writer.transport.abort()
-
-    async def _handshake_direct(self, target: Target, ip: str, port: int) -> tuple[str, tuple[bytes, ...], str]:
-        """The direct path: the handshake runs in a protocol's callbacks (no streams)."""
-        lim = self.limits
-        loop = asyncio.get_running_loop()
-        hs = Handshake(self._ctx, target.sni, lim.max_handshake_bytes)
-        peer: list[str] = []
-
-        def admit(transport: asyncio.BaseTransport) -> None:
-            peer.append(self._admit_peer(ip, transport))
-
-        try:
-            async with asyncio.timeout(lim.connect_timeout):
-                transport, proto = await loop.create_connection(lambda: HandshakeProtocol(hs, admit, loop), ip, port)
-        except OSError as exc:  # TimeoutError too
-            raise connect_failure(exc, lim.connect_timeout) from None
-        try:
-            try:
-                async with asyncio.timeout(lim.handshake_timeout):
-                    version, chain = await proto.result
-            except TimeoutError:
-                raise ProbeFailure("timeout", f"TLS handshake timed out after {lim.handshake_timeout:g}s") from None
-            return version, chain, peer[0]
-        finally:
-            transport.abort()  # our last flight (the client Finished) has left: a test checks the server saw it
 
     def _admit_peer(self, ip: str, transport: asyncio.BaseTransport) -> str:
         """The connected socket's peer address; ``ProbeFailure`` if the policy refuses it.

@@ -3,8 +3,7 @@
 It replaces asyncio's allocate-per-read path with :class:`asyncio.BufferedProtocol`;
 these tests hold it to the same behaviour on real loopback sockets: answers larger
 than the buffer arrive whole and in order, and two pool connections answering
-together never mix their bytes.  (The client's own probe reads into a buffer of
-its connection: ``notary.prober``, ``tests/test_prober_paths.py``.)
+together never mix their bytes.
 """
 
 from __future__ import annotations

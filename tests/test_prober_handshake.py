@@ -1,11 +1,7 @@
-"""The prober's two I/O paths give the same results, on both event loops.
+"""The prober's handshake (``notary.tlsprobe``) gives the same data on both event loops.
 
-By default the prober connects itself and drives the handshake from a protocol's
-callbacks (``_HandshakeProtocol``); with a connector (a SOCKS tunnel, or one a
-test injects) it drives the same ``_Handshake`` over the connector's streams.
-Here the streams connector is a real ``asyncio.open_connection``: the interface
-a tunnel has.  Real servers on loopback: a TLS site that counts the handshakes
-it completed, and plain TCP servers that misbehave.
+Real servers on loopback: a TLS site that counts the handshakes it completed, and
+plain TCP servers that misbehave.  Each test runs on asyncio's loop and on uvloop.
 """
 
 from __future__ import annotations
@@ -24,18 +20,12 @@ from notary.core import AddressPolicy, ProbeResult, Target, parse_networks
 from notary.prober import ProbeLimits, Prober
 
 LOOPS = ["asyncio", "uvloop"]
-PATHS = ["direct", "streams"]
 POLICY = AddressPolicy(allow_networks=parse_networks(["127.0.0.0/8"]), allowed_ports=None)
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-async def _streams(ip: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection(ip, port)
-
-
-def _prober(path: str, **limits: float) -> Prober:
-    return Prober(POLICY, clock=lambda: int(time.time()), limits=ProbeLimits(**limits),  # type: ignore[arg-type]
-                  connector=_streams if path == "streams" else None)
+def _prober(**limits: float) -> Prober:
+    return Prober(POLICY, clock=lambda: int(time.time()), limits=ProbeLimits(**limits))  # type: ignore[arg-type]
 
 
 @contextlib.asynccontextmanager
@@ -52,10 +42,10 @@ async def _plain(handler: Handler) -> AsyncIterator[int]:
         yield port_of(server)
 
 
-async def _probe_site(path: str, n: int) -> tuple[list[ProbeResult], int]:
-    async with tls_site(make_cert_context("paths.test")) as site:
-        prober = _prober(path)
-        results = [(await prober.probe(Target.parse("127.0.0.1", site.port, "paths.test")))[0] for _ in range(n)]
+async def _probe_site(n: int) -> tuple[list[ProbeResult], int]:
+    async with tls_site(make_cert_context("probe.test")) as site:
+        prober = _prober()
+        results = [(await prober.probe(Target.parse("127.0.0.1", site.port, "probe.test")))[0] for _ in range(n)]
         for _ in range(200):  # the site's handler runs once its side of a handshake is complete
             if site.connections >= n:
                 break
@@ -64,10 +54,9 @@ async def _probe_site(path: str, n: int) -> tuple[list[ProbeResult], int]:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-@pytest.mark.parametrize("path", PATHS)
-def test_every_probe_completes_the_handshake_at_the_server(path: str, loop: str) -> None:
+def test_every_probe_completes_the_handshake_at_the_server(loop: str) -> None:
     """The client's last flight (its Finished) leaves before the prober aborts the connection."""
-    results, served = eventloop.run(_probe_site(path, 10), loop=loop)
+    results, served = eventloop.run(_probe_site(10), loop=loop)
     assert [r.status for r in results] == ["ok"] * 10
     assert all(r.chain and r.spki_sha256 and r.tls_version == "TLSv1.3" for r in results)
     assert served == 10
@@ -106,16 +95,15 @@ async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         pass
 
 
-async def _hostile(path: str, handler: Handler) -> tuple[ProbeResult, float]:
+async def _hostile(handler: Handler) -> tuple[ProbeResult, float]:
     async with _plain(handler) as port:
-        prober = _prober(path, connect_timeout=2.0, handshake_timeout=0.5, max_handshake_bytes=8 * 1024)
+        prober = _prober(connect_timeout=2.0, handshake_timeout=0.5, max_handshake_bytes=8 * 1024)
         t0 = time.monotonic()
-        result = (await prober.probe(Target.parse("127.0.0.1", port, "paths.test")))[0]
+        result = (await prober.probe(Target.parse("127.0.0.1", port, "probe.test")))[0]
         return result, time.monotonic() - t0
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize(("handler", "status", "detail"), [
     (_garbage, "not_tls", "did not answer with a TLS record"),
     (_close_after_hello, "reset", "closed during handshake"),
@@ -123,24 +111,23 @@ async def _hostile(path: str, handler: Handler) -> tuple[ProbeResult, float]:
     (_endless_record, "chain_too_large", "exceeded 8192 bytes"),
     (_silent, "timeout", "TLS handshake timed out after 0.5s"),
 ], ids=lambda v: getattr(v, "__name__", None) or str(v)[:12])
-def test_a_misbehaving_server_is_the_same_data_on_both_paths(handler: Handler, status: str, detail: str,
-                                                             path: str, loop: str) -> None:
-    result, elapsed = eventloop.run(_hostile(path, handler), loop=loop)
+def test_a_misbehaving_server_is_the_same_data_on_both_loops(handler: Handler, status: str, detail: str,
+                                                             loop: str) -> None:
+    result, elapsed = eventloop.run(_hostile(handler), loop=loop)
     assert (result.status, result.ip) == (status, "127.0.0.1"), result.detail
     assert detail in (result.detail or "")
     assert elapsed < 3.0
 
 
-async def _refused(path: str) -> ProbeResult:
+async def _refused() -> ProbeResult:
     async with _plain(_silent) as port:
         pass  # closed: nothing listens on the port any more
-    return (await _prober(path).probe(Target.parse("127.0.0.1", port, "paths.test")))[0]
+    return (await _prober().probe(Target.parse("127.0.0.1", port, "probe.test")))[0]
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-@pytest.mark.parametrize("path", PATHS)
-def test_a_refused_connection_is_refused_on_both_paths(path: str, loop: str) -> None:
-    result = eventloop.run(_refused(path), loop=loop)
+def test_a_refused_connection_is_refused_on_both_loops(loop: str) -> None:
+    result = eventloop.run(_refused(), loop=loop)
     assert (result.status, result.detail) == ("refused", "connection refused")
 
 
@@ -148,10 +135,10 @@ async def _many_at_once(n: int) -> tuple[list[str], list[str]]:
     loop = asyncio.get_running_loop()
     reported: list[str] = []
     loop.set_exception_handler(lambda _loop, context: reported.append(str(context.get("message"))))
-    prober = _prober("direct", handshake_timeout=0.3, max_handshake_bytes=8 * 1024)
-    async with tls_site(make_cert_context("paths.test")) as site, _plain(_silent) as silent, \
+    prober = _prober(handshake_timeout=0.3, max_handshake_bytes=8 * 1024)
+    async with tls_site(make_cert_context("probe.test")) as site, _plain(_silent) as silent, \
             _plain(_endless_record) as endless:
-        rounds = await asyncio.gather(*(prober.probe(Target.parse("127.0.0.1", port, "paths.test"))
+        rounds = await asyncio.gather(*(prober.probe(Target.parse("127.0.0.1", port, "probe.test"))
                                         for port in [site.port, silent, endless] * n))
     await asyncio.sleep(0.1)
     gc.collect()  # a future whose exception nobody retrieved is reported when it is collected
@@ -160,27 +147,26 @@ async def _many_at_once(n: int) -> tuple[list[str], list[str]]:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_concurrent_direct_probes_leave_no_exception_unretrieved(loop: str) -> None:
+def test_concurrent_probes_leave_no_exception_unretrieved(loop: str) -> None:
     statuses, reported = eventloop.run(_many_at_once(15), loop=loop)
     assert statuses == ["ok", "timeout", "chain_too_large"] * 15
     assert reported == []
 
 
-async def _three_ways() -> list[tuple[str, tuple[bytes, ...] | None, str | None]]:
+async def _two_ways() -> tuple[ProbeResult, ProbeResult, str | None, str]:
     from client.api import client_probe
 
-    async with tls_site(make_cert_context("paths.test")) as site:
-        target = Target.parse("127.0.0.1", site.port, "paths.test")
-        direct = (await _prober("direct").probe(target))[0]
-        streams = (await _prober("streams").probe(target))[0]
+    async with tls_site(make_cert_context("probe.test")) as site:
+        target = Target.parse("127.0.0.1", site.port, "probe.test")
+        first = (await _prober().probe(target))[0]
+        again = (await _prober().probe(target))[0]
         view = await client_probe(target)
-    return [(direct.status, direct.chain, direct.spki_sha256), (streams.status, streams.chain, streams.spki_sha256),
-            (view.status, None, view.spki_sha256)]
+    return first, again, view.spki_sha256, view.status
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_both_paths_and_the_clients_probe_see_the_same_chain(loop: str) -> None:
-    direct, streams, client = eventloop.run(_three_ways(), loop=loop)
-    assert direct[0] == streams[0] == client[0] == "ok"
-    assert direct[1] == streams[1] and len(direct[1] or ()) == 1  # the demo site presents its leaf alone
-    assert direct[2] == streams[2] == client[2]
+def test_the_notarys_prober_and_the_clients_probe_see_the_same_chain(loop: str) -> None:
+    first, again, client_spki, client_status = eventloop.run(_two_ways(), loop=loop)
+    assert first.status == again.status == client_status == "ok"
+    assert first.chain == again.chain and len(first.chain) == 1  # the demo site presents its leaf alone
+    assert first.spki_sha256 == again.spki_sha256 == client_spki
