@@ -171,7 +171,7 @@ async def test_a_retention_pass_lets_the_notarys_own_commits_run_between_its_tra
     assert rows[0] == rows[1]
     # The log is checkpointed after each transaction, in a job of its own; the automatic
     # checkpoint is off during the pass and back to SQLite's default (1000 pages) after it.
-    checkpoints = [i for i, s in enumerate(statements) if s == "PRAGMA wal_checkpoint(PASSIVE)"]
+    checkpoints = [i for i, s in enumerate(statements) if s == "PRAGMA wal_checkpoint(RESTART)"]
     assert len(checkpoints) >= 10 and all(any(c > d for c in checkpoints) for d in deletes)
     assert statements.index("PRAGMA wal_autocheckpoint=0") < deletes[0]
     assert autocheckpoint == 1000
