@@ -64,6 +64,10 @@ T = TypeVar("T")
 
 #: Key sightings a history holds at most (newest last sighting first).
 HISTORY_LIMIT = 32
+#: Bytes of write-ahead log above which a retention pass rewinds it (a RESTART checkpoint).
+WAL_REWIND_BYTES = 64 * 1024 * 1024
+#: Seconds a retention pass pauses after each of its transactions (another process's turn).
+RETENTION_PAUSE = 0.02
 
 
 class Store(Protocol):
@@ -242,14 +246,17 @@ class SQLiteStore:
         """Delete what :class:`~notary.retention.RetentionLimits` no longer keeps; return the counts.
 
         Each of the pass's transactions (:func:`~notary.retention.retention_steps`) is its own
-        job on the store thread, so commits and reads waiting meanwhile run between them.  So
-        is each checkpoint of the write-ahead log: during a pass SQLite's automatic checkpoint
-        (inside a commit, about 0.3 s after a retention transaction on a 1 GiB store) is off,
-        and a RESTART checkpoint runs after every transaction instead.  A commit waiting
-        meanwhile waits for one of the two, not both.  RESTART, not PASSIVE: with another
-        process committing all the while (``--workers``), a passive checkpoint never reaches
-        the log's end, the log is never rewound, and it grew to 9 GiB during a pass over half
-        of a 1 GiB store; RESTART waits (``busy_timeout``) for the log to be rewound.
+        job on the store thread, so commits and reads waiting meanwhile run between them, and
+        the pass pauses :data:`RETENTION_PAUSE` seconds after each, so that another process
+        (``--workers``) waiting for the write lock gets it.  Each checkpoint of the write-ahead
+        log is a job of its own too: during a pass SQLite's automatic checkpoint (inside a
+        commit, about 0.3 s after a retention transaction on a 1 GiB store) is off, and a
+        passive checkpoint runs after each transaction instead.  Once the log holds more than
+        :data:`WAL_REWIND_BYTES` the checkpoint is a RESTART, which rewinds it: with another
+        process committing all the while, passive checkpoints never reach the log's end, and
+        the log grew to 9 GiB during a pass over half of a 1 GiB store.  A RESTART after every
+        transaction bounded the log but locked the other process out (11 of its commits gave
+        up after 5 s); one when the log is large is rare.
         """
         steps = retention_steps(self._db, limits, now)
 
@@ -264,14 +271,21 @@ class SQLiteStore:
             row = self._db.execute(sql).fetchone()
             return int(row[0]) if row else 0
 
+        def checkpoint() -> None:
+            _busy, frames, _done = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames * page_size > WAL_REWIND_BYTES:
+                self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+
         pages = await self._run(lambda: pragma("PRAGMA wal_autocheckpoint"), "apply retention")
+        page_size = await self._run(lambda: pragma("PRAGMA page_size"), "apply retention")
         await self._run(lambda: pragma("PRAGMA wal_autocheckpoint=0"), "apply retention")
         try:
             while True:
                 counts = await self._run(step, "apply retention")
-                await self._run(lambda: pragma("PRAGMA wal_checkpoint(RESTART)"), "apply retention")
+                await self._run(checkpoint, "apply retention")
                 if counts is not None:
                     return counts
+                await asyncio.sleep(RETENTION_PAUSE)
         finally:
             with contextlib.suppress(StoreError):
                 await self._run(lambda: pragma(f"PRAGMA wal_autocheckpoint={pages}"), "apply retention")

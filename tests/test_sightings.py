@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from notary import retention, sightings
+from notary import store as store_mod
 from notary.core import ProbeResult, Target
 from notary.retention import RetentionLimits, enforce_retention, live_bytes
 from notary.store import SQLiteStore, _connect
@@ -137,6 +138,7 @@ async def test_a_retention_pass_lets_the_notarys_own_commits_run_between_its_tra
     pass runs between two of them instead of after the whole pass."""
     monkeypatch.setattr(sightings, "CHUNK", 10)
     monkeypatch.setattr(retention, "TRANSACTION_SECONDS", 0.0)  # one chunk a transaction
+    monkeypatch.setattr(store_mod, "WAL_REWIND_BYTES", 0)  # every checkpoint rewinds the log
     t = TARGETS[0]
     store = await SQLiteStore.open(tmp_path / "observations.sqlite3")
     statements: list[str] = []
@@ -169,9 +171,12 @@ async def test_a_retention_pass_lets_the_notarys_own_commits_run_between_its_tra
     assert deletes[0] < inserted < deletes[-1]  # the add ran inside the pass, between two transactions
     assert history is not None and {h.last_seen for h in history} >= {T0 + 10_000_000}
     assert rows[0] == rows[1]
-    # The log is checkpointed after each transaction, in a job of its own; the automatic
-    # checkpoint is off during the pass and back to SQLite's default (1000 pages) after it.
-    checkpoints = [i for i, s in enumerate(statements) if s == "PRAGMA wal_checkpoint(RESTART)"]
-    assert len(checkpoints) >= 10 and all(any(c > d for c in checkpoints) for d in deletes)
+    # The log is checkpointed after each transaction, in a job of its own, and rewound when it is
+    # over the bound; the automatic checkpoint is off during the pass and back to SQLite's default
+    # (1000 pages) after it.
+    passive = [i for i, s in enumerate(statements) if s == "PRAGMA wal_checkpoint(PASSIVE)"]
+    rewinds = [i for i, s in enumerate(statements) if s == "PRAGMA wal_checkpoint(RESTART)"]
+    assert len(passive) >= 10 and all(any(c > d for c in passive) for d in deletes)
+    assert len(rewinds) >= 10  # over WAL_REWIND_BYTES (0 here): each passive checkpoint is followed by a rewind
     assert statements.index("PRAGMA wal_autocheckpoint=0") < deletes[0]
     assert autocheckpoint == 1000
