@@ -252,11 +252,13 @@ class SQLiteStore:
         log is a job of its own too: during a pass SQLite's automatic checkpoint (inside a
         commit, about 0.3 s after a retention transaction on a 1 GiB store) is off, and a
         passive checkpoint runs after each transaction instead.  Once the log holds more than
-        :data:`WAL_REWIND_BYTES` the checkpoint is a RESTART, which rewinds it: with another
+        :data:`WAL_REWIND_BYTES` a RESTART checkpoint follows, which rewinds it: with another
         process committing all the while, passive checkpoints never reach the log's end, and
-        the log grew to 9 GiB during a pass over half of a 1 GiB store.  A RESTART after every
-        transaction bounded the log but locked the other process out (11 of its commits gave
-        up after 5 s); one when the log is large is rare.
+        the log grew to 9 GiB during a pass over half of a 1 GiB store.  On such a store a
+        retention transaction leaves 75-98 MiB of log, so most are followed by a RESTART;
+        without the pause that locked the other process out (11 of its commits gave up after
+        5 s).  Measured with the pause, a second process committing every 50 ms through that
+        pass: the log peaked at 106 MiB and none of its 197 commits failed (longest wait 1.5 s).
         """
         steps = retention_steps(self._db, limits, now)
 
