@@ -69,8 +69,9 @@ async def errors(request: web.Request, handler: Callable[[web.Request], Awaitabl
     return resp
 
 
-#: Where :func:`expect_continue` leaves the refusal that :func:`errors` answers with.
-_REFUSED = "parallax.expect_refused"
+#: Where :func:`expect_continue` leaves the refusal that :func:`errors` answers with: a
+#: ``web.RequestKey`` where aiohttp has them (3.14 warns about a plain string key), else the string.
+_REFUSED: Any = getattr(web, "RequestKey", lambda name, _type: name)("parallax.expect_refused", Exception)
 
 
 async def expect_continue(request: web.Request) -> None:
