@@ -90,8 +90,7 @@ async def client_probe(
     """Probe the target from this machine with the notary's own prober (any address allowed).
 
     The name is resolved through :mod:`client.dnscache` (a successful answer is reused for
-    :data:`~client.dnscache.DNS_TTL` seconds); the TCP connection and TLS handshake are made afresh every time
-    (the prober's direct path: one 16 KiB receive buffer per connection, no streams).
+    :data:`~client.dnscache.DNS_TTL` seconds); the TCP connection and TLS handshake are made afresh every time.
 
     ``extra_cas`` (DER): CA certificates a declared interceptor issues from; see :mod:`client.interception`.
     """

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import functools
 import socket
 from dataclasses import dataclass
@@ -28,12 +29,7 @@ from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable,
 from notary.core import AddressPolicy, ProbeResult, Target
 from notary.core.target import is_ip_literal
 from notary.errors import BusyError
-from notary.tlsprobe import (
-    ProbeFailure,
-    client_context,
-    connect_failure,
-    handshake_over_streams,
-)
+from notary.tlsprobe import ProbeFailure, client_context, handshake_over_streams
 
 __all__ = ["Resolver", "SystemResolver", "ProbeLimits", "Prober", "Tunnel"]
 
@@ -130,6 +126,16 @@ def _retrieve(task: "asyncio.Future[Any]") -> None:
 
 async def _open(ip: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection(ip, port, limit=64 * 1024)
+
+
+def _connect_failure(exc: OSError, timeout: float) -> ProbeFailure:
+    """What a failed connect is reported as."""
+    if isinstance(exc, TimeoutError):
+        return ProbeFailure("timeout", f"connect timed out after {timeout:g}s")
+    if isinstance(exc, ConnectionRefusedError):
+        return ProbeFailure("refused", "connection refused")
+    status = "unreachable" if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) else "refused"
+    return ProbeFailure(status, f"connect failed: {exc.strerror or exc}")
 
 
 class Prober:
@@ -255,13 +261,19 @@ class Prober:
             async with asyncio.timeout(lim.connect_timeout):
                 reader, writer = await self.connector(ip, port)
         except OSError as exc:  # TimeoutError too
-            raise connect_failure(exc, lim.connect_timeout) from None
+            raise _connect_failure(exc, lim.connect_timeout) from None
         try:
             if self.tunnel is not None:
                 # The socket's peer is the proxy: report what was asked for (None: a name the proxy resolved).
                 peer_ip: str = ip if is_ip_literal(ip) else None  # type: ignore[assignment]
             else:
-                peer_ip = self._admit_peer(ip, writer.transport)
+                peer = writer.get_extra_info("peername")
+                peer_ip = str(peer[0]) if peer else ip
+                # ``ip`` passed the policy before the connect (probe); a peer that is another
+                # address (it should not be) is checked again before anything is read from it.
+                why = self.policy.address_reason(peer_ip) if peer_ip != ip else None
+                if why:
+                    raise ProbeFailure("blocked_by_policy", why)
             try:
                 async with asyncio.timeout(lim.handshake_timeout):
                     version, chain = await handshake_over_streams(
@@ -271,17 +283,3 @@ class Prober:
             return version, chain, peer_ip
         finally:
             writer.transport.abort()
-
-    def _admit_peer(self, ip: str, transport: asyncio.BaseTransport) -> str:
-        """The connected socket's peer address; ``ProbeFailure`` if the policy refuses it.
-
-        ``ip`` passed the policy before the connect (probe); a peer that is another
-        address (it should not be) is checked again before anything is read from it.
-        """
-        peer = transport.get_extra_info("peername")
-        peer_ip = str(peer[0]) if peer else ip
-        why = self.policy.address_reason(peer_ip) if peer_ip != ip else None
-        if why:
-            raise ProbeFailure("blocked_by_policy", why)
-        return peer_ip
-

@@ -278,9 +278,12 @@ class SQLiteStore:
             if frames * page_size > WAL_REWIND_BYTES:
                 self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
 
-        pages = await self._run(lambda: pragma("PRAGMA wal_autocheckpoint"), "apply retention")
-        page_size = await self._run(lambda: pragma("PRAGMA page_size"), "apply retention")
-        await self._run(lambda: pragma("PRAGMA wal_autocheckpoint=0"), "apply retention")
+        def begin() -> tuple[int, int]:
+            pages = pragma("PRAGMA wal_autocheckpoint")
+            pragma("PRAGMA wal_autocheckpoint=0")
+            return pages, pragma("PRAGMA page_size")
+
+        pages, page_size = await self._run(begin, "apply retention")
         try:
             while True:
                 counts = await self._run(step, "apply retention")

@@ -17,10 +17,9 @@ Every failure is a :class:`ProbeFailure` with a probe status;
 from __future__ import annotations
 
 import asyncio
-import errno
 import ssl
 
-__all__ = ["READ_SIZE", "ProbeFailure", "client_context", "unverified_chain", "connect_failure", "Handshake",
+__all__ = ["READ_SIZE", "ProbeFailure", "client_context", "unverified_chain", "Handshake",
            "handshake_over_streams"]
 
 #: Bytes read from a target at a time.
@@ -67,23 +66,6 @@ def unverified_chain(obj: ssl.SSLObject) -> tuple[bytes, ...]:
         if leaf:
             chain.append(leaf)
     return tuple(chain)
-
-
-def connect_failure(exc: OSError, timeout: float) -> ProbeFailure:
-    """What a failed connect is reported as."""
-    if isinstance(exc, TimeoutError):
-        return ProbeFailure("timeout", f"connect timed out after {timeout:g}s")
-    if isinstance(exc, ConnectionRefusedError):
-        return ProbeFailure("refused", "connection refused")
-    status = "unreachable" if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) else "refused"
-    return ProbeFailure(status, f"connect failed: {exc.strerror or exc}")
-
-
-def _lost(exc: BaseException) -> ProbeFailure:
-    """The connection failed under the handshake."""
-    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-        return ProbeFailure("reset", "connection reset during handshake")
-    return ProbeFailure("reset", f"connection error: {getattr(exc, 'strerror', None) or exc}")
 
 
 class Handshake:
@@ -153,8 +135,10 @@ async def handshake_over_streams(
             if not data:
                 raise hs.closed()
             out = hs.feed(data)
+    except (ConnectionResetError, BrokenPipeError):
+        raise ProbeFailure("reset", "connection reset during handshake") from None
     except OSError as exc:
-        raise _lost(exc) from None
+        raise ProbeFailure("reset", f"connection error: {exc.strerror or exc}") from None
     if out:  # our last flight (the client Finished), so the server sees a completed handshake
         try:
             writer.write(out)
