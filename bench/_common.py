@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -247,6 +248,28 @@ def process_cpu(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def group_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) so far of ``pid`` and each of its descendants (e.g. workers), by pid.
+
+    Empty when psutil (the ``bench`` extra) is missing or ``pid`` is gone.  psutil reads
+    /proc, whose counters move in clock ticks (10 ms here): sum over many operations.
+    """
+    try:
+        import psutil
+    except ImportError:  # the bench extra is not installed: no CPU figures
+        return {}
+    try:
+        root = psutil.Process(pid)
+        out = {}
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+        return out
+    except psutil.Error:
+        return {}
 
 
 def median(xs: Iterable[float]) -> float:

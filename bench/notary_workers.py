@@ -15,7 +15,6 @@ Goal:     workers-2 req/s / workers-1 req/s >= 1.5 (a machine with at least
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
@@ -27,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import ServeProcesses, busy_processes, median, save, serve, verdict_line  # noqa: E402
+from bench._common import ServeProcesses, busy_processes, group_cpu, median, save, serve, verdict_line  # noqa: E402
 from bench.notary_cached import wrk  # noqa: E402
 
 NAME = "notary_workers"
@@ -44,24 +43,6 @@ def warm(url: str, port: int, times: int = 40) -> None:
     # The notary caps connections per client address (32): let it see the warm-up's closed
     # connections go before wrk opens its own (wrk uses fewer than the cap, see --connections).
     time.sleep(0.5)
-
-
-def group_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) so far of ``pid`` and each of its descendants (the workers), by pid."""
-    try:
-        import psutil
-    except ImportError:  # the bench extra is not installed: no CPU figures
-        return {}
-    try:
-        root = psutil.Process(pid)
-        out = {}
-        for p in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                out[p.pid] = t.user + t.system
-        return out
-    except psutil.Error:
-        return {}
 
 
 def main() -> int:
