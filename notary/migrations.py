@@ -20,15 +20,24 @@ database to :data:`SCHEMA_VERSION` in one transaction (a failed migration
 leaves the database as it was) and refuses a newer one.  It runs when a new
 notary (or ``parallax store compact``) first opens an older store; a large
 version-1 store takes a while (every chain is hashed once), and the space the
-old rows held is given back only by ``store compact``.
+old rows held is given back only by ``store compact``.  A migration writes its
+changed pages to the write-ahead log before they reach the database (0.6 times
+the store's size for 1 GiB going from version 3 to 4), so :func:`migrate` first
+checks that the disk holding the store has the store's size and 1 MiB free, and
+refuses with a :class:`~notary.errors.StoreError` naming both figures if not (a
+full disk would only fail the migration, after minutes, with the host's disk
+full meanwhile).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import sqlite3
 
 from notary import sightings
+from notary.dbtx import write_transaction
 from notary.core import ProbeResult, canonical
 from notary.errors import StoreError
 
@@ -37,6 +46,8 @@ __all__ = ["SCHEMA_VERSION", "migrate", "split_record", "join_record", "schema_v
 SCHEMA_VERSION = 4
 #: The oldest SQLite the store runs on (``INSERT ... ON CONFLICT ... RETURNING``: 3.35, 2021).
 MIN_SQLITE = (3, 35)
+#: Bytes of free disk a migration needs beyond the store's own size (:func:`migrate`).
+MIGRATION_MARGIN = 1 << 20
 
 #: Version 1 exactly as the first release created it (kept for the migration tests and docs).
 SCHEMA_V1 = """
@@ -141,8 +152,29 @@ def _v1_to_v2(db: sqlite3.Connection) -> None:
     db.execute("DELETE FROM rounds WHERE id NOT IN (SELECT round_id FROM observations)")
 
 
+def _check_space(db: sqlite3.Connection, found: int) -> None:
+    """Refuse to migrate a store when its disk has less free space than the store's size (bytes:
+    the database file and its write-ahead log) plus :data:`MIGRATION_MARGIN`: what a migration's
+    log needs, with room to spare (a small store's log outgrows it: 44 KiB for a 40 KiB store)."""
+    path = next((row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"), "")
+    if not path:  # an in-memory database: nothing on disk
+        return
+    need = sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p)) + MIGRATION_MARGIN
+    free = shutil.disk_usage(os.path.dirname(path) or ".").free
+    if free < need:
+        mib = 1 << 20
+        raise StoreError(f"migrating the store from schema {found} to {SCHEMA_VERSION} needs {need / mib:.1f} MiB of free "
+                         f"disk (its size and 1 MiB) for the write-ahead log; {free / mib:.1f} MiB is free beside {path} "
+                         f"(nothing was changed: free some space and start again)")
+
+
 def migrate(db: sqlite3.Connection) -> int:
-    """Create or migrate the schema to :data:`SCHEMA_VERSION`; return the version found."""
+    """Create or migrate the schema to :data:`SCHEMA_VERSION`; return the version found.
+
+    Raises :class:`~notary.errors.StoreError` when SQLite is older than
+    :data:`MIN_SQLITE`, the store is newer than this code, or its disk has less
+    free space than the store's size; the store is then unchanged.
+    """
     if sqlite3.sqlite_version_info < MIN_SQLITE:
         raise StoreError(f"the observation store needs SQLite {'.'.join(map(str, MIN_SQLITE))} or later; "
                          f"this Python has {sqlite3.sqlite_version}")
@@ -151,8 +183,9 @@ def migrate(db: sqlite3.Connection) -> int:
         raise StoreError(f"store schema version {found} is newer than this notary understands ({SCHEMA_VERSION})")
     if found == SCHEMA_VERSION:
         return found
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    if found:  # an existing store (a new one is created, not migrated)
+        _check_space(db, found)
+    with write_transaction(db):
         # Again under the write lock: another process (``serve --workers``) may have migrated meanwhile.
         found = schema_version(db)
         if found > SCHEMA_VERSION:
@@ -168,8 +201,4 @@ def migrate(db: sqlite3.Connection) -> int:
             for statement in sightings.FILL:
                 db.execute(statement)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     return found

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Generator, cast
 
 from notary import sightings
+from notary.dbtx import write_transaction
 from notary.errors import StoreError
 
 __all__ = ["RetentionLimits", "enforce_retention", "retention_steps", "live_bytes", "store_info", "compact"]
@@ -108,14 +109,9 @@ def _in_transactions(db: sqlite3.Connection, work: Callable[[], bool]) -> Genera
     more = True
     while more:
         started = time.monotonic()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(db):
             while (more := work()) and time.monotonic() - started < TRANSACTION_SECONDS:
                 pass
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         yield
 
 

@@ -53,6 +53,7 @@ from typing import Any, Callable, Protocol, Sequence, TypeVar, cast
 
 from notary import sightings
 from notary.core import KeySighting, ProbeResult, Target
+from notary.dbtx import write_transaction
 from notary.errors import StoreError
 from notary.migrations import SCHEMA_VERSION, join_record, migrate, split_record
 from notary.retention import RetentionLimits, live_bytes, retention_steps
@@ -172,9 +173,10 @@ class SQLiteStore:
                 histories = await self._run(lambda: self._write_and_read([r for r, _ in batch]),  # noqa: B023
                                             "record observations")
             except Exception as exc:  # every waiter gets it; none is left hanging
+                why = str(exc) if isinstance(exc, StoreError) else f"cannot record observations: {exc}"  # said once
                 for _, fut in batch:
                     if not fut.done():
-                        fut.set_exception(StoreError(f"cannot record observations: {exc}"))
+                        fut.set_exception(StoreError(why))
             else:
                 for (_, fut), history in zip(batch, histories):
                     if not fut.done():
@@ -193,8 +195,7 @@ class SQLiteStore:
 
     def _write(self, rounds: list[_Round]) -> None:
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(db):
             for results, all_addresses in rounds:
                 t = results[0].target
                 cur = db.execute(
@@ -214,10 +215,6 @@ class SQLiteStore:
                     " chain_sha256, sighting_id) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     # -- reads ------------------------------------------------------------------
     def _fetch(self, sql: str, args: tuple[Any, ...]) -> list[Any]:

@@ -26,6 +26,7 @@ from notary.config import DB_FILE
 from notary.core import ProbeResult, Target, VerifyKey, verify_answer
 from notary.errors import StoreError
 from notary.store import SQLiteStore
+from tests.support.disk import small_disk
 from tests.support.proc import stop, wait_healthy
 from tests.support.tls import leaf_spki, make_ca, server_context, tls_target_in_thread
 
@@ -282,3 +283,29 @@ async def test_closed_store_raises_store_error(tmp_path: Path, certs) -> None:
     await store.close()
     with pytest.raises(StoreError):
         await store.latest(Target.parse("a.example", 443), all_addresses=False)
+
+
+async def test_a_full_disk_fails_a_commit_by_name_and_the_store_goes_on_once_space_is_back(tmp_path: Path, certs) -> None:
+    """A real full disk (a 1 MiB tmpfs filled up): the commit fails with SQLite's own reason, nothing
+    of it is kept, and the same store commits again once space is freed."""
+    with small_disk(tmp_path, 1024) as disk:
+        store = await SQLiteStore.open(disk / "obs.sqlite3")
+        try:
+            t = Target.parse("a.example", 443)
+            await store.add([ok(t, "192.0.2.1", T0, certs[0])], all_addresses=False)
+            filler = disk / "filler"
+            with open(filler, "wb", buffering=0) as f:  # every byte left: the next log frame has no room
+                with contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"\0" * 4096)
+            many = [ok(Target.parse(f"h{i}.example", 443), "192.0.2.1", T0 + 1, certs[i % 2]) for i in range(64)]
+            # SQLite's reason, said once (not "no transaction is active", the failed ROLLBACK's)
+            with pytest.raises(StoreError, match=r"^cannot record observations: database or disk is full$"):
+                await asyncio.gather(*(store.add([r], all_addresses=False) for r in many))
+            assert await store.count() == 1
+            filler.unlink()
+            await store.add([ok(t, "192.0.2.1", T0 + 2, certs[1])], all_addresses=False)
+            assert await store.count() == 2
+            assert [r.observed_at for r in await store.latest(t, all_addresses=False)] == [T0 + 2]
+        finally:
+            await store.close()

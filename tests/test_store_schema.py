@@ -18,15 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import re
 import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from notary.core import ProbeResult, Target
+from notary.errors import StoreError
 from notary.migrations import SCHEMA_VERSION
 from notary.retention import RetentionLimits
 from notary.store import SQLiteStore
+from tests.support.disk import small_disk
 
 ROOT = Path(__file__).resolve().parent.parent
 V2_FILE = Path(__file__).parent / "data" / "store_v2.sqlite3"
@@ -123,6 +128,39 @@ async def test_a_real_v3_store_is_migrated_to_v4_with_the_same_key_history(tmp_p
             " FROM observations o JOIN rounds r ON r.id = o.round_id LEFT JOIN sightings s ON s.id = o.sighting_id"
             " ORDER BY o.id").fetchall()
     assert named == [("ok", 1)] * 4 + [("timeout", None), ("ok", 1)]  # the fixture's rounds, in order
+
+
+async def test_a_migration_is_refused_when_the_disk_cannot_hold_its_log(tmp_path: Path) -> None:
+    # 96 KiB: the 40 KiB v3 store, SQLite's 32 KiB shared-memory file, and 24 KiB free: less than the store.
+    with small_disk(tmp_path, 96) as disk:
+        path = _v3_copy(disk)
+        before = hashlib.sha256(path.read_bytes()).hexdigest()
+        with pytest.raises(StoreError, match=r"from schema 3 to 4 needs 1\.0 MiB of free disk \(its size and 1 MiB\).*; 0\.0 MiB is free"):
+            await SQLiteStore.open(path)
+        assert _version(path) == 3 and _indexes(path) == V3_INDEXES
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == before  # nothing was written
+    # The control: with room for it, the same store migrates on the same kind of disk.
+    with small_disk(tmp_path, 2048) as disk:
+        path = _v3_copy(disk)
+        store = await SQLiteStore.open(path)
+        try:
+            assert await store.count() == 6
+        finally:
+            await store.close()
+        assert _version(path) == 4
+
+
+async def test_a_disk_that_fills_during_a_migration_is_named_and_the_store_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The disk fills after the free-space check (another process wrote meanwhile): stood in for by
+    # skipping the check on a disk too small.  SQLite then ends the transaction itself; the error
+    # must still name the full disk (a second ROLLBACK used to replace it with "no transaction").
+    monkeypatch.setattr("notary.migrations._check_space", lambda db, found: None)
+    with small_disk(tmp_path, 96) as disk:
+        path = _v3_copy(disk)
+        before = hashlib.sha256(path.read_bytes()).hexdigest()
+        with pytest.raises(StoreError, match="disk is full"):
+            await SQLiteStore.open(path)
+        assert _version(path) == 3 and hashlib.sha256(path.read_bytes()).hexdigest() == before
 
 
 def test_the_documented_rollback_to_v3_gives_the_v3_schema(tmp_path: Path) -> None:
