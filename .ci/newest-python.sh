@@ -33,7 +33,7 @@ fi
   tests/test_client_verify.py tests/test_prober.py tests/test_server.py tests/test_client_integration.py \
   tests/test_cli_client.py tests/test_cli_notary.py tests/test_packaging.py tests/test_keyfile.py tests/test_cli_usability.py \
   tests/test_serve_direct.py tests/test_connguard.py tests/test_http1.py tests/test_pool_review.py \
-  tests/test_client_dnscache.py tests/test_pool_buffer.py tests/test_helper_service.py \
+  tests/test_client_dnscache.py tests/test_pool_buffer.py tests/test_helper_service.py tests/test_cluster_serving.py \
   tests/test_hpke.py tests/test_ohttp_core.py tests/test_bhttp_fields.py tests/test_relay_forward.py tests/test_ohttp_relay.py \
   tests/test_freshness.py tests/test_store_schema.py tests/test_retention.py tests/test_sightings.py \
   tests/test_prober_handshake.py

@@ -7,8 +7,10 @@ Roles (all on loopback):
               ``acme``, a TLS-ALPN-01 challenge certificate (open-mpic benchmark).
               All on ``host`` (127.0.0.1), or one site on each loopback
               address of ``hosts`` (127.0.0.0/8 only).
-* ``cluster`` ``n`` real notaries (client.cluster.local_cluster: create_app +
-              AppRunner), StaticResolver ``table``, rate limit out of the way.
+* ``cluster`` ``n`` real notaries (client.cluster.local_cluster: served as
+              ``parallax serve`` serves, behind the connection guard),
+              StaticResolver ``table``, rate limit and per-client connection
+              caps out of the way (``max_per_client``, default 4096).
 * ``relay``   one more notary, in its own process, that is also an Oblivious
               HTTP relay for the bundle at ``bundle`` (loopback allowed).
 * ``static``  a bare aiohttp handler answering POST /v1/observe with fixed bytes.
@@ -122,9 +124,19 @@ async def role_cluster(spec: dict[str, Any], workdir: Path) -> None:
     from client.cluster import local_cluster
     from client.devtools import StaticResolver
 
+    from notary.connguard import ConnLimits, raise_fd_limit
+
     resolver = StaticResolver(spec.get("table", {}))
+    # Served as `parallax serve` serves (the connection guard, direct routes), with its descriptor
+    # limit raised as `serve` raises it.  A benchmark's load comes from one address but stands for
+    # many clients, so the guard's per-client and per-network caps are lifted ("max_per_client",
+    # default 4096), as the rate limit is; its accounting per connection runs all the same.
+    raise_fd_limit()
+    per_client = int(spec.get("max_per_client", 4096))
+    limits = ConnLimits(max_per_client=per_client, max_pending_per_net=per_client)
     async with local_cluster(int(spec.get("n", 1)), workdir / "cluster", resolver=resolver,
-                             ttl=int(spec.get("ttl", 300)), rate=float(spec.get("rate", 1e6))) as cluster:
+                             ttl=int(spec.get("ttl", 300)), rate=float(spec.get("rate", 1e6)),
+                             conn_limits=limits) as cluster:
         _ready({"urls": cluster.urls, "bundle": str(cluster.bundle_path), "db_dir": str(workdir / "cluster")})
         await _wait_end(spec["lifetime"])
 

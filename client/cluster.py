@@ -1,7 +1,8 @@
 """A local notary cluster on loopback, for development, demos, tests and benchmarks.
 
-``local_cluster(n, data_dir)`` starts ``n`` real notary servers (aiohttp
-AppRunner on 127.0.0.1, ephemeral or given ports) in this process, each with
+``local_cluster(n, data_dir)`` starts ``n`` real notary servers (on 127.0.0.1,
+ephemeral or given ports, served as ``parallax serve`` serves one:
+:func:`notary.serving.start_serving`, behind its connection guard) in this process, each with
 its own key and SQLite store under ``data_dir/notary-<i>``, allowed to observe
 loopback targets on any port (it is a development cluster), and writes their
 bundle to ``data_dir/bundle.json``.  Notaries whose index is in ``relays`` also
@@ -19,13 +20,16 @@ from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
+from notary.appkeys import GUARD
 from notary.config import NotaryConfig
+from notary.connguard import ConnLimits
 from notary.core import AddressPolicy, SigningKey, parse_networks
 from notary.keyfile import generate_key_file, key_path, load_key_file
 from notary.prober import ProbeLimits, Resolver
 from notary.relay import RelayConfig
 from notary.server import create_app
 from notary.service import ServiceLimits
+from notary.serving import start_serving
 from client.bundle import Bundle, BundleEntry
 
 __all__ = ["LocalCluster", "local_cluster", "LOOPBACK_NETS"]
@@ -67,12 +71,14 @@ async def local_cluster(
     rate: float = 1000.0,
     burst: int | None = None,
     relays: tuple[int, ...] = (),
+    conn_limits: ConnLimits | None = None,
 ) -> AsyncIterator[LocalCluster]:
     """Run ``n`` notaries until the block ends.  Keys persist in ``data_dir`` across runs.
 
     ``connect_override`` applies to every notary; ``per_notary_overrides[i]`` to notary ``i``
     only (to put an interceptor on one notary's path).  ``rate``/``burst`` (default ``2 * rate``): each
     notary's per-client limit; a relay's clients get :meth:`RelayConfig.sized_for` of it.
+    ``conn_limits``: each notary's connection guard (default: ``parallax serve``'s).
     """
     data = Path(data_dir)
     data.mkdir(parents=True, exist_ok=True)
@@ -97,6 +103,7 @@ async def local_cluster(
                 service_limits=ServiceLimits(ttl=ttl), rate_per_client=rate,
                 burst_per_client=burst if burst is not None else int(rate * 2),
                 connect_override={**(connect_override or {}), **(per_notary_overrides[i] if per_notary_overrides else {})},
+                conn_limits=conn_limits or ConnLimits(),
             )
             kwargs = {"resolver": resolver}
             if i in relays:
@@ -105,10 +112,12 @@ async def local_cluster(
             if clock is not None:
                 kwargs["clock"] = clock  # type: ignore[assignment]
             app = create_app(cfg, key, **kwargs)  # type: ignore[arg-type]
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
+            try:
+                runner, _ = await start_serving(app, host, sock.getsockname()[1], app[GUARD], sock=sock)
+            except BaseException:
+                sock.close()
+                raise
             cluster.runners.append(runner)
-            await web.SockSite(runner, sock).start()
             cluster.apps.append(app)
             cluster.keys.append(key)
             entries.append(BundleEntry(cfg.name, url, region, key.key_id, key.verify_key.b64, relay=i in relays))

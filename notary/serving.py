@@ -1,14 +1,16 @@
 """Running an aiohttp app behind the connection guard, with JSON answers to malformed HTTP.
 
-:data:`DIRECT_ROUTES` (an app key) names the few routes that :func:`serve_app`
+:func:`start_serving` is the one way a notary app is served (``parallax serve``
+through :func:`serve_app`, and :func:`client.cluster.local_cluster`).
+:data:`DIRECT_ROUTES` (an app key) names the few routes that :func:`start_serving`
 hands to their handler straight from aiohttp's protocol, without the router and
 the middleware chain (see :func:`direct_dispatch`): ``POST /v1/observe``, which
 is most of a notary's traffic.  Such a handler does its middleware's work itself,
 so the app names the middlewares it stands in for (:data:`DIRECT_STANDS_FOR`):
-:func:`serve_app` refuses to start when the app has any other middleware, which
+:func:`start_serving` refuses to start when the app has any other middleware, which
 the direct routes would silently skip.
 
-Under :func:`serve_app` an ``Expect`` header other than ``100-continue`` is
+Under :func:`start_serving` an ``Expect`` header other than ``100-continue`` is
 ignored (RFC 9110 section 10.1.1 lets a server answer 417 or not): the request
 is answered, counted and its errors are JSON like any other.  aiohttp itself
 would answer a plain-text 417 that echoes the header, from outside the app's
@@ -41,7 +43,7 @@ from notary.connguard import Acceptor, ConnectionGuard, Throttled
 from notary.httputil import BodyTooLarge
 
 __all__ = ["DIRECT_ROUTES", "DIRECT_STANDS_FOR", "DirectHandler", "GuardedSite", "direct_dispatch", "json_parse_errors", "received_body", "serve_app",
-           "ParseErrors"]
+           "start_serving", "ParseErrors"]
 
 log = logging.getLogger("parallax.notary")
 
@@ -217,17 +219,17 @@ class GuardedSite(web.BaseSite):
         self._bound = (str(name[0]), int(name[1]))
 
 
-async def serve_app(app: web.Application, host: str, port: int, guard: ConnectionGuard,
-                    on_bound: Callable[[tuple[str, int]], None] | None = None,
-                    stop: asyncio.Event | None = None, access_log: logging.Logger | None = None,
-                    sock: socket.socket | None = None) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM (or ``stop`` is set), on ``sock`` if given (else ``host:port``).
+async def start_serving(app: web.Application, host: str | None, port: int, guard: ConnectionGuard, *,
+                        sock: socket.socket | None = None,
+                        access_log: logging.Logger | None = None) -> tuple[web.AppRunner, GuardedSite]:
+    """Set ``app`` up and start accepting behind ``guard``, on ``sock`` if given (else ``host:port``).
 
-    ``on_bound`` runs once the listener is bound, and only then (the CLI writes
-    ``identity.json`` there, so a ``serve`` that cannot bind changes nothing).
+    The one way a notary app is served, by ``parallax serve`` (:func:`serve_app`) and by
+    :func:`client.cluster.local_cluster` alike: the guard admits each connection, parse
+    errors are answered in JSON, and the app's :data:`DIRECT_ROUTES` skip the router.
+    Returns the runner (``cleanup()`` stops everything) and the started site.  Raises
+    ``RuntimeError`` for an app whose direct routes would skip a middleware or signal.
     """
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(guard.exception_handler(loop.get_exception_handler()))
     runner = web.AppRunner(app, access_log=access_log, keepalive_timeout=guard.limits.idle_timeout + 5,
                            shutdown_timeout=5.0)
     await runner.setup()
@@ -245,6 +247,25 @@ async def serve_app(app: web.Application, host: str, port: int, guard: Connectio
             server.request_handler = direct_dispatch(routes, server.request_handler)
         site = GuardedSite(runner, host, port, guard, sock)
         await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, site
+
+
+async def serve_app(app: web.Application, host: str, port: int, guard: ConnectionGuard,
+                    on_bound: Callable[[tuple[str, int]], None] | None = None,
+                    stop: asyncio.Event | None = None, access_log: logging.Logger | None = None,
+                    sock: socket.socket | None = None) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM (or ``stop`` is set), on ``sock`` if given (else ``host:port``).
+
+    ``on_bound`` runs once the listener is bound, and only then (the CLI writes
+    ``identity.json`` there, so a ``serve`` that cannot bind changes nothing).
+    """
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(guard.exception_handler(loop.get_exception_handler()))
+    runner, site = await start_serving(app, host, port, guard, sock=sock, access_log=access_log)
+    try:
         if on_bound is not None:
             on_bound(site.bound)
         stop = stop or asyncio.Event()
