@@ -19,7 +19,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import pytest
 import trustme
 
-import client.pool as pool_mod
+import client._pool_conn as pool_conn  # owns DRAIN_SECONDS: patched there, where _Conn reads it
 from client.api import verify_with_notaries
 from client.bundle import Bundle
 from client.cluster import local_cluster
@@ -207,7 +207,7 @@ async def test_oversized_malformed_or_truncated_answers_fail(pool: NotaryPool, a
 
 async def test_a_stalled_server_times_out_and_its_connection_is_closed(monkeypatch: pytest.MonkeyPatch,
                                                                       pool: NotaryPool) -> None:
-    monkeypatch.setattr(pool_mod, "DRAIN_SECONDS", 0.3)
+    monkeypatch.setattr(pool_conn, "DRAIN_SECONDS", 0.3)
     closed = asyncio.Event()
 
     async def stall(s: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -259,7 +259,7 @@ async def test_at_the_limit_a_new_request_displaces_an_abandoned_one(monkeypatch
     """An abandoned request's connection may wait out its answer (DRAIN_SECONDS), but not while
     a new request is waiting for room at the limit: the draining connection is closed for it
     (found by bench/client_throughput: early decisions left the pool at its limit)."""
-    monkeypatch.setattr(pool_mod, "DRAIN_SECONDS", 5.0)
+    monkeypatch.setattr(pool_conn, "DRAIN_SECONDS", 5.0)
     release = asyncio.Event()
 
     async def stall_first(s: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+import client._pool_conn as pool_conn  # owns DRAIN_SECONDS: patched there, where _Conn reads it
 import client.pool as pool_mod
 from client.bundle import BundleEntry
 from client.fanout import ask_notary
@@ -31,7 +32,7 @@ async def test_a_failed_observe_does_not_leave_its_identity_request_holding_a_co
     """The notary refuses the observe at once and never answers GET /v1/notary.  Before the fix
     the GET kept running (no deadline, not cancelled) and each check leaked one pool slot: with
     ``limit=2`` the honest notary could no longer be asked after two checks."""
-    monkeypatch.setattr(pool_mod, "DRAIN_SECONDS", 0.2)
+    monkeypatch.setattr(pool_conn, "DRAIN_SECONDS", 0.2)
 
     async def refuse_then_stall(s: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while request := await s.read_request(reader):
