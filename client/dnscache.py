@@ -58,13 +58,24 @@ class CachingResolver:
         self.ttl, self.size, self.clock = ttl, size, clock
         self._cache: OrderedDict[tuple[str, int], tuple[float, tuple[str, ...]]] = OrderedDict()
 
-    async def resolve(self, host: str, port: int) -> list[str]:
+    def cached_answer(self, host: str, port: int) -> list[str] | None:
+        """The remembered answer for ``(host, port)`` while it is fresh, else None (no lookup).
+
+        :class:`~notary.prober.Prober` asks this first: a hit needs no resolution slot, task or timer.
+        """
         key = (host, port)
         hit = self._cache.get(key)
         if hit is not None:
             if self.clock() < hit[0]:
                 return list(hit[1])
             self._cache.pop(key, None)
+        return None
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        key = (host, port)
+        hit = self.cached_answer(host, port)
+        if hit is not None:
+            return hit
         ips = await self.inner.resolve(host, port)
         if ips and self.ttl > 0:
             # Single dict operations only, so event loops in several threads may share the cache.

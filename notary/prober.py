@@ -35,7 +35,12 @@ __all__ = ["Resolver", "SystemResolver", "ProbeLimits", "Prober", "Tunnel"]
 
 
 class Resolver(Protocol):
-    """Turns a host name into IP address strings.  Raises ``OSError`` when it cannot."""
+    """Turns a host name into IP address strings.  Raises ``OSError`` when it cannot.
+
+    A resolver that remembers answers may also have ``cached_answer(host, port) -> list[str] | None``
+    (synchronous, never a lookup): :class:`Prober` asks it first and, on a hit, skips the
+    resolution slot and timer (:class:`client.dnscache.CachingResolver`; a notary's resolvers have none).
+    """
 
     async def resolve(self, host: str, port: int) -> list[str]: ...
 
@@ -174,6 +179,7 @@ class Prober:
         self.policy = policy
         self.clock = clock
         self.resolver = resolver or SystemResolver()
+        self._peek: Callable[[str, int], list[str] | None] | None = getattr(self.resolver, "cached_answer", None)
         self.limits = limits
         self.tunnel = tunnel
         self.connector = tunnel.open if tunnel is not None else connector
@@ -229,7 +235,16 @@ class Prober:
             return [ProbeResult.failure(target, None, now(), "busy", str(exc))]
 
     async def _resolve(self, target: Target) -> list[str]:
-        """Resolve under a resolution slot; BusyError when no slot in time or the lookup is too slow."""
+        """Resolve under a resolution slot; BusyError when no slot in time or the lookup is too slow.
+
+        A resolver with a synchronous ``cached_answer(host, port)`` (:class:`client.dnscache.CachingResolver`)
+        is asked that first: a fresh remembered answer is no lookup, so it takes no slot, task or timer.
+        """
+        peek = self._peek
+        if peek is not None:
+            ips = peek(target.host, target.port)
+            if ips is not None:
+                return ips
         release = await self.resolve_slot()
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(self.resolver.resolve(target.host, target.port))

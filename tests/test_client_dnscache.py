@@ -61,6 +61,49 @@ async def test_answer_reused_within_ttl_then_asked_again() -> None:
     assert inner.calls == [("a.test", 443)] * 2
 
 
+async def test_cached_answer_is_a_lookup_free_peek() -> None:
+    """``cached_answer`` answers only from memory: None before a lookup and once the TTL passed."""
+    inner, clock = Recording({"a.test": ["192.0.2.1"]}), Clock()
+    r = CachingResolver(inner, ttl=5.0, clock=clock)
+    assert r.cached_answer("a.test", 443) is None
+    await r.resolve("a.test", 443)
+    got = r.cached_answer("a.test", 443)
+    assert got == ["192.0.2.1"]
+    got.append("mutated")  # a caller's list is its own
+    assert r.cached_answer("a.test", 443) == ["192.0.2.1"]
+    assert r.cached_answer("a.test", 8443) is None
+    clock.t += 5.0
+    assert r.cached_answer("a.test", 443) is None
+    assert inner.calls == [("a.test", 443)]
+
+
+async def test_prober_takes_no_resolution_slot_for_a_remembered_answer() -> None:
+    """A fresh remembered answer is no lookup: the prober skips the slot (here, one that is never
+    free); a name not remembered still waits for a slot, and is ``busy`` when it gets none."""
+    from notary.errors import BusyError
+    from notary.prober import Prober
+    from client.socks import ANY_ADDRESS
+
+    slots: list[str] = []
+
+    async def no_slot() -> Any:
+        slots.append("asked")
+        raise BusyError("no resolution slot free")
+
+    clock = Clock()
+    resolver = CachingResolver(Recording({"a.test": ["127.0.0.1"], "b.test": ["127.0.0.1"]}), clock=clock)
+    await resolver.resolve("a.test", 1)
+    prober = Prober(ANY_ADDRESS, clock=lambda: 1000, resolver=resolver, resolve_slot=no_slot)
+    # Port 1 on loopback: refused at once (a fact about the target, reached only after resolution).
+    remembered = await prober.probe(Target.parse("a.test", 1))
+    assert [r.status for r in remembered] == ["refused"] and slots == []
+    unknown = await prober.probe(Target.parse("b.test", 1))
+    assert [r.status for r in unknown] == ["busy"] and slots == ["asked"]
+    clock.t += 5.0  # expired: a lookup again, under a slot
+    assert [r.status for r in await prober.probe(Target.parse("a.test", 1))] == ["busy"]
+    assert slots == ["asked", "asked"]
+
+
 async def test_keyed_by_host_and_port() -> None:
     inner = Recording({"a.test": ["192.0.2.1"], "b.test": ["192.0.2.2"]})
     r = CachingResolver(inner, clock=Clock())

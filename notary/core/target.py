@@ -66,6 +66,7 @@ def parse_legacy_ipv4(text: str) -> ipaddress.IPv4Address | None:
     return ipaddress.IPv4Address(n)
 
 
+@functools.lru_cache(maxsize=4096)  # pure; asked on every probe (a failed parse raises: slow)
 def is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
