@@ -417,3 +417,16 @@ def test_underscore_names_pass_every_check_the_same_way(name: str) -> None:
     assert (t.host, t.sni) == (name, name)
     assert Target.parse("example.com", 443, sni=name).sni == name
     assert normalize_host(t.host) == t.host  # idempotent: a signed host re-normalises to itself
+
+
+@pytest.mark.parametrize("client,net", [
+    ("198.51.100.7", "198.51.100.0/24"),
+    ("2001:db8:1:2::/64", "2001:db8:1::/48"),
+    ("2001:db8:1:2::5", "2001:db8:1::/48"),
+    ("10.0.0.0/8", "10.0.0.0/8"),  # already wider than the grouping prefix: kept
+    ("not-an-address", "not-an-address"),
+])
+def test_network_key_groups_clients_by_network_and_is_stable_when_memoised(client: str, net: str) -> None:
+    from notary.core.addrpolicy import network_key
+    assert network_key(client) == net
+    assert network_key(client) == net  # the memoised answer is the same

@@ -14,6 +14,7 @@ Ports are checked against an allowlist (default ``{443}``); ``None`` allows any.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -146,11 +147,13 @@ class AddressPolicy:
         return f"address {addr} is {why}; refused by the notary's address policy"
 
 
+@functools.lru_cache(maxsize=4096)  # pure; asked per connection and per name lookup, mostly by the same clients
 def network_key(client: str) -> str:
     """The network a client key (an address, or an IPv6 /64) belongs to: its IPv4 /24 or IPv6 /48.
 
     Caps per network (pending connections, name lookups) make one operator's many
     addresses count as one.  A key that is not an address is its own network.
+    Memoised (4,096 keys, LRU): a pure function of the string.
     """
     try:
         net = ipaddress.ip_network(client, strict=False)
