@@ -178,13 +178,22 @@ class Prober:
         self.resolve_slot = resolve_slot
         self.policy = policy
         self.clock = clock
-        self.resolver = resolver or SystemResolver()
-        self._peek: Callable[[str, int], list[str] | None] | None = getattr(self.resolver, "cached_answer", None)
+        self.resolver = resolver or SystemResolver()  # sets _peek too (the property below)
         self.limits = limits
         self.tunnel = tunnel
         self.connector = tunnel.open if tunnel is not None else connector
         self.connect_override = dict(connect_override or {})
         self._ctx = client_context()
+
+    @property
+    def resolver(self) -> Resolver:
+        return self._resolver
+
+    @resolver.setter
+    def resolver(self, resolver: Resolver) -> None:
+        # The peek belongs to the resolver in use: replacing the resolver replaces it.
+        self._resolver = resolver
+        self._peek: Callable[[str, int], list[str] | None] | None = getattr(resolver, "cached_answer", None)
 
     async def probe(self, target: Target, *, all_addresses: bool = False) -> list[ProbeResult]:
         """Probe ``target``: its first acceptable address, or every A/AAAA address when ``all_addresses``.

@@ -102,6 +102,14 @@ async def test_prober_takes_no_resolution_slot_for_a_remembered_answer() -> None
     clock.t += 5.0  # expired: a lookup again, under a slot
     assert [r.status for r in await prober.probe(Target.parse("a.test", 1))] == ["busy"]
     assert slots == ["asked", "asked"]
+    # A replaced resolver brings its own memory: the old one's answers are not peeked at any more.
+    fresh = CachingResolver(Recording({"b.test": ["127.0.0.1"]}), clock=clock)
+    await fresh.resolve("b.test", 1)
+    await resolver.resolve("a.test", 1)  # remembered again by the old resolver only
+    prober.resolver = fresh
+    assert [r.status for r in await prober.probe(Target.parse("b.test", 1))] == ["refused"]
+    assert [r.status for r in await prober.probe(Target.parse("a.test", 1))] == ["busy"]
+    assert slots == ["asked", "asked", "asked"]
 
 
 async def test_keyed_by_host_and_port() -> None:
