@@ -154,13 +154,13 @@ def main() -> int:
         print(f"[{NAME}] {k:8s} CPU ms per operation ({args.split_runs} back to back, wall {c['wall']:.2f} ms): "
               f"client {c['client']:.3f} + site {c['site']:.3f} + notaries {c['notaries']:.3f} = {total:.3f}"
               + ("" if k == "baseline" else f"; on {cores} cores the lowest {k} ratio this allows: {floors[k]:.2f}"))
-    if "warm" in cpus and "baseline" in cpus:
+    if cpus:  # the split ran (psutil): baseline, warm and cold back to back
         # The same ratios from the back-to-back runs (means): every process stays busy there, so the
         # wake-ups of idle processes (and of idle vCPUs) that interleaving brings drop out.  No goal.
-        b2b = {k: cpus[k]["wall"] / cpus["baseline"]["wall"] for k in ("warm", "cold") if k in cpus}
+        base_wall = cpus["baseline"]["wall"]
         print(f"[{NAME}] for information: back to back ({args.split_runs} each, wall means), warm/baseline "
-              f"{b2b['warm']:.2f}" + (f", cold/baseline {b2b['cold']:.2f}" if "cold" in b2b else "")
-              + " (the verdicts use the interleaved medians)")
+              f"{cpus['warm']['wall'] / base_wall:.2f}, cold/baseline {cpus['cold']['wall'] / base_wall:.2f} "
+              "(the verdicts use the interleaved medians)")
     save(NAME, {"times_s": times, "cpu_s": cpu, "medians_ms": med, "cpu_medians_ms": cmed, "cpu_split_ms": cpus,
                 "floors": floors, "ratio_warm": rw, "ratio_cold": rc, "ratio_cpu": rcpu}, lines)
     return 0
